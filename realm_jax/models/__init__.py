@@ -1,0 +1,1 @@
+"""Flax modules for REALM: the BERT encoder, retriever, readers and losses."""

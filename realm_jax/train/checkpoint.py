@@ -1,0 +1,72 @@
+"""Orbax checkpoints: train state plus the JSON side data a resume needs.
+
+A checkpoint holds the params, optimizer state, step and rng (one pytree), the
+data iterator's state, and metadata such as the index version in service.
+Saves are asynchronous; orbax writes into a temporary directory and renames
+it when complete, so a job killed mid-save leaves the previous checkpoint as
+the latest one. The trainer refuses to save a non-finite loss (see
+`check_finite`), so a NaN never reaches a checkpoint.
+"""
+import math
+import os
+from typing import Any, Optional
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+def check_finite(step: int, metrics: dict):
+  """Stops the run with a clear message on a NaN/inf loss, before any save."""
+  loss = float(metrics["loss"])
+  if not math.isfinite(loss):
+    raise NonFiniteLossError(
+        f"loss is {loss} at step {step}; stopping without saving. The last "
+        "good checkpoint is kept; lower train.learning_rate or check the data.")
+
+
+class Checkpointer:
+  """Keeps the last `keep` checkpoints of a run under `<workdir>/checkpoints`."""
+
+  def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
+    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self) -> Optional[int]:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state: dict, data_state: Any = None,
+           meta: Optional[dict] = None, force: bool = False):
+    """`state` is a pytree dict (params, opt_state, step, rng); the rest is JSON."""
+    args = {"state": ocp.args.StandardSave(state),
+            "meta": ocp.args.JsonSave(dict(meta or {}))}
+    if data_state is not None:
+      args["data"] = ocp.args.JsonSave(data_state)
+    self.manager.save(step, args=ocp.args.Composite(**args), force=force)
+
+  def restore(self, abstract_state: dict, step: Optional[int] = None):
+    """Returns (state, data_state or None, meta) for `step` (default latest)."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint under {self.directory}")
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+    args = {"state": ocp.args.StandardRestore(abstract),
+            "meta": ocp.args.JsonRestore()}
+    if os.path.isdir(os.path.join(self.directory, str(step), "data")):
+      args["data"] = ocp.args.JsonRestore()
+    restored = self.manager.restore(step, args=ocp.args.Composite(**args))
+    logging.info("restored checkpoint step %d from %s", step, self.directory)
+    return restored["state"], restored.get("data"), restored["meta"]
+
+  def wait(self):
+    self.manager.wait_until_finished()
+
+  def close(self):
+    self.manager.wait_until_finished()
+    self.manager.close()

@@ -1,0 +1,90 @@
+"""Train state and BERT's AdamW optimizer, built with optax."""
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+
+@struct.dataclass
+class TrainState:
+  """Everything a step changes. A pytree, so it jits, shards and checkpoints."""
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array
+  apply_fn: Callable = struct.field(pytree_node=False)
+  tx: optax.GradientTransformation = struct.field(pytree_node=False)
+
+  @classmethod
+  def create(cls, params, tx, rng, apply_fn=None):
+    return cls(step=jnp.zeros((), jnp.int32), params=params,
+               opt_state=tx.init(params), rng=rng, apply_fn=apply_fn, tx=tx)
+
+  def apply_gradients(self, grads):
+    updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
+    return self.replace(step=self.step + 1,
+                        params=optax.apply_updates(self.params, updates),
+                        opt_state=opt_state)
+
+
+def warmup_steps(num_steps: int, warmup: int = -1) -> int:
+  """REALM's schedule: warm up for min(10000, max(100, num_steps // 10)) steps."""
+  if warmup >= 0:
+    return warmup
+  return min(10_000, max(100, num_steps // 10))
+
+
+def learning_rate_schedule(peak: float, num_steps: int, warmup: int = -1):
+  """Linear warmup to `peak`, then linear decay to 0 at `num_steps`."""
+  w = min(warmup_steps(num_steps, warmup), num_steps)
+  return optax.join_schedules(
+      [optax.linear_schedule(0.0, peak, w),
+       optax.linear_schedule(peak, 0.0, max(num_steps - w, 1))], [w])
+
+
+def decay_mask(params):
+  """True where weight decay applies: not LayerNorm parameters, not biases."""
+  def keep(path, _):
+    names = [str(getattr(k, "key", k)) for k in path]
+    return not (names[-1] == "bias" or any("LayerNorm" in n for n in names)
+                or names[-1] == "scale")
+  return jax.tree_util.tree_map_with_path(keep, params)
+
+
+def _scale_by_adam_no_bias_correction(b1, b2, eps):
+  """Adam moments without bias correction, as in BERT's AdamWeightDecayOptimizer."""
+  def init(params):
+    zeros = lambda p: jnp.zeros_like(p, jnp.float32)
+    return (jax.tree.map(zeros, params), jax.tree.map(zeros, params))
+
+  def update(grads, state, params=None):
+    del params
+    mu = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, state[0], grads)
+    nu = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * g * g, state[1], grads)
+    updates = jax.tree.map(lambda m, v: m / (jnp.sqrt(v) + eps), mu, nu)
+    return updates, (mu, nu)
+  return optax.GradientTransformation(init, update)
+
+
+def bert_adamw(train_config) -> optax.GradientTransformation:
+  """Global-norm clip, Adam, decoupled weight decay, scheduled learning rate.
+
+  `train_config` is the `config.train` section (or a finetune section with
+  the same optimizer fields).
+  """
+  c = train_config
+  schedule = learning_rate_schedule(c.learning_rate, c.num_steps,
+                                    c.get("warmup_steps", -1))
+  if c.get("adam_bias_correction", False):
+    adam = optax.scale_by_adam(b1=c.adam_b1, b2=c.adam_b2, eps=c.adam_eps)
+  else:
+    adam = _scale_by_adam_no_bias_correction(c.adam_b1, c.adam_b2, c.adam_eps)
+  return optax.chain(
+      optax.clip_by_global_norm(c.clip_norm),
+      adam,
+      optax.add_decayed_weights(c.weight_decay, mask=decay_mask),
+      optax.scale_by_learning_rate(schedule),
+  )

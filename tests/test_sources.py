@@ -139,3 +139,27 @@ def test_jsonl_documents_errors_name_the_line(tmp_path):
     docs[1]
   with pytest.raises(ValueError, match="line 4: invalid JSON"):
     docs[2]
+
+
+def test_document_query_records_split_at_sentences():
+  text = "\u00c9mile Zola wrote. He lived in Paris in 1880. No spans here."
+  raw = text.encode("utf-8")
+  b = lambda sub: raw.index(sub.encode("utf-8"))  # byte offset of a substring
+  example = {
+      "title": b"Emile Zola", "text": raw,
+      "sentences": {"start": np.array([0, b("He"), b("No")]),
+                    "limit": np.array([b(" He"), b(" No"), len(raw)])},
+      # "\u00c9mile Zola", "Paris", "1880", and one crossing two sentences.
+      "spans": {"start": np.array([0, b("Paris"), b("1880"), b("wrote")]),
+                "limit": np.array([b(" wrote"), b(" in 1880"), b(". No"),
+                                   b(" lived")]),
+                "type": np.array([b"PER", b"LOC", b"DATE", b"X"])},
+  }
+  records = sources.document_query_records(example)
+  assert [r["text"] for r in records] == ["\u00c9mile Zola wrote.",
+                                          "He lived in Paris in 1880."]
+  assert records[0]["spans"] == [(0, 10)]
+  assert [records[1]["text"][s:l] for s, l in records[1]["spans"]] == [
+      "Paris", "1880"]
+  assert {r["source_uid"] for r in records} == {
+      sources.source_uid("Emile Zola", text)}

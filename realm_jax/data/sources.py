@@ -16,7 +16,8 @@ TFDS datasets and their feature names (read off `tfds.builder(name).info`):
   REALM's own corpus. The span offsets are UTF-8 BYTE offsets into `text`
   (the builder reads `span_byte_start`/`span_byte_limit`); `query_records`
   converts them to character offsets.
-* salient_span_wikipedia/documents: title, text, spans, sentences -> documents.
+* salient_span_wikipedia/documents: title, text, spans, sentences -> documents
+  (`tfds_documents`) or per-sentence query records (`document_query_records`).
 * wikipedia/<date>.<lang>: title, text -> documents.
 * natural_questions_open: question, answer[] (splits train, validation).
 * web_questions: question, answers[], url (splits train, test).
@@ -200,6 +201,30 @@ def query_records(split: str = "train", data_dir: str | None = None,
   name = "salient_span_wikipedia/sentences"
   return MappedSource(tfds_source(name, split, data_dir, download),
                       _query_record, name)
+
+
+def document_query_records(example: dict) -> list[dict]:
+  """Query records of one salient_span_wikipedia/documents example.
+
+  Splits the document at its `sentences` (UTF-8 byte offsets, like the spans)
+  and keeps, per sentence, the spans lying wholly inside it, with char offsets
+  relative to the sentence; sentences without spans are dropped, as the TFDS
+  `sentences` config does. `source_uid` is the DOCUMENT's
+  sha1(title + "\x1f" + text), shared by all its sentences.
+  """
+  title, text = _to_str(example["title"]), _to_str(example["text"])
+  uid = source_uid(title, text)
+  sentences = salient_spans(text, example["sentences"]["start"],
+                            example["sentences"]["limit"])
+  spans = salient_spans(text, example["spans"]["start"],
+                        example["spans"]["limit"])
+  records = []
+  for s0, s1 in sentences:
+    inside = [(a - s0, b - s0) for a, b in spans if s0 <= a and b <= s1]
+    if inside:
+      records.append({"text": text[s0:s1], "spans": inside,
+                      "source_uid": uid, "title": title})
+  return records
 
 
 def _document(example: dict, index: int) -> dict:

@@ -246,11 +246,13 @@ def _strip_leading_space(text: str, ids, offsets) -> Encoding:
 
 def train_sentencepiece(texts, vocab_size: int, model_prefix: str,
                         model_type: str = "unigram", lowercase: bool = False,
+                        character_coverage: float = 1.0,
                         num_threads: int = 1) -> str:
   """Trains a SentencePiece model with BERT-style special tokens.
 
   Ids: [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4 (no BOS/EOS). `lowercase`
-  selects the case-folding normalizer (nmt_nfkc_cf).
+  selects the case-folding normalizer (nmt_nfkc_cf). Every character seen in
+  training is kept (character_coverage=1.0); unseen ones become [UNK].
 
   Args:
     texts: iterable of training strings (e.g. documents or sentences).
@@ -268,6 +270,7 @@ def train_sentencepiece(texts, vocab_size: int, model_prefix: str,
       pad_piece="[PAD]", unk_piece="[UNK]",
       control_symbols=["[CLS]", "[SEP]", "[MASK]"],
       normalization_rule_name="nmt_nfkc_cf" if lowercase else "nmt_nfkc",
+      character_coverage=character_coverage,
       hard_vocab_limit=False, num_threads=num_threads, minloglevel=2)
   return model_prefix + ".model"
 

@@ -214,3 +214,75 @@ def test_qa_train_resume(tokenizer):
   for x, y in zip(got, expected):
     np.testing.assert_array_equal(x["example_index"], y["example_index"])
     np.testing.assert_array_equal(x["question_ids"], y["question_ids"])
+
+
+def _query_records():
+  """Sentences with char spans; some the masker must skip."""
+  records = []
+  for i in range(30):
+    text = f"In {1900 + i} the mayor of Town {i} opened bridge number {i % 5}."
+    year = text.index(str(1900 + i))
+    town = text.index(f"Town {i}")
+    spans = [(year, year + 4), (town, town + len(f"Town {i}"))]
+    if i % 6 == 0:
+      spans = []  # no salient span: skipped
+    records.append({"text": text, "spans": spans, "source_uid": f"uid{i:02d}"})
+  # A span past the 12-token query window: skipped whenever it is drawn.
+  long_text = " ".join(["word"] * 20) + " Paris"
+  records.append({"text": long_text, "spans": [(len(long_text) - 5,
+                                                len(long_text))],
+                  "source_uid": "uid-long"})
+  return records
+
+
+def _pretraining(tokenizer, seed=0, **kwargs):
+  kwargs.setdefault("read_threads", 2)
+  return pipeline.pretraining_dataset(
+      _query_records(), tokenizer, seed=seed, batch_size=4, mask_fn="salient",
+      query_len=12, max_masks=3, **kwargs)
+
+
+def test_pretraining_batches_mask_one_salient_span(tokenizer):
+  batches = list(_pretraining(tokenizer, num_epochs=1,
+                              shard_options=grain.sharding.NoSharding()))
+  uids = np.concatenate([b["source_uid"] for b in batches]).tolist()
+  # 25 usable records, batches of 4: one record falls in the dropped remainder.
+  assert len(uids) == 24 and len(set(uids)) == 24
+  assert set(uids) <= {f"uid{i:02d}" for i in range(30) if i % 6}
+  b = batches[0]
+  assert b["query_ids"].shape == (4, 12) and b["mlm_positions"].shape == (4, 3)
+  assert b["mlm_weights"].dtype == np.float32
+  for i in range(4):
+    ids, weights = b["query_ids"][i], b["mlm_weights"][i]
+    positions = b["mlm_positions"][i][weights > 0]
+    assert (ids[positions] == tokenizer.mask_id).all()
+    assert (ids == tokenizer.mask_id).sum() == len(positions)
+    record = _query_records()[int(b["source_uid"][i][3:])]
+    labels = tokenizer.decode(b["mlm_labels"][i][weights > 0])
+    assert labels in [record["text"][s:l].lower() for s, l in record["spans"]]
+
+
+def test_pretraining_resume_is_bitwise_identical(tokenizer):
+  it = iter(_pretraining(tokenizer, seed=7))
+  _take(it, 4)
+  state = json.loads(json.dumps(it.get_state()))
+  expected = _take(it, 9)  # crosses into the second epoch
+  resumed = iter(_pretraining(tokenizer, seed=7))
+  resumed.set_state(state)
+  _assert_batches_equal(_take(resumed, 9), expected)
+
+
+def test_pretraining_hosts_read_disjoint_records(tokenizer):
+  uids = []
+  for index in range(2):
+    shard = grain.sharding.ShardOptions(shard_index=index, shard_count=2)
+    uids.append({u for b in _pretraining(tokenizer, num_epochs=1,
+                                         shard_options=shard)
+                 for u in b["source_uid"].tolist()})
+  assert uids[0] and uids[1] and not uids[0] & uids[1]
+
+
+def test_pretraining_refuses_unknown_strategy(tokenizer):
+  with pytest.raises(ValueError, match="unknown masking strategy 'whole_word'"):
+    pipeline.pretraining_dataset(_query_records(), tokenizer, 0, 4,
+                                 mask_fn="whole_word")

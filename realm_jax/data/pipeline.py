@@ -27,6 +27,7 @@ from typing import Any, Callable, Sequence
 import grain
 import numpy as np
 
+from realm_jax.data import masking
 from realm_jax.data.tokenizer import Tokenizer
 
 # Reader threads per process; grain's default (16) assumes remote storage.
@@ -150,7 +151,8 @@ PRETRAIN_KEYS = ("query_ids", "query_mask", "mlm_positions", "mlm_labels",
 
 def pretraining_dataset(query_records: Sequence[dict], tokenizer: Tokenizer,
                         seed: int, batch_size: int,
-                        mask_fn: Callable[..., dict | None], *,
+                        mask_fn: Callable[..., dict | None] | str = "salient",
+                        *, query_len: int = 96, max_masks: int = 10,
                         shard_options: grain.sharding.ShardOptions | None = None,
                         num_epochs: int | None = None,
                         read_threads: int = DEFAULT_READ_THREADS
@@ -159,20 +161,32 @@ def pretraining_dataset(query_records: Sequence[dict], tokenizer: Tokenizer,
 
   Args:
     query_records: random access to {"text", "spans", "source_uid"} records.
-    tokenizer: passed to `mask_fn`.
+    tokenizer: tokenizes the sentences (inside `mask_fn`).
     seed, batch_size, shard_options, num_epochs, read_threads: see
       `build_dataset`.
-    mask_fn: mask_fn(record, tokenizer, rng) -> dict with query_ids [L],
-      query_mask [L], mlm_positions [M], mlm_labels [M], mlm_weights [M], or
-      None to skip the record (no usable span, a mask past the query length).
+    mask_fn: a `masking.STRATEGIES` name ("salient", "random_token",
+      "random_span") or a function with the signature of
+      `masking.mask_salient_span`: (tokenizer, record, rng, query_len=...,
+      max_masks=...) -> dict of query_ids/query_mask [query_len],
+      mlm_positions/mlm_labels/mlm_weights [max_masks], or None to skip the
+      record (no usable span, a mask past the query length).
+    query_len: `[CLS] masked sentence [SEP]` length (96 in REALM).
+    max_masks: predicted positions per query (10 in REALM).
 
   Returns:
-    IterDataset of {query_ids, query_mask: int32 [B, L]; mlm_positions,
-    mlm_labels: int32 [B, M]; mlm_weights: float32 [B, M]; source_uid: str
-    [B]}.
+    IterDataset of {query_ids, query_mask: int32 [B, query_len];
+    mlm_positions, mlm_labels: int32 [B, max_masks]; mlm_weights: float32
+    [B, max_masks]; source_uid: str [B]}.
   """
+  if isinstance(mask_fn, str):
+    if mask_fn not in masking.MASKERS:
+      raise ValueError(f"unknown masking strategy {mask_fn!r}; expected one "
+                       f"of {masking.STRATEGIES}")
+    mask_fn = masking.MASKERS[mask_fn]
+
   def example(record: dict, rng: np.random.Generator) -> dict | None:
-    masked = mask_fn(record, tokenizer, rng)
+    masked = mask_fn(tokenizer, record, rng, query_len=query_len,
+                     max_masks=max_masks)
     if masked is None:
       return None
     missing = [k for k in PRETRAIN_KEYS if k not in masked]
@@ -252,6 +266,11 @@ def ict_dataset(block_store, tokenizer: Tokenizer, seed: int, batch_size: int,
   """
   if not 0.0 <= remove_prob <= 1.0:
     raise ValueError(f"remove_prob must be in [0, 1], got {remove_prob}")
+  store_sha = block_store.manifest["tokenizer"]["sha256"]
+  if tokenizer.spec()["sha256"] != store_sha:
+    raise ValueError(f"the block store at {block_store.path} was built with "
+                     f"another tokenizer (vocab sha256 {store_sha}); its ids "
+                     "would not match this tokenizer's special tokens")
 
   def example(row: int, rng: np.random.Generator) -> dict | None:
     return ict_example(block_store, row, rng, cls_id=tokenizer.cls_id,

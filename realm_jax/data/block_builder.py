@@ -166,7 +166,7 @@ def _decode(doc):
 
 def build_block_store(documents: Iterable, tokenizer: Tokenizer, out_dir: str,
                       block_len: int = 288, shard_rows: int = 65536,
-                      max_title_tokens: int = 64, batch_docs: int = 512,
+                      max_title_tokens: int | None = None, batch_docs: int = 512,
                       progress: bool = True, overwrite: bool = False):
   """Builds (or resumes building) a block store at `out_dir`.
 
@@ -177,7 +177,8 @@ def build_block_store(documents: Iterable, tokenizer: Tokenizer, out_dir: str,
     out_dir: the store directory to create.
     block_len: document input length, `[CLS] title [SEP] body [SEP]`.
     shard_rows: blocks per token shard (the unit of resume).
-    max_title_tokens: documents with longer titles are skipped (long_title).
+    max_title_tokens: documents with longer titles are skipped (long_title);
+      default min(64, block_len // 4), so a body always has room.
     batch_docs: documents tokenized per `encode_batch` call.
     progress: show a tqdm progress bar.
     overwrite: replace an existing committed store at `out_dir`.
@@ -185,6 +186,8 @@ def build_block_store(documents: Iterable, tokenizer: Tokenizer, out_dir: str,
     The committed `corpus.BlockStore`.
   """
   from realm_jax.data.corpus import BlockStore
+  if max_title_tokens is None:
+    max_title_tokens = min(64, block_len // 4)
   if not 0 < max_title_tokens <= block_len - 4:
     raise ValueError(f"max_title_tokens={max_title_tokens} must be in "
                      f"[1, block_len - 4 = {block_len - 4}]")

@@ -46,7 +46,8 @@ def test_builder_writes_array_record_readable_without_tensorflow(tmp_path):
 
   docs = sources.tfds_documents("cc_news", data_dir=str(data_dir))
   assert sorted((d["title"], d["text"]) for d in docs) == [
-      ("", "Untitled."), ("Alpha", "Alpha news."), ("B\u00e9ta", "B\u00e9ta text."),
+      ("", "Untitled."), ("Alpha", "Alpha news."),
+      ("B\u00e9ta", "B\u00e9ta text."),
       ("Delta", "Delta."), ("Gamma", "Gamma.")]
 
 
@@ -56,7 +57,8 @@ def test_malformed_article_names_file_and_line(tmp_path):
   with pytest.raises(ValueError, match=r"bad.jsonl line 2: invalid JSON"):
     list(cc_news.read_articles(str(path)))
   path.write_text('{"text": ["not", "a", "string"]}\n')
-  with pytest.raises(ValueError, match=r"line 1: field 'text' must be a string"):
+  with pytest.raises(ValueError,
+                     match=r"line 1: field 'text' must be a string"):
     list(cc_news.read_articles(str(path)))
 
 

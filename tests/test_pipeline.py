@@ -1,4 +1,4 @@
-"""Tests for realm_jax.data.pipeline: determinism, host sharding, exact resume."""
+"""Tests for realm_jax.data.pipeline: determinism, host shards, exact resume."""
 import json
 
 import grain
@@ -140,8 +140,9 @@ def test_ict_pairs_follow_orqa_layout(block_store, tokenizer):
       np.testing.assert_array_equal(block[:title_len + 2],
                                     block_store.tokens[row][:title_len + 2])
       body = block[title_len + 2:-1].tolist()
-      expected = [t for s in sentences if (s != sentence or
-                                           not b["query_removed"][i]) for t in s]
+      kept = [s for s in sentences
+              if s != sentence or not b["query_removed"][i]]
+      expected = [t for s in kept for t in s]
       assert body == expected
       seg = b["block_segment_ids"][i]
       assert seg[:title_len + 2].sum() == 0
@@ -168,8 +169,8 @@ def test_ict_resume(block_store, tokenizer):
   _assert_batches_equal(_take(resumed, 4), expected)
 
 
-QA = [{"question": f"how many bridges in town {i}", "answer": [str(i + 2), "x y"]}
-      for i in range(10)]
+QA = [{"question": f"how many bridges in town {i}",
+       "answer": [str(i + 2), "x y"]} for i in range(10)]
 
 
 def test_qa_batches_hold_tokens_and_strings(tokenizer):
@@ -185,7 +186,8 @@ def test_qa_batches_hold_tokens_and_strings(tokenizer):
       b["question_ids"][1][:len(q) + 2],
       [tokenizer.cls_id] + q.tolist() + [tokenizer.sep_id])
   assert b["question_mask"][1].sum() == len(q) + 2
-  assert b["answers"][1] == ("3", "x y") and b["question"][1] == QA[1]["question"]
+  assert b["answers"][1] == ("3", "x y")
+  assert b["question"][1] == QA[1]["question"]
   # "3" is one token; "x y" is two tokens > max_answer_len=1; no third answer.
   np.testing.assert_array_equal(b["answer_len"][1], [1, 0, 0])
   assert b["answer_ids"][1, 0, 0] == tokenizer.token_to_id("3")

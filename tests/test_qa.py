@@ -1,4 +1,4 @@
-"""Tests for realm_jax.data.qa: normalization, EM, regex match, recall, spans."""
+"""Tests for realm_jax.data.qa: normalization, EM, regex, recall, spans."""
 import json
 
 import numpy as np
@@ -117,7 +117,8 @@ def test_jsonl_round_trip(tmp_path):
 @pytest.mark.parametrize("line, message", [
     ('{"question": "q", "answer": ["a"]', "line 2: invalid JSON"),
     ('{"question": "q"}', "line 2: missing key 'answer'"),
-    ('{"question": "q", "answer": "a"}', "line 2: 'answer' must be a non-empty"),
+    ('{"question": "q", "answer": "a"}',
+     "line 2: 'answer' must be a non-empty"),
     ('{"question": "q", "answer": []}', "line 2: 'answer' must be a non-empty"),
     ('{"question": 3, "answer": ["a"]}', "line 2: 'question' must be a string"),
     ('["q", ["a"]]', "line 2: expected a JSON object"),

@@ -1,4 +1,4 @@
-"""Tests for realm_jax.data.sources: TFDS sources under mock_data, local files."""
+"""Tests for realm_jax.data.sources: TFDS (under mock_data) and local files."""
 import json
 
 import numpy as np
@@ -30,7 +30,8 @@ def test_web_questions_reads_its_plural_answers_feature():
 
 
 def test_unknown_qa_dataset_is_refused():
-  with pytest.raises(ValueError, match="no QA mapping for TFDS dataset 'squad'"):
+  with pytest.raises(ValueError,
+                     match="no QA mapping for TFDS dataset 'squad'"):
     sources.qa_examples("squad", "train")
 
 

@@ -48,7 +48,7 @@ _SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz")
 
 
 def download_config(manual_dir: str) -> tfds.download.DownloadConfig:
-  """The DownloadConfig telling `download_and_prepare` where the articles are."""
+  """Tells `download_and_prepare` where the articles are."""
   return tfds.download.DownloadConfig(manual_dir=manual_dir)
 
 
@@ -121,7 +121,8 @@ class CcNews(tfds.core.GeneratorBasedBuilder):
   """CC-News articles from local JSON/JSONL files (see module docstring)."""
 
   VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Local JSON/JSONL articles: title, text, url, date."}
+  RELEASE_NOTES = {"1.0.0": "Local JSON/JSONL articles: title, text, url, "
+                            "date."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       "Put CC-News articles as *.jsonl (one object a line) or *.json (one "
       "object, or a list, per file) under manual_dir, each with 'text' (or "

@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import grain
+from grain.sharding import ShardOptions
 import numpy as np
 
 from realm_jax.data import masking
@@ -67,8 +68,7 @@ def pad_or_truncate_pair(ids_a: np.ndarray, ids_b: np.ndarray, length: int,
   return ids, mask, segment_ids
 
 
-def _shard(options: grain.sharding.ShardOptions | None
-           ) -> grain.sharding.ShardOptions:
+def _shard(options: ShardOptions | None) -> ShardOptions:
   return grain.sharding.ShardByJaxProcess() if options is None else options
 
 
@@ -78,9 +78,10 @@ def _seed(seed: int, shard_index: int, stream: int) -> int:
              .generate_state(1)[0])
 
 
-def build_dataset(source: Sequence, example_fn: Callable[[Any, np.random.Generator], Any],
+def build_dataset(source: Sequence,
+                  example_fn: Callable[[Any, np.random.Generator], Any],
                   *, seed: int, batch_size: int,
-                  shard_options: grain.sharding.ShardOptions | None = None,
+                  shard_options: ShardOptions | None = None,
                   shuffle: bool = True, num_epochs: int | None = None,
                   drop_remainder: bool = True,
                   read_threads: int = DEFAULT_READ_THREADS,
@@ -153,7 +154,7 @@ def pretraining_dataset(query_records: Sequence[dict], tokenizer: Tokenizer,
                         seed: int, batch_size: int,
                         mask_fn: Callable[..., dict | None] | str = "salient",
                         *, query_len: int = 96, max_masks: int = 10,
-                        shard_options: grain.sharding.ShardOptions | None = None,
+                        shard_options: ShardOptions | None = None,
                         num_epochs: int | None = None,
                         read_threads: int = DEFAULT_READ_THREADS
                         ) -> grain.IterDataset:
@@ -254,7 +255,7 @@ def ict_example(block_store, row: int, rng: np.random.Generator, *,
 def ict_dataset(block_store, tokenizer: Tokenizer, seed: int, batch_size: int,
                 query_len: int = 64, remove_prob: float = 0.9, *,
                 block_len: int | None = None,
-                shard_options: grain.sharding.ShardOptions | None = None,
+                shard_options: ShardOptions | None = None,
                 num_epochs: int | None = None,
                 read_threads: int = DEFAULT_READ_THREADS) -> grain.IterDataset:
   """Batches of ICT (query sentence, its block) pairs over a `BlockStore`.
@@ -302,7 +303,7 @@ def qa_dataset(examples: Sequence[dict], tokenizer: Tokenizer, seed: int,
                batch_size: int, question_len: int = 64, *,
                max_answers: int = 16, max_answer_len: int = 10,
                train: bool = True,
-               shard_options: grain.sharding.ShardOptions | None = None,
+               shard_options: ShardOptions | None = None,
                num_epochs: int | None = None,
                read_threads: int = DEFAULT_READ_THREADS) -> grain.IterDataset:
   """Batches of open-QA questions for fine-tuning or evaluation.

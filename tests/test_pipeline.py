@@ -288,3 +288,21 @@ def test_pretraining_refuses_unknown_strategy(tokenizer):
   with pytest.raises(ValueError, match="unknown masking strategy 'whole_word'"):
     pipeline.pretraining_dataset(_query_records(), tokenizer, 0, 4,
                                  mask_fn="whole_word")
+
+
+def test_iterator_state_round_trips_through_an_orbax_checkpoint(tmp_path):
+  ocp = pytest.importorskip("orbax.checkpoint")
+  it = iter(_dataset(seed=11))
+  _take(it, 3)
+  manager = ocp.CheckpointManager(str(tmp_path))
+  # grain's handler writes one process_<i>-of-<n>.json per host.
+  manager.save(3, args=ocp.args.Composite(
+      data=grain.checkpoint.CheckpointSave(it)))
+  manager.wait_until_finished()
+  assert (tmp_path / "3" / "data" / "process_0-of-1.json").exists()
+  expected = _take(it, 4)
+  resumed = iter(_dataset(seed=11))
+  manager.restore(3, args=ocp.args.Composite(
+      data=grain.checkpoint.CheckpointRestore(resumed)))
+  _assert_batches_equal(_take(resumed, 4), expected)
+  manager.close()

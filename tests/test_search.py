@@ -107,6 +107,12 @@ def test_ties_broken_by_lower_id():
     ids, scores = searcher.search(queries, 5)
     assert list(ids[0, :4]) == [7, 40, 199, 250], kind
     assert len(set(scores[0, :4].tolist())) == 1, kind
+  # Thousands of identical rows (e.g. empty blocks) across several row chunks.
+  emb = np.ones((25_000, 4), np.float32)
+  emb[17_000:] = 2.0
+  for kind, searcher in all_kinds(emb).items():
+    ids, _ = searcher.search(np.ones((2, 4), np.float32), 5)
+    assert ids.tolist() == [list(range(17_000, 17_005))] * 2, kind
 
 
 def test_k_beyond_rows_pads_with_minus_one():

@@ -109,12 +109,27 @@ def finalize(emb, queries, cand_ids, k, exclude):
 
 
 def _top_candidates(scores, kk):
-  """Column indices of the kk highest scores per row (unordered) [Q, kk]."""
+  """Column indices of the kk highest scores per row (unordered) [Q, kk].
+
+  Ties at the kk-th place go to the lowest columns, so a block of identical
+  rows (duplicate blocks, padding) yields its lowest ids.
+  """
   n = scores.shape[1]
   if n <= kk:
     return np.broadcast_to(np.arange(n), scores.shape)
   # Partitioning from the top end avoids negating the whole score block.
-  return np.argpartition(scores, n - kk, axis=1)[:, n - kk:]
+  part = np.argpartition(scores, n - kk, axis=1)
+  top = part[:, n - kk:]
+  kth = np.take_along_axis(scores, part[:, n - kk:n - kk + 1], 1)
+  # argpartition picks arbitrarily among values equal to the kk-th one: fix
+  # the (rare) rows where such ties straddle the cut.
+  straddles = ((scores == kth).sum(1) >
+               (np.take_along_axis(scores, top, 1) == kth).sum(1))
+  for r in np.nonzero(straddles)[0]:
+    above = np.nonzero(scores[r] > kth[r, 0])[0]
+    equal = np.nonzero(scores[r] == kth[r, 0])[0][:kk - len(above)]
+    top[r] = np.concatenate([above, equal])
+  return top
 
 
 class ExactSearcher:
@@ -141,7 +156,8 @@ class ExactSearcher:
         cand_ids.append(top + r0)
         cand_scores.append(np.take_along_axis(s, top, 1))
       ids, scores = np.concatenate(cand_ids, 1), np.concatenate(cand_scores, 1)
-      out.append(np.take_along_axis(ids, _top_candidates(scores, kk), 1))
+      best = np.lexsort((ids, -scores), axis=-1)[:, :kk]  # ties: lower id
+      out.append(np.take_along_axis(ids, best, 1))
     return np.concatenate(out, 0) if out else np.zeros((0, kk), np.int64)
 
   def search(self, queries, k, exclude=None):

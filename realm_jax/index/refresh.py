@@ -1,0 +1,146 @@
+"""Hot swap of the index inside the trainer: IndexWatcher.
+
+A background thread polls <index_dir> for committed versions newer than the one
+in service. For the newest, it verifies manifest, checksums and corpus
+fingerprint, memory-maps the shards and builds the searcher, all off the
+training thread, then publishes it with ONE attribute assignment of an
+immutable (version, searcher, loaded_at) tuple. Readers take `watcher.current`
+once per batch and use that tuple: they can never see a half-built searcher,
+and a swap never blocks them (ScaNN, numpy and hashlib release the GIL while
+the next index is built).
+
+A version that fails (torn, corrupt, built for another corpus, or its searcher
+fails to build) is refused with one error log line and remembered, so it is not
+retried every poll; the previous index stays in service.
+
+For reproducible runs, create the watcher with poll_interval=None (no thread)
+and call wait_for(version) at fixed steps.
+"""
+import threading
+import time
+from typing import Callable, NamedTuple
+
+from absl import logging
+
+from realm_jax.index import store
+
+
+class Current(NamedTuple):
+  version: int          # the index's step (the export it was built from)
+  searcher: object
+  loaded_at: float      # time.time() when it went into service
+
+
+class IndexWatcher:
+  """Keeps the newest valid index version of index_dir in service.
+
+  make_searcher(emb, cache_dir=<version path>) builds a searcher over the
+  memory-mapped [N, D] embeddings, e.g.
+  functools.partial(search.make_searcher, kind="scann").
+  """
+
+  def __init__(self, index_dir: str, corpus_fingerprint: str | None,
+               make_searcher: Callable, poll_interval: float | None = 10.0):
+    self.index_dir = index_dir
+    self.corpus_fingerprint = corpus_fingerprint
+    self.make_searcher = make_searcher
+    self.poll_interval = poll_interval
+    self.current: Current | None = None
+    self.refused: dict[int, str] = {}
+    self._lock = threading.Lock()   # one loader at a time (thread, wait_for)
+    self._stop = threading.Event()
+    self._thread = None
+    if poll_interval is not None:
+      self._thread = threading.Thread(target=self._run, name="IndexWatcher",
+                                      daemon=True)
+      self._thread.start()
+
+  @property
+  def version(self) -> int | None:
+    cur = self.current
+    return None if cur is None else cur.version
+
+  @property
+  def searcher(self):
+    cur = self.current
+    return None if cur is None else cur.searcher
+
+  def staleness(self, trainer_step: int) -> int | None:
+    """Steps between the trainer and the params behind the index in service."""
+    cur = self.current
+    return None if cur is None else int(trainer_step) - cur.version
+
+  def poll_once(self) -> bool:
+    """Loads the newest valid version newer than the current; True if swapped."""
+    with self._lock:
+      cur = self.current
+      newer = [v for v in store.list_versions(self.index_dir)
+               if (cur is None or v > cur.version) and v not in self.refused]
+      for version in reversed(newer):
+        if self._load(version):
+          return True
+      return False
+
+  def wait_for(self, version: int, timeout: float | None = None,
+               poll: float = 0.05) -> Current:
+    """Blocks until exactly `version` is committed, then puts it in service.
+
+    Raises TimeoutError if it is not committed in time and CorruptIndexError if
+    it was refused.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+      with self._lock:
+        cur = self.current
+        if cur is not None and cur.version == version:
+          return cur
+        if version in self.refused:
+          raise store.CorruptIndexError(self.refused[version])
+        if version in store.list_versions(self.index_dir):
+          if self._load(version):
+            return self.current
+          raise store.CorruptIndexError(self.refused[version])
+      if deadline is not None and time.monotonic() > deadline:
+        raise TimeoutError(f"index version {version} was not committed in "
+                           f"{self.index_dir} within {timeout} s")
+      time.sleep(poll)
+
+  def close(self):
+    self._stop.set()
+    if self._thread is not None:
+      self._thread.join()
+      self._thread = None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+  def _load(self, version: int) -> bool:
+    path = store.version_path(self.index_dir, version)
+    try:
+      store.verify(path, self.corpus_fingerprint)
+      emb = store.load(path)
+      searcher = self.make_searcher(emb, cache_dir=path)
+    except Exception as e:  # pylint: disable=broad-except
+      reason = (str(e) if isinstance(e, store.CorruptIndexError) else
+                f"{path}: {type(e).__name__}: {e}")
+      self.refused[version] = reason
+      logging.error("index version %d refused, keeping version %s: %s",
+                    version, self.version, reason)
+      return False
+    previous = self.version
+    self.current = Current(version, searcher, time.time())  # the atomic swap
+    logging.info("index version %d in service (was %s): %d blocks", version,
+                 previous, emb.shape[0])
+    return True
+
+  def _run(self):
+    while not self._stop.is_set():
+      try:
+        self.poll_once()
+      except Exception:  # pylint: disable=broad-except
+        # e.g. index_dir vanished; keep serving, try again next poll.
+        logging.exception("IndexWatcher poll of %s failed", self.index_dir)
+      self._stop.wait(self.poll_interval)

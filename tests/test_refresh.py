@@ -1,0 +1,139 @@
+"""IndexWatcher: hot swap under a searching thread, refusal of bad versions,
+deterministic wait_for."""
+import functools
+import logging
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from realm_jax.index import refresh, search, store
+
+FP = "corpus-a"
+N, DIM = 200, 4
+QUERY = np.eye(1, DIM, dtype=np.float32)  # scores = column 0 = the version
+
+
+def version_rows(version):
+  """Every row's column 0 holds the version: any answer shows where it came from."""
+  emb = np.random.default_rng(version).normal(size=(N, DIM)).astype(np.float32)
+  emb[:, 0] = version
+  return emb
+
+
+def write(index_dir, version, fingerprint=FP, commit=True, shard_rows=64):
+  tmp = store.tmp_path(index_dir, version)
+  os.makedirs(tmp)
+  emb = version_rows(version)
+  shards = [store.write_shard(tmp, i, emb[lo:lo + shard_rows])
+            for i, lo in enumerate(range(0, N, shard_rows))]
+  if commit:
+    return store.commit(index_dir, version, dim=DIM, shards=shards,
+                        corpus_fingerprint=fingerprint)
+  return tmp
+
+
+def flip_a_byte(path):
+  shard = os.path.join(path, "emb-00001.npy")
+  with open(shard, "r+b") as f:
+    f.seek(200)
+    b = f.read(1)
+    f.seek(200)
+    f.write(bytes([b[0] ^ 0xFF]))
+
+
+def exact(emb, cache_dir=None):
+  del cache_dir
+  return search.ExactSearcher(emb)
+
+
+def test_hot_swap_under_a_searching_thread(tmp_path):
+  index_dir = str(tmp_path)
+  write(index_dir, 1)
+  watcher = refresh.IndexWatcher(index_dir, FP, exact, poll_interval=0.005)
+  watcher.wait_for(1, timeout=10)
+  issued, answers, errors, done = [0], [], [], threading.Event()
+
+  def searching():
+    while not done.is_set():
+      issued[0] += 1
+      try:
+        version, searcher, _ = watcher.current
+        ids, scores = searcher.search(QUERY, 5)
+        answers.append((version, ids, scores))
+      except Exception as e:  # pylint: disable=broad-except
+        errors.append(e)
+
+  thread = threading.Thread(target=searching)
+  thread.start()
+  bad = set()
+  for v in range(2, 12):
+    write(index_dir, 1000 + v, commit=False)      # a build still in progress
+    if v % 3 == 0:                                # a torn committed version
+      flip_a_byte(write(index_dir, 100 + v))
+      bad.add(100 + v)
+    write(index_dir, v if v < 11 else 200)
+    time.sleep(0.03)
+  deadline = time.monotonic() + 20
+  while watcher.version != 200 and time.monotonic() < deadline:
+    time.sleep(0.01)
+  time.sleep(0.05)
+  done.set()
+  thread.join()
+  watcher.close()
+  assert watcher.version == 200 and not errors
+  assert len(answers) == issued[0] > 100          # no query lost
+  versions = [v for v, _, _ in answers]
+  assert versions == sorted(versions)             # never back to an older one
+  assert set(versions) <= set(range(1, 11)) | {200}
+  assert len(set(versions)) >= 3                  # swaps happened mid-search
+  for version, ids, scores in answers:            # every answer from ONE index
+    assert (scores == version).all() and ids.tolist() == [[0, 1, 2, 3, 4]]
+  assert bad & set(versions) == set()
+
+
+def test_bad_versions_are_refused_once_and_the_old_index_stays(tmp_path, caplog):
+  index_dir = str(tmp_path)
+  write(index_dir, 1)
+  watcher = refresh.IndexWatcher(index_dir, FP, exact, poll_interval=None)
+  assert watcher.poll_once() and watcher.version == 1
+  flip_a_byte(write(index_dir, 2))
+  write(index_dir, 3, fingerprint="corpus-b")
+  with caplog.at_level(logging.INFO):
+    for _ in range(5):
+      assert not watcher.poll_once()
+  refusals = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+  assert len(refusals) == 2, refusals              # one line per bad version
+  assert "version 3 refused" in refusals[0] and "corpus-b" in refusals[0]
+  assert "version 2 refused" in refusals[1] and "sha256" in refusals[1]
+  assert watcher.version == 1 and sorted(watcher.refused) == [2, 3]
+  ids, scores = watcher.searcher.search(QUERY, 3)
+  assert (scores == 1).all()
+  with pytest.raises(store.CorruptIndexError, match="sha256"):
+    watcher.wait_for(2, timeout=1)
+
+
+def test_wait_for_loads_exactly_the_requested_version(tmp_path):
+  index_dir = str(tmp_path)
+  write(index_dir, 10)
+  write(index_dir, 20)
+  watcher = refresh.IndexWatcher(
+      index_dir, FP, functools.partial(search.make_searcher, kind="scann"),
+      poll_interval=None)
+  assert watcher.version is None and watcher.staleness(5) is None
+  before = time.time()
+  version, searcher, loaded_at = watcher.wait_for(10, timeout=5)
+  assert version == 10 and watcher.version == 10 and loaded_at >= before
+  assert (searcher.search(QUERY, 2)[1] == 10).all()
+  assert watcher.staleness(25) == 15
+  assert watcher.wait_for(20).version == 20
+  # The ScaNN searcher was cached inside the version; verify ignores it.
+  assert any(n.startswith("scann-") for n in os.listdir(os.path.join(index_dir, "20")))
+  store.verify(os.path.join(index_dir, "20"), FP)
+  with pytest.raises(TimeoutError, match="version 30"):
+    watcher.wait_for(30, timeout=0.1)
+  write(index_dir, 30, commit=False)
+  with pytest.raises(TimeoutError):                # a .tmp is never loaded
+    watcher.wait_for(30, timeout=0.1)

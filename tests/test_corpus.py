@@ -203,3 +203,16 @@ def test_clear_errors(tmp_path, tok, docs, store):
     corpus.BlockStore(str(tmp_path / "nowhere"))
   with pytest.raises(IndexError, match="out of range"):
     store.tokens[store.num_blocks]
+
+
+def test_store_pickles_by_path_and_serves_concurrent_readers(store):
+  import concurrent.futures
+  import pickle
+  blob = pickle.dumps(store)
+  assert len(blob) < 1000  # the path, not the arrays
+  clone = pickle.loads(blob)
+  assert clone.fingerprint == store.fingerprint
+  rows = np.random.default_rng(0).permutation(store.num_blocks).tolist() * 3
+  with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    got = list(pool.map(lambda i: clone.record(i)["uid"], rows))
+  assert got == [store.uid(i) for i in rows]

@@ -1,6 +1,7 @@
 """Salient spans (spaCy NER + dates) and masked pretraining queries."""
 import logging
 import os
+import pickle
 import sys
 
 import numpy as np
@@ -57,6 +58,8 @@ def test_query_records_cover_every_sentence_and_are_cached(store, records):
   assert {r["source_uid"] for r in records} == uids
   row = int(store.rows_for_uids([records[7]["source_uid"]])[0])
   assert records[7]["text"] in store.text(row)
+  clone = pickle.loads(pickle.dumps(records))
+  assert len(clone) == len(records) and clone[-1] == records[len(records) - 1]
   mtime = os.path.getmtime(records.path)
   again = ner.QueryRecords(store, tagger=ner.SpacyTagger(), progress=False)
   assert os.path.getmtime(again.path) == mtime and again[7] == records[7]

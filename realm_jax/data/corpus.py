@@ -109,8 +109,16 @@ class BlockStore:
     self.sentence_ptr = load("sentence_ptr.npy")
     self.sentence_starts = load("sentence_starts.npy")
     self._line_offsets = load("blocks_offsets.npy")
-    self._jsonl = None
+    self._jsonl_fd = None
     self._uid_order = None
+
+  # Pickled (e.g. into data-loader worker processes) as just the path: the
+  # memory maps are reopened on the other side instead of being copied.
+  def __getstate__(self):
+    return {"path": self.path}
+
+  def __setstate__(self, state):
+    self.__init__(state["path"])
 
   def __len__(self):
     return self.num_blocks
@@ -131,11 +139,11 @@ class BlockStore:
     """The blocks.jsonl line of block i: uid, title, text, sentences."""
     if not 0 <= i < self.num_blocks:
       raise IndexError(f"block {i} out of range [0, {self.num_blocks})")
-    if self._jsonl is None:
-      self._jsonl = open(os.path.join(self.path, "blocks.jsonl"), "rb")
-    self._jsonl.seek(int(self._line_offsets[i]))
-    return json.loads(self._jsonl.read(
-        int(self._line_offsets[i + 1] - self._line_offsets[i])))
+    if self._jsonl_fd is None:
+      self._jsonl_fd = os.open(os.path.join(self.path, "blocks.jsonl"), os.O_RDONLY)
+    # pread: no shared file position, so concurrent reader threads are safe.
+    start, end = int(self._line_offsets[i]), int(self._line_offsets[i + 1])
+    return json.loads(os.pread(self._jsonl_fd, end - start, start))
 
   def title(self, i: int) -> str:
     return self.record(i)["title"]
@@ -192,7 +200,10 @@ class BlockStore:
     return np.where(found, self._uid_order[pos], -1).astype(np.int64)
 
   def close(self):
-    if self._jsonl is not None:
-      self._jsonl.close()
-      self._jsonl = None
+    if getattr(self, "_jsonl_fd", None) is not None:
+      os.close(self._jsonl_fd)
+      self._jsonl_fd = None
+
+  def __del__(self):
+    self.close()
 

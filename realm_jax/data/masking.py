@@ -126,6 +126,8 @@ def mask_records(tokenizer: Tokenizer, records: Sequence[dict],
     raise ValueError(f"unknown masking strategy {strategy!r}; expected one of "
                      f"{STRATEGIES}")
   masker = MASKERS[strategy]
+  if strategy == "salient":  # spanless records are skipped: don't tokenize them
+    records = [r for r in records if r["spans"]]
   encs = tokenizer.encode_batch([r["text"] for r in records])
   out = (masker(tokenizer, r, rng, query_len, max_masks, encoding=e)
          for r, e in zip(records, encs))

@@ -167,15 +167,18 @@ class QueryRecords:
     if tagger is None:
       tagger = make_tagger("auto", gazetteer=_store_titles(store)
                            if _spacy_missing() else ())
-    self.tagger_name = tagger.name
-    self.path = os.path.join(store.path, f"query_records.{tagger.name}.jsonl")
-    meta_path = self.path[:-len(".jsonl")] + ".meta.json"
+    path = os.path.join(store.path, f"query_records.{tagger.name}.jsonl")
+    meta_path = path[:-len(".jsonl")] + ".meta.json"
     if not _cache_valid(meta_path, store.fingerprint):
-      _build_cache(store, tagger, self.path, meta_path, batch_size, progress)
-    with open(meta_path) as f:
+      _build_cache(store, tagger, path, meta_path, batch_size, progress)
+    self._open(path)
+
+  def _open(self, path: str):
+    self.path = path
+    with open(path[:-len(".jsonl")] + ".meta.json") as f:
       self.meta = json.load(f)
-    self._offsets = np.load(self.path[:-len(".jsonl")] + ".offsets.npy")
-    self._file = None
+    self._offsets = np.load(path[:-len(".jsonl")] + ".offsets.npy", mmap_mode="r")
+    self._fd = os.open(path, os.O_RDONLY)
 
   def __len__(self):
     return len(self._offsets) - 1
@@ -184,20 +187,26 @@ class QueryRecords:
     if not -len(self) <= i < len(self):
       raise IndexError(f"query record {i} out of range [0, {len(self)})")
     i %= len(self)
-    if self._file is None:
-      self._file = open(self.path, "rb")
-    self._file.seek(int(self._offsets[i]))
-    return _parse(self._file.read(int(self._offsets[i + 1] - self._offsets[i])))
+    start, end = int(self._offsets[i]), int(self._offsets[i + 1])
+    # pread: no shared file position, so concurrent reader threads are safe.
+    return _parse(os.pread(self._fd, end - start, start))
 
   def __iter__(self):
     with open(self.path, "rb") as f:
       for line in f:
         yield _parse(line)
 
-  def __getstate__(self):  # picklable for worker processes: no open file
-    state = dict(self.__dict__)
-    state["_file"] = None
-    return state
+  # Pickled (e.g. into data-loader worker processes) as just the cache path.
+  def __getstate__(self):
+    return {"path": self.path}
+
+  def __setstate__(self, state):
+    self._open(state["path"])
+
+  def __del__(self):
+    if getattr(self, "_fd", None) is not None:
+      os.close(self._fd)
+      self._fd = None
 
 
 def _parse(line: bytes) -> dict:

@@ -115,7 +115,7 @@ def test_load_tokenizer_forms(minilm):
   vocab = os.path.join(tk.minilm_dir(), "vocab.txt")
   tok = tk.load_tokenizer(f"wordpiece:{vocab}")
   assert tok.encode("Lu Xun").ids.tolist() == minilm.encode("Lu Xun").ids.tolist()
-  assert tk.load_tokenizer("minilm").identity == minilm.identity
+  assert tk.load_tokenizer("minilm").identity == minilm.identity == tok.identity
   with pytest.raises(ValueError, match="unknown tokenizer kind 'bpe'"):
     tk.load_tokenizer("bpe", vocab)
 

@@ -46,8 +46,11 @@ def corpus_fingerprint(uids, tokenizer_identity: str, block_len: int) -> str:
 class _SeenUids:
   """Set of uid prefixes: a sorted uint64 array plus the current shard's set."""
 
-  def __init__(self, uids=()):
-    self.sorted = np.unique(np.array([_prefix(u) for u in uids], np.uint64))
+  def __init__(self, uids: np.ndarray):
+    """uids: S40 [n] hex uids already in the store."""
+    head = b"".join(np.asarray(uids, "S40").astype("S16").tolist())
+    self.sorted = np.unique(np.frombuffer(bytes.fromhex(head.decode()), ">u8")
+                            .astype(np.uint64))
     self.recent = set()
 
   def __contains__(self, uid: str) -> bool:
@@ -283,7 +286,7 @@ def _load_progress(tmp: str, config: dict) -> dict:
   return fresh
 
 
-def _committed_uids(tmp: str, shards: int, drop_last: int) -> list:
+def _committed_uids(tmp: str, shards: int, drop_last: int) -> np.ndarray:
   """uids of the committed shards, minus the last `drop_last` rows.
 
   Those rows belong to the document a resumed build starts with; it re-packs
@@ -292,7 +295,7 @@ def _committed_uids(tmp: str, shards: int, drop_last: int) -> list:
   uids = [np.load(os.path.join(tmp, f"meta-{k:05d}.npz"))["uids"]
           for k in range(shards)]
   uids = np.concatenate(uids) if uids else np.zeros([0], "S40")
-  return [u.decode() for u in uids[:len(uids) - drop_last]]
+  return uids[:len(uids) - drop_last]
 
 
 def _commit_shard(buffer, tmp, k, config, counts, next_doc, skip_blocks):

@@ -89,7 +89,9 @@ class Tokenizer(abc.ABC):
   def identity(self) -> str:
     """A stable string naming this exact tokenizer (used in fingerprints)."""
     s = self.spec()
-    return f"{s['kind']}:lowercase={s.get('lowercase')}:sha256={s['sha256']}"
+    # "minilm" is only a way to find the file; the tokenization is WordPiece.
+    kind = "wordpiece" if s["kind"] == "minilm" else s["kind"]
+    return f"{kind}:lowercase={s.get('lowercase')}:sha256={s['sha256']}"
 
   def _lookup_specials(self):
     ids = {}

@@ -78,7 +78,8 @@ class _ShardBuffer:
 
   def __init__(self, shard_rows: int, block_len: int, tokenizer: Tokenizer):
     self.tokens = np.full((shard_rows, block_len), tokenizer.pad_id, np.int32)
-    self.cls, self.sep, self.pad = tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id
+    self.cls, self.sep = tokenizer.cls_id, tokenizer.sep_id
+    self.pad = tokenizer.pad_id
     self.rows = 0
     self.title_len, self.body_len, self.uids = [], [], []
     self.sent_count, self.sent_starts, self.lines = [], [], []
@@ -169,7 +170,8 @@ def _decode(doc):
 
 def build_block_store(documents: Iterable, tokenizer: Tokenizer, out_dir: str,
                       block_len: int = 288, shard_rows: int = 65536,
-                      max_title_tokens: int | None = None, batch_docs: int = 512,
+                      max_title_tokens: int | None = None,
+                      batch_docs: int = 512,
                       progress: bool = True, overwrite: bool = False):
   """Builds (or resumes building) a block store at `out_dir`.
 
@@ -215,8 +217,8 @@ def build_block_store(documents: Iterable, tokenizer: Tokenizer, out_dir: str,
   seen = _SeenUids(_committed_uids(tmp, shard, drop_last=resume_skip))
   buffer = _ShardBuffer(shard_rows, block_len, tokenizer)
   total = len(documents) if hasattr(documents, "__len__") else None
-  bar = tqdm.tqdm(total=total, initial=resume_doc, unit="doc", disable=not progress,
-                  desc="blocks", mininterval=1.0)
+  bar = tqdm.tqdm(total=total, initial=resume_doc, unit="doc", desc="blocks",
+                  disable=not progress, mininterval=1.0)
   docs = itertools.islice(enumerate(documents), resume_doc, None)
   doc_index = resume_doc
   while True:
@@ -256,7 +258,8 @@ def build_block_store(documents: Iterable, tokenizer: Tokenizer, out_dir: str,
       for k, b in enumerate(accepted[already:], start=already):
         buffer.add(b)
         if buffer.rows == shard_rows:
-          _commit_shard(buffer, tmp, shard, config, counts_before, doc_index, k + 1)
+          _commit_shard(buffer, tmp, shard, config, counts_before, doc_index,
+                        k + 1)
           seen.merge_recent()
           shard += 1
           buffer = _ShardBuffer(shard_rows, block_len, tokenizer)
@@ -346,7 +349,8 @@ def _finalize(tmp, out_dir, num_shards, tokenizer, config, counts):
       sent += s
   for arr in (title_len, body_len, uids, sent_ptr, sent_starts, line_offsets):
     arr.flush()
-  fingerprint = corpus_fingerprint(uids, tokenizer.identity, config["block_len"])
+  fingerprint = corpus_fingerprint(uids, tokenizer.identity,
+                                   config["block_len"])
   skipped = {r: counts.get(r, 0) for r in SKIP_REASONS}
   manifest = {
       "format": FORMAT, "num_blocks": n, "block_len": config["block_len"],
@@ -366,7 +370,8 @@ def _finalize(tmp, out_dir, num_shards, tokenizer, config, counts):
     os.remove(os.path.join(out_dir, f"meta-{k:05d}.npz"))
     os.remove(os.path.join(out_dir, f"blocks-{k:05d}.jsonl"))
   os.remove(os.path.join(out_dir, "progress.json"))
+  stats = manifest["stats"]
   log.info("block store %s: %d blocks from %d of %d documents (%d sentences "
-           "split); skipped %s", out_dir, n, manifest["stats"]["documents"],
-           manifest["stats"]["documents_read"], manifest["stats"]["split_sentences"],
+           "split); skipped %s", out_dir, n, stats["documents"],
+           stats["documents_read"], stats["split_sentences"],
            ", ".join(f"{r}={c}" for r, c in skipped.items()))

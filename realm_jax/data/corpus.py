@@ -29,7 +29,8 @@ import numpy as np
 
 # The builder lives in its own module; it is re-exported here so that
 # `corpus.build_block_store` and `corpus.BlockStore` sit side by side.
-from realm_jax.data.block_builder import FORMAT, build_block_store, corpus_fingerprint  # noqa: F401
+from realm_jax.data.block_builder import (  # noqa: F401
+    FORMAT, build_block_store, corpus_fingerprint)
 from realm_jax.data.tokenizer import Tokenizer, tokenizer_from_spec
 
 
@@ -71,8 +72,9 @@ class ShardedRows:
     return out.reshape(rows.shape + (self.shape[1],))
 
   def __array__(self, dtype=None, copy=None):
-    out = np.concatenate([np.asarray(s) for s in self.shards]) if self.shards else (
-        np.zeros(self.shape, np.int32))
+    if not self.shards:
+      return np.zeros(self.shape, dtype or np.int32)
+    out = np.concatenate([np.asarray(s) for s in self.shards])
     return out.astype(dtype) if dtype is not None else out
 
 
@@ -90,8 +92,8 @@ class BlockStore:
     with open(manifest_path) as f:
       self.manifest = json.load(f)
     if self.manifest.get("format") != FORMAT:
-      raise ValueError(f"{manifest_path}: format {self.manifest.get('format')!r}"
-                       f" is not {FORMAT!r}")
+      raise ValueError(f"{manifest_path}: format "
+                       f"{self.manifest.get('format')!r} is not {FORMAT!r}")
     self.num_blocks = int(self.manifest["num_blocks"])
     self.block_len = int(self.manifest["block_len"])
     self.fingerprint = self.manifest["fingerprint"]
@@ -129,8 +131,9 @@ class BlockStore:
 
   def check_fingerprint(self, expected: str, what: str = "index"):
     if expected != self.fingerprint:
-      raise ValueError(f"{what} was built for corpus fingerprint {expected}, but "
-                       f"the block store at {self.path} has {self.fingerprint}")
+      raise ValueError(f"{what} was built for corpus fingerprint {expected}, "
+                       f"but the block store at {self.path} has "
+                       f"{self.fingerprint}")
 
   def uid(self, i: int) -> str:
     return self.uids[i].decode()
@@ -140,7 +143,8 @@ class BlockStore:
     if not 0 <= i < self.num_blocks:
       raise IndexError(f"block {i} out of range [0, {self.num_blocks})")
     if self._jsonl_fd is None:
-      self._jsonl_fd = os.open(os.path.join(self.path, "blocks.jsonl"), os.O_RDONLY)
+      self._jsonl_fd = os.open(os.path.join(self.path, "blocks.jsonl"),
+                               os.O_RDONLY)
     # pread: no shared file position, so concurrent reader threads are safe.
     start, end = int(self._line_offsets[i]), int(self._line_offsets[i + 1])
     return json.loads(os.pread(self._jsonl_fd, end - start, start))

@@ -101,5 +101,6 @@ def demo_qa(split: str, limit: int | None = None) -> list[dict]:
       skipped["ambiguous"] += 1
     elif split_of(title) == split:
       out.append({"question": desc, "answer": [title]})
-  log.info("demo QA %s: %d pairs; skipped (all splits) %s", split, len(out), skipped)
+  log.info("demo QA %s: %d pairs; skipped (all splits) %s", split, len(out),
+           skipped)
   return out

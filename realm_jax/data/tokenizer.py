@@ -118,7 +118,8 @@ class WordPieceTokenizer(Tokenizer):
   BertPreTokenizer (whitespace and punctuation).
   """
 
-  def __init__(self, vocab_path: str, lowercase: bool = True, kind: str = "wordpiece"):
+  def __init__(self, vocab_path: str, lowercase: bool = True,
+               kind: str = "wordpiece"):
     from tokenizers import Tokenizer as HFTokenizer
     from tokenizers import decoders, models, normalizers, pre_tokenizers
     if not os.path.isfile(vocab_path):
@@ -158,7 +159,8 @@ class WordPieceTokenizer(Tokenizer):
 
   def spec(self) -> dict:
     return {"kind": self._kind, "path": self.vocab_path,
-            "lowercase": self.lowercase, "sha256": _sha256_cached(self.vocab_path),
+            "lowercase": self.lowercase,
+            "sha256": _sha256_cached(self.vocab_path),
             "vocab_size": self.vocab_size}
 
 
@@ -202,7 +204,8 @@ class SentencePieceTokenizer(Tokenizer):
       proto = self._sp.encode(text, return_type="proto")
     byte_to_char = _byte_to_char_map(text)
     ids = [p.id for p in proto.pieces]
-    offsets = [(byte_to_char[p.begin], byte_to_char[p.end]) for p in proto.pieces]
+    offsets = [(byte_to_char[p.begin], byte_to_char[p.end])
+               for p in proto.pieces]
     return _strip_leading_space(text, ids, offsets)
 
   def decode(self, ids) -> str:
@@ -328,5 +331,6 @@ def tokenizer_from_spec(spec: dict) -> Tokenizer:
   got = tok.spec()["sha256"]
   if got != spec["sha256"]:
     raise ValueError(f"tokenizer file {tok.spec()['path']} has sha256 {got}, "
-                     f"but {spec['sha256']} was expected: the vocabulary changed")
+                     f"but {spec['sha256']} was expected: the vocabulary "
+                     "changed")
   return tok

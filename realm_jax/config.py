@@ -23,6 +23,9 @@ def default_config() -> ml_collections.ConfigDict:
   # | checkpoint (init_path = a realm_jax workdir, e.g. the ICT run's)
   c.model.init = "random"
   c.model.init_path = ""
+  # A workdir with retriever exports (e.g. the ICT run's): its newest export
+  # replaces the retriever after `init`. This is how ICT warm-starts REALM.
+  c.model.retriever_init = ""
   c.model.hidden_act = "gelu"     # gelu (original TF code) | gelu_new (HF port)
   c.model.dropout_rate = 0.1
   c.model.proj_size = 128
@@ -82,6 +85,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.index.deterministic = False
   c.index.refresh_delay = 0
   c.index.bootstrap = ""           # embed job: params to build the first index from
+  # Params that embed the queries for retrieval: "index" (the export that
+  # built the index in service: the original code's stale query embedder) or
+  # "latest" (the trainer's current params, published every step).
+  c.index.query_params = "index"
 
   c.finetune = ml_collections.ConfigDict()
   c.finetune.dataset = "demo"      # demo | natural_questions_open | web_questions | jsonl:<path>

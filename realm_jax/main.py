@@ -28,7 +28,15 @@ _TASK_MODULES = {
 assert set(_TASK_MODULES) == set(config_lib.TASKS)
 
 
+class _QuietLibraries(logging.logging.Filter):
+  """Drops orbax's per-save INFO chatter, which would drown the training log."""
+
+  def filter(self, record):
+    return record.levelno >= logging.logging.WARNING or "orbax" not in record.pathname
+
+
 def main(argv):
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config = _CONFIG.value

@@ -1,0 +1,91 @@
+"""From config names to data objects: the tokenizer, the block store, the
+pretraining query records and the QA examples a task needs.
+
+Everything built here is cached in the workdir (or `data.block_store`), so a
+second run reuses it.
+"""
+import os
+
+from absl import logging
+
+from realm_jax.data import corpus
+from realm_jax.data import demo
+from realm_jax.data import ner
+from realm_jax.data import qa
+from realm_jax.data import sources
+from realm_jax.data import tokenizer as tokenizer_lib
+
+
+def tokenizer(config) -> tokenizer_lib.Tokenizer:
+  return tokenizer_lib.load_tokenizer(config.data.tokenizer)
+
+
+def block_store_path(config) -> str:
+  return config.data.block_store or os.path.join(config.workdir, "blocks")
+
+
+def documents(config):
+  """(title, text) pairs of the knowledge corpus Z, in a fixed order."""
+  name, limit = config.data.corpus, config.data.corpus_limit or None
+  if name == "demo":
+    return demo.demo_documents(limit)
+  if name.startswith("jsonl:"):
+    docs = sources.JsonlDocuments(name.split(":", 1)[1])
+  elif name == "wikipedia" or name.startswith("wikipedia/"):
+    docs = sources.tfds_documents(
+        name if "/" in name else "wikipedia/20230601.en", split="train",
+        data_dir=config.data.tfds_data_dir or None)
+  else:
+    raise ValueError(f"data.corpus={name!r}: expected demo, wikipedia[/<config>]"
+                     " or jsonl:<path>")
+  if limit:
+    return (docs[i] for i in range(min(limit, len(docs))))
+  return iter(docs)
+
+
+def block_store(config, progress: bool = True) -> corpus.BlockStore:
+  """Opens the block store, building (or resuming) it first if needed."""
+  path = block_store_path(config)
+  if not os.path.exists(os.path.join(path, "manifest.json")):
+    logging.info("building the block store at %s from data.corpus=%s", path,
+                 config.data.corpus)
+    corpus.build_block_store(documents(config), tokenizer(config), path,
+                             block_len=config.data.block_len, progress=progress)
+  store = corpus.BlockStore(path)
+  if store.block_len != config.data.block_len:
+    raise ValueError(f"the block store at {path} has block_len "
+                     f"{store.block_len}, but data.block_len is "
+                     f"{config.data.block_len}; use another data.block_store")
+  return store
+
+
+def query_records(config, store=None):
+  """Random-access query records {"text", "spans", "source_uid"} of X."""
+  name = config.data.queries
+  if name == "demo":
+    # X = Z: sentences of the demo blocks, NER-tagged once and cached.
+    return ner.QueryRecords(store if store is not None else block_store(config))
+  if name == "salient_span_wikipedia":
+    return sources.query_records("train", data_dir=config.data.tfds_data_dir or None)
+  if name == "cc_news":
+    raise NotImplementedError(
+        "data.queries=cc_news: build the TFDS cc_news dataset "
+        "(realm_jax/data/cc_news.py), tag it with realm_jax.data.ner, and pass "
+        "the records; not wired into the trainer yet")
+  raise ValueError(f"data.queries={name!r}: expected demo, "
+                   "salient_span_wikipedia or cc_news")
+
+
+def qa_examples(config, split: str):
+  """[{"question", "answer": [...]}] for finetune/eval."""
+  name = config.finetune.dataset
+  if name == "demo":
+    return demo.demo_qa(split, limit=config.data.corpus_limit or None)
+  if name.startswith("jsonl:"):
+    return qa.read_qa_jsonl(name.split(":", 1)[1])
+  if name in ("natural_questions_open", "web_questions"):
+    tfds_split = {"dev": "validation"}.get(split, split)
+    return sources.qa_examples(name, tfds_split,
+                               data_dir=config.data.tfds_data_dir or None)
+  raise ValueError(f"finetune.dataset={name!r}: expected demo, "
+                   "natural_questions_open, web_questions or jsonl:<path>")

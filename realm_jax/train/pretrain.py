@@ -1,0 +1,334 @@
+"""REALM pretraining (config.task == "pretrain").
+
+One step, as in the paper and the original code:
+  - a prefetch thread embeds the masked queries with stale retriever params,
+    searches the index in service for k-1 blocks (never the query's own
+    block), puts the null document first and builds the reader inputs;
+  - `train_step` (pure, jitted over the data-parallel mesh) re-embeds the
+    query and the k candidates with the current params, so the MLM signal
+    reaches the retriever through log p(z|x), and minimises the marginal MLM
+    loss (per token by default, per sequence as the paper's equation);
+  - every `index.refresh_every` steps the trainer exports the retriever; a
+    separate embedding job (spawned here locally, or started by launch/ on
+    TPU) re-embeds the corpus and commits a new index, which the IndexWatcher
+    hot-swaps without the trainer ever waiting.
+
+Deterministic refresh (`index.deterministic=True`) removes the wall clock:
+step t uses exactly index version v(t) = R * floor((t - D) / R) (R =
+refresh_every, D = refresh_delay, at least 0), waiting for it if needed, and
+embeds queries with that version's export. Runs are then bitwise repeatable
+on CPU, including across kill -9 and resume.
+"""
+import functools
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from flax import serialization
+
+from realm_jax.data import catalog
+from realm_jax.data import pipeline
+from realm_jax.index import export as export_lib
+from realm_jax.index import refresh
+from realm_jax.index import search
+from realm_jax.index import store as index_store
+from realm_jax.models import losses
+from realm_jax.models.reader import MLMEncoder
+from realm_jax.models.retriever import (Retriever, doc_embedder_params,
+                                        relevance_scores)
+from realm_jax.train import checkpoint as ckpt_lib
+from realm_jax.train import loop
+from realm_jax.train import metrics as metrics_lib
+from realm_jax.train import model_init
+from realm_jax.train import partition
+from realm_jax.train import prefetch
+from realm_jax.train import retrieval
+from realm_jax.train import state as state_lib
+
+DEVICE_KEYS = ("query_ids", "query_mask", "mlm_positions", "mlm_labels",
+               "mlm_weights", "cand_ids", "cand_segments", "cand_mask",
+               "reader_ids", "reader_segments", "reader_mask")
+
+
+# ----------------------------------------------------------------- the step
+
+def pretrain_loss(params, batch, rng, cfg, per_token=True, deterministic=False):
+  """The marginal MLM loss of one batch; (loss, aux metrics).
+
+  batch: query_ids/query_mask [B, Lq]; cand_* [B, K, Ld] (retriever inputs,
+  null document first); reader_* [B, K, Lr]; mlm_* [B, M].
+  """
+  retriever, reader = Retriever(cfg), MLMEncoder(cfg)
+  q_rng, d_rng, r_rng = jax.random.split(rng, 3)
+  r_vars = {"params": params["retriever"]}
+  q_emb = retriever.apply(
+      r_vars, batch["query_ids"], jnp.zeros_like(batch["query_ids"]),
+      batch["query_mask"], deterministic, method=Retriever.embed_query,
+      rngs={"dropout": q_rng})
+  d_emb = retriever.apply(
+      r_vars, batch["cand_ids"], batch["cand_segments"], batch["cand_mask"],
+      deterministic, method=Retriever.embed_doc, rngs={"dropout": d_rng})
+  log_pz = losses.candidate_log_probs(relevance_scores(q_emb, d_emb))
+  logits = reader.apply(
+      {"params": params["reader"]}, batch["reader_ids"],
+      batch["reader_segments"], batch["reader_mask"], batch["mlm_positions"],
+      deterministic, rngs={"dropout": r_rng})
+  return losses.marginal_mlm_loss(log_pz, logits, batch["mlm_labels"],
+                                  batch["mlm_weights"], per_token=per_token)
+
+
+def train_step(state: state_lib.TrainState, batch, cfg, per_token=True):
+  rng = jax.random.fold_in(state.rng, state.step)
+  (loss, aux), grads = jax.value_and_grad(pretrain_loss, has_aux=True)(
+      state.params, batch, rng, cfg, per_token)
+  new_state = state.apply_gradients(grads)
+  metrics = dict(aux, loss=loss, grad_norm=optax.global_norm(grads),
+                 param_norm=optax.global_norm(state.params),
+                 retriever_grad_norm=optax.global_norm(grads["retriever"]))
+  return new_state, metrics
+
+
+def jit_train_step(cfg, mesh, per_token=True):
+  repl, data = partition.replicated(mesh), partition.data_sharded(mesh)
+  return jax.jit(functools.partial(train_step, cfg=cfg, per_token=per_token),
+                 in_shardings=(repl, data), out_shardings=(repl, repl),
+                 donate_argnums=0)
+
+
+# ------------------------------------------------------- the embedding job
+
+def spawn_embed_job(config, store_path: str, deterministic: bool):
+  """Starts `realm_jax.index.embed --watch` as a child process."""
+  cmd = [sys.executable, "-m", "realm_jax.index.embed", "--watch",
+         "--workdir", config.workdir, "--block_store", store_path,
+         "--batch_size", str(config.index.embed_batch_size),
+         "--dtype", config.index.embed_dtype, "--keep", str(config.index.keep),
+         "--poll_interval", "0.2", "--parent_pid", str(os.getpid()),
+         "--no_progress"]
+  if deterministic:
+    cmd.append("--every_export")
+  log = open(os.path.join(config.workdir, "embed_job.log"), "ab")
+  logging.info("starting the embedding job: %s", " ".join(cmd))
+  return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+
+
+# ------------------------------------------------------- retrieval thread
+
+class QueryEmbedder:
+  """Embeds queries for retrieval with stale params, on the device."""
+
+  def __init__(self, cfg, workdir):
+    self.cfg, self.workdir = cfg, workdir
+    retriever = Retriever(cfg)
+    self._embed = jax.jit(lambda p, ids, mask: retriever.apply(
+        {"params": p}, ids, jnp.zeros_like(ids), mask, True,
+        method=Retriever.embed_query))
+    self._cache = (None, None)   # (version, params)
+    self.latest = None           # published by the trainer ("latest" mode)
+
+  def params_of_export(self, version: int):
+    if self._cache[0] != version:
+      _, doc_params, _ = export_lib.load_export(
+          export_lib.export_path(self.workdir, version))
+      key = "embedder" if self.cfg.share_embedder else "query_embedder"
+      if not self.cfg.share_embedder:
+        raise ValueError("index.query_params=index needs share_embedder: the "
+                         "export holds only the document embedder")
+      self._cache = (version, {key: doc_params})
+    return self._cache[1]
+
+  def __call__(self, retriever_params, query_ids, query_mask):
+    return np.asarray(self._embed(retriever_params, query_ids, query_mask))
+
+
+def version_for_step(step: int, every: int, delay: int) -> int:
+  """Deterministic mode: the index version step `step` trains against."""
+  return max(0, (step - delay) // every * every)
+
+
+class BatchMaker:
+  """The prefetch thread's work: one query batch -> one full train batch."""
+
+  def __init__(self, config, cfg, store, tokenizer, data_iter, watcher,
+               start_step):
+    self.config, self.store, self.tok = config, store, tokenizer
+    self.data_iter, self.watcher = data_iter, watcher
+    self.step = start_step
+    self.embedder = QueryEmbedder(cfg, config.workdir)
+
+  def __call__(self) -> dict:
+    c = self.config
+    batch = next(self.data_iter)
+    data_state = self.data_iter.get_state()
+    if c.index.deterministic:
+      current = self.watcher.wait_for(version_for_step(
+          self.step, c.index.refresh_every, c.index.refresh_delay))
+    else:
+      current = self.watcher.current
+    if c.index.query_params == "latest" and self.embedder.latest is not None:
+      q_params = self.embedder.latest
+    else:
+      q_params = self.embedder.params_of_export(current.version)
+    q_emb = self.embedder(q_params, batch["query_ids"], batch["query_mask"])
+    source_rows = self.store.rows_for_uids(list(batch["source_uid"]))
+    rows, _ = retrieval.retrieve_candidates(
+        current.searcher, q_emb, source_rows, c.train.num_candidates - 1)
+    cand = retrieval.candidate_doc_inputs(self.store, rows, self.tok)
+    reader = retrieval.reader_inputs(
+        batch["query_ids"], batch["query_mask"], self.store, rows,
+        c.data.reader_len, self.tok.sep_id, self.tok.pad_id)
+    out = {k: batch[k] for k in ("query_ids", "query_mask", "mlm_positions",
+                                 "mlm_labels", "mlm_weights")}
+    out.update(cand_ids=cand[0], cand_segments=cand[1], cand_mask=cand[2],
+               reader_ids=reader[0], reader_segments=reader[1],
+               reader_mask=reader[2])
+    info = {"step": self.step, "data_state": data_state,
+            "index_version": current.version, "rows": rows}
+    self.step += 1
+    return {"arrays": out, "info": info}
+
+
+# ----------------------------------------------------------------- the run
+
+def _make_searcher_fn(config):
+  return functools.partial(search.make_searcher, kind=config.index.searcher)
+
+
+def run(config):
+  partition.maybe_initialize_distributed()
+  c = config
+  os.makedirs(c.workdir, exist_ok=True)
+  tok = catalog.tokenizer(c)
+  store = catalog.block_store(c)
+  records = catalog.query_records(c, store)
+  cfg = model_init.realm_config(c, tok.vocab_size)
+  mesh = partition.make_mesh()
+  partition.check_batch_size(c.train.batch_size, mesh)
+  if c.index.deterministic and c.index.query_params != "index":
+    raise ValueError("index.deterministic needs index.query_params=index")
+
+  tx = state_lib.bert_adamw(c.train)
+  checkpointer = ckpt_lib.Checkpointer(c.workdir, keep=c.train.keep_checkpoints)
+  state, data_state, meta = loop.create_or_restore(
+      checkpointer, lambda rng: model_init.init_params(c, cfg, rng), tx, c.seed,
+      mesh)
+  start = int(state.step)
+  logging.info("REALM pretraining: %d params, %d blocks, %d query records, "
+               "start step %d", model_init.param_count(state.params),
+               store.num_blocks, len(records), start)
+
+  index_dir = os.path.join(c.workdir, "index")
+  if not export_lib.list_exports(c.workdir) or start % c.index.refresh_every == 0:
+    _export(c, cfg, state, start)
+  job = (spawn_embed_job(c, store.path, c.index.deterministic)
+         if c.index.spawn_embed_job and jax.process_index() == 0 else None)
+  watcher = refresh.IndexWatcher(
+      index_dir, store.fingerprint, _make_searcher_fn(c),
+      poll_interval=None if c.index.deterministic else 0.5)
+  try:
+    if not c.index.deterministic:
+      first = meta.get("index_version")
+      logging.info("waiting for the first index in %s", index_dir)
+      watcher.wait_for(first if first is not None and first in
+                       index_store.list_versions(index_dir) else
+                       _first_version(index_dir, job))
+    dataset = pipeline.pretraining_dataset(
+        records, tok, c.seed, c.train.batch_size // jax.process_count(),
+        mask_fn=c.data.masking, query_len=c.data.query_len,
+        max_masks=c.data.max_masks)
+    data_iter = iter(dataset)
+    if data_state is not None:
+      data_iter.set_state(data_state)
+    maker = BatchMaker(c, cfg, store, tok, data_iter, watcher, start)
+    if c.index.query_params == "latest":
+      maker.embedder.latest = jax.tree.map(jnp.copy, state.params["retriever"])
+    feeder = prefetch.Prefetcher(maker, depth=c.train.prefetch)
+    try:
+      _train_loop(c, cfg, mesh, state, feeder, maker, watcher, checkpointer,
+                  start)
+    finally:
+      feeder.close()
+  finally:
+    watcher.close()
+    checkpointer.close()
+    if job is not None:
+      job.terminate()
+      job.wait(timeout=60)
+
+
+def _first_version(index_dir, job, poll=0.5):
+  import time
+  while True:
+    versions = index_store.list_versions(index_dir)
+    if versions:
+      return versions[-1]
+    if job is not None and job.poll() is not None:
+      raise RuntimeError(f"the embedding job exited with code {job.returncode} "
+                         "before building the first index; see embed_job.log")
+    time.sleep(poll)
+
+
+def _export(c, cfg, state, step):
+  if jax.process_index() != 0:
+    return
+  params = jax.device_get(doc_embedder_params(state.params["retriever"], cfg))
+  export_lib.write_export(c.workdir, step, params, cfg)
+  keep = c.index.keep + 2
+  for old in export_lib.list_exports(c.workdir)[:-keep]:
+    import shutil
+    shutil.rmtree(export_lib.export_path(c.workdir, old), ignore_errors=True)
+
+
+def _train_loop(c, cfg, mesh, state, feeder, maker, watcher, checkpointer,
+                start):
+  step_fn = jit_train_step(cfg, mesh, per_token=c.train.loss == "per_token")
+  writer = metrics_lib.MetricsWriter(c.workdir, "pretrain",
+                                     enabled=jax.process_index() == 0)
+  clock = loop.StepClock()
+  last_info = None
+  pending = []
+  for step in range(start, c.train.num_steps):
+    item, waited = feeder.get()
+    info = item["info"]
+    if info["step"] != step:
+      raise RuntimeError(f"batch for step {info['step']} arrived at step {step}")
+    batch = partition.shard_batch(item["arrays"], mesh)
+    state, metrics = step_fn(state, batch)
+    clock.add(waited, c.train.batch_size)
+    last_info = info
+    pending.append((step, metrics, info))
+    done = step + 1
+    if c.index.query_params == "latest":
+      maker.embedder.latest = jax.tree.map(jnp.copy, state.params["retriever"])
+    if done % c.train.log_every == 0 or done == c.train.num_steps:
+      for s, m, inf in pending:
+        values = loop.fetch(m)
+        ckpt_lib.check_finite(s + 1, values)
+        values.update(index_version=inf["index_version"],
+                      index_staleness=s - inf["index_version"])
+        if (s, m, inf) is pending[-1]:
+          values.update(clock.summary())
+        writer.write(s + 1, values)
+      logging.info("step %d loss %.4f mlm_acc %.3f p_null %.3f index v%d "
+                   "(stale %d) wait %.0f%%", done, values["loss"],
+                   values["mlm_accuracy"], values["p_null"],
+                   info["index_version"], values["index_staleness"],
+                   100 * values.get("time/wait_fraction", 0))
+      pending = []
+    if done % c.index.refresh_every == 0:
+      _export(c, cfg, state, done)
+    if done % c.train.checkpoint_every == 0 or done == c.train.num_steps:
+      ckpt_lib.check_finite(done, loop.fetch({"loss": metrics["loss"]}))
+      checkpointer.save(done, loop.state_tree(state),
+                        data_state=last_info["data_state"],
+                        meta={"index_version": last_info["index_version"]})
+  writer.close()
+  checkpointer.wait()
+  return state

@@ -1,0 +1,230 @@
+"""The embedding job: every block in order, resume after a crash, watch mode,
+and a REAL job process killed with SIGKILL mid-write."""
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from realm_jax.index import embed, export, refresh, search, store
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class ArraySource:
+  """A block source over an in-memory token array (the BlockStore interface)."""
+
+  def __init__(self, tokens, fingerprint="arrays-v1", fail_at=None):
+    self.tokens = tokens
+    self.num_blocks = len(tokens)
+    self.fingerprint = fingerprint
+    self.fail_at = fail_at
+    self.rows_read = 0
+
+  def doc_inputs(self, rows):
+    if self.fail_at is not None and rows.max() >= self.fail_at:
+      raise RuntimeError("simulated crash")
+    self.rows_read += len(rows)
+    ids = self.tokens[rows]
+    return ids, np.zeros_like(ids), np.ones_like(ids)
+
+
+def linear_embed(params, input_ids, segment_ids, input_mask):
+  """A deterministic stand-in embedder: [B, L] ids -> [B, 3]."""
+  del segment_ids
+  x = (input_ids * input_mask).astype(jnp.float32)
+  return x[:, :3] * params["scale"] + params["shift"]
+
+
+PARAMS = {"scale": np.float32(0.5), "shift": np.float32(1.0)}
+
+
+def expected(tokens):
+  return tokens[:, :3].astype(np.float32) * 0.5 + 1.0
+
+
+@pytest.fixture
+def tokens():
+  return np.random.default_rng(0).integers(0, 1000, size=(1000, 6)).astype(np.int32)
+
+
+def test_every_block_is_embedded_in_order(tmp_path, tokens):
+  path = embed.build_index(linear_embed, PARAMS, ArraySource(tokens), str(tmp_path),
+                           step=7, batch_size=64, shard_rows=300, progress=False,
+                           export={"step": 7})
+  m = store.verify(path, "arrays-v1")
+  assert [s["rows"] for s in m["shards"]] == [300, 300, 300, 100]
+  assert m["export"] == {"step": 7} and m["dim"] == 3
+  np.testing.assert_array_equal(np.asarray(store.load(path)), expected(tokens))
+  assert sorted(os.listdir(path)) == ["emb-0000%d.npy" % i for i in range(4)] + [
+      "manifest.json"]
+
+
+def test_restart_keeps_verified_shards_and_redoes_the_rest(tmp_path, tokens):
+  index_dir = str(tmp_path)
+  kwargs = dict(step=3, batch_size=50, shard_rows=250, progress=False)
+  with pytest.raises(RuntimeError, match="simulated crash"):
+    embed.build_index(linear_embed, PARAMS, ArraySource(tokens, fail_at=600),
+                      index_dir, **kwargs)
+  tmp = store.tmp_path(index_dir, 3)
+  assert store.list_versions(index_dir) == []
+  assert {"emb-00000.npy", "emb-00001.npy"} <= set(os.listdir(tmp))
+  with open(os.path.join(tmp, "emb-00001.npy"), "r+b") as f:   # damage shard 1
+    f.seek(-4, os.SEEK_END)
+    f.write(b"\x00\x00\x80\x7f")
+  open(os.path.join(tmp, "emb-00002.npy.partial"), "wb").write(b"torn")
+  source = ArraySource(tokens)
+  path = embed.build_index(linear_embed, PARAMS, source, index_dir, **kwargs)
+  assert source.rows_read == 750                       # shard 0 was kept
+  store.verify(path, "arrays-v1")
+  np.testing.assert_array_equal(np.asarray(store.load(path)), expected(tokens))
+  assert not os.path.exists(tmp)
+
+
+def test_leftovers_of_another_job_are_discarded(tmp_path, tokens):
+  index_dir = str(tmp_path)
+  kwargs = dict(step=3, batch_size=100, shard_rows=500, progress=False)
+  with pytest.raises(RuntimeError):
+    embed.build_index(linear_embed, PARAMS, ArraySource(tokens, "other", 700),
+                      index_dir, **kwargs)
+  source = ArraySource(tokens)                          # another corpus now
+  embed.build_index(linear_embed, PARAMS, source, index_dir, **kwargs)
+  assert source.rows_read == 1000
+
+
+def test_bfloat16_embeddings_are_close_to_float32(tmp_path, tokens):
+  path = embed.build_index(linear_embed, PARAMS, ArraySource(tokens[:100] % 64),
+                           str(tmp_path), step=1, dtype="bfloat16",
+                           progress=False)
+  np.testing.assert_allclose(np.asarray(store.load(path)),
+                             expected(tokens[:100] % 64), rtol=1e-2)
+
+
+def test_processes_take_contiguous_shard_ranges():
+  ranges = [embed.my_shards(10, p, 4) for p in range(4)]
+  assert [list(r) for r in ranges] == [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9]]
+  assert embed.shard_ranges(10, 4) == [(0, 4), (4, 8), (8, 10)]
+
+
+def test_watch_embeds_only_the_newest_export(tmp_path, tokens, caplog):
+  workdir = str(tmp_path)
+  from realm_jax.models import config as config_lib
+  cfg = config_lib.RealmConfig(bert=config_lib.tiny())
+  for step, scale in ((100, 1.0), (200, 2.0)):
+    export.write_export(workdir, step, {"scale": np.float32(scale),
+                                        "shift": np.float32(0)}, cfg)
+  kwargs = dict(embed_fn=linear_embed, poll_interval=0.01, progress=False)
+  with caplog.at_level("INFO"):
+    built = embed.watch(workdir, ArraySource(tokens), max_versions=1, **kwargs)
+  assert built == [store.version_path(os.path.join(workdir, "index"), 200)]
+  assert any("skipping stale export(s) [100]" in r.getMessage()
+             for r in caplog.records)
+  emb = store.load(built[0])
+  np.testing.assert_array_equal(emb[:5], tokens[:5, :3] * 2.0)
+  # Nothing newer: the watcher idles out without building anything.
+  assert embed.watch(workdir, ArraySource(tokens), idle_timeout=0.05,
+                     **kwargs) == []
+
+
+# --- The real job: real BlockStore, real RetrieverEmbedder, SIGKILL. -------
+
+
+def build_demo_store(path, num_docs):
+  from realm_jax.data import corpus, demo
+  from realm_jax.data import tokenizer as tk
+  return corpus.build_block_store(demo.demo_documents(limit=num_docs),
+                                  tk.minilm_tokenizer(), path, block_len=64,
+                                  shard_rows=256, progress=False)
+
+
+def export_random_embedder(workdir, bert):
+  from realm_jax.models import config as config_lib
+  from realm_jax.models.retriever import RetrieverEmbedder
+  cfg = config_lib.RealmConfig(bert=bert, proj_size=16)
+  ids = jnp.zeros((1, 64), jnp.int32)
+  params = RetrieverEmbedder(cfg).init(jax.random.PRNGKey(0), ids, ids, ids)
+  return export.write_export(workdir, 0, params["params"], cfg), cfg
+
+
+def run_job(workdir, block_store, export_path, shard_rows, batch_size):
+  cmd = [sys.executable, "-m", "realm_jax.index.embed", "--workdir", workdir,
+         "--block_store", block_store, "--once", "--export", export_path,
+         "--shard_rows", str(shard_rows), "--batch_size", str(batch_size),
+         "--no_progress"]
+  return subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
+
+
+def kill_mid_write_then_resume(tmp_path, num_docs, bert, shard_rows, batch_size,
+                               kill_after_shards):
+  workdir = str(tmp_path / "work")
+  blocks = build_demo_store(str(tmp_path / "blocks"), num_docs)
+  export_path, cfg = export_random_embedder(workdir, bert)
+  index_dir = os.path.join(workdir, "index")
+  tmp = store.tmp_path(index_dir, 0)
+  num_shards = -(-blocks.num_blocks // shard_rows)
+  assert num_shards > kill_after_shards + 5
+
+  job = run_job(workdir, blocks.path, export_path, shard_rows, batch_size)
+  # A shard is finished once its checksum sidecar is in place.
+  target = os.path.join(tmp, store.shard_file(kill_after_shards - 1) + ".sha256")
+  deadline = time.monotonic() + 240
+  while not os.path.exists(target):
+    assert job.poll() is None, job.stdout.read()
+    assert time.monotonic() < deadline, "the job wrote no shard in time"
+    time.sleep(0.001)
+  job.send_signal(signal.SIGKILL)
+  job.wait()
+  assert job.returncode == -signal.SIGKILL
+  # What a killed job leaves: a .tmp dir with some shards, and nothing loadable.
+  assert os.listdir(index_dir) == ["0.tmp"]
+  finished = len([n for n in os.listdir(tmp) if n.endswith(".npy.sha256")])
+  assert kill_after_shards <= finished < num_shards
+  watcher = refresh.IndexWatcher(index_dir, blocks.fingerprint,
+                                 lambda emb, cache_dir: search.ExactSearcher(emb),
+                                 poll_interval=None)
+  assert not watcher.poll_once() and watcher.version is None
+
+  job = run_job(workdir, blocks.path, export_path, shard_rows, batch_size)
+  log, _ = job.communicate(timeout=600)
+  assert job.returncode == 0, log
+  reused = int(re.search(r"(\d+) already finished and verified", log).group(1))
+  assert reused == finished
+  assert os.listdir(index_dir) == ["0"]
+  watcher.wait_for(0, timeout=5)
+  # Row i is block i, embedded by the real RetrieverEmbedder with the export's
+  # params (batch shapes differ from the job's, hence allclose).
+  _, params, _ = export.load_export(export_path)
+  rows = np.concatenate([np.arange(0, blocks.num_blocks, 37),
+                         [blocks.num_blocks - 1]])
+  want = embed.make_embed_fn(cfg)(params, *blocks.doc_inputs(rows))
+  got = store.load(store.version_path(index_dir, 0))[rows]
+  np.testing.assert_allclose(got, np.asarray(want), rtol=1e-4, atol=1e-5)
+  everything = np.asarray(store.load(store.version_path(index_dir, 0)))
+  ids, _ = watcher.searcher.search(got[:3], 1)
+  assert ids[:, 0].tolist() == np.argmax(got[:3] @ everything.T, 1).tolist()
+
+
+def test_killed_embedding_process_leaves_nothing_loadable_and_resumes(tmp_path):
+  from realm_jax.models import config as config_lib
+  # ~300 blocks, one tiny batch per shard: the kill lands while most shards
+  # are still to be written.
+  kill_mid_write_then_resume(
+      tmp_path, num_docs=150,
+      bert=config_lib.tiny(vocab_size=30522, hidden_size=32, num_layers=2),
+      shard_rows=4, batch_size=4, kill_after_shards=2)
+
+
+@pytest.mark.slow
+def test_killed_embedding_process_resumes_on_the_whole_demo_corpus(tmp_path):
+  from realm_jax.models import config as config_lib
+  kill_mid_write_then_resume(
+      tmp_path, num_docs=None, bert=config_lib.minilm_l6(),
+      shard_rows=2048, batch_size=64, kill_after_shards=3)

@@ -330,18 +330,27 @@ def init_from_bert(module, bert_params, rng):
   For RetrieverEmbedder / Retriever the projection is fresh; for SpanReader
   the span head is fresh. Shapes and names must match exactly (ValueError).
   """
-  params = module.init(rng, *_example_inputs(module))["params"]
+  args = _example_inputs(module)
+  # Check against the abstract tree first: a mismatch fails without paying
+  # for the init's compile.
   graft = lambda tree: _graft(tree, bert_params)
+  _map_bert(_abstract_params(module, *args), graft)
+  params = jax.jit(module.init)(rng, *args)["params"]
+  return _map_bert(params, graft)
+
+
+def _map_bert(params, fn):
+  """Applies fn to the `bert` subtree(s): top level or one level down."""
   if "bert" in params:
-    return {**params, "bert": graft(params["bert"])}
-  return {name: {**sub, "bert": graft(sub["bert"])} for name, sub in
+    return {**params, "bert": fn(params["bert"])}
+  return {name: {**sub, "bert": fn(sub["bert"])} for name, sub in
           params.items()}
 
 
 def _graft(target, source):
   flat_t = traverse_util.flatten_dict(target)
   flat_s = traverse_util.flatten_dict(source)
-  for path in flat_t.keys() | flat_s.keys():
+  for path in sorted(flat_t.keys() | flat_s.keys()):
     where = "bert/" + "/".join(path)
     if path not in flat_s:
       raise ValueError(f"parameter {where} is missing from the BERT params")
@@ -351,4 +360,4 @@ def _graft(target, source):
       raise ValueError(f"parameter {where}: BERT param has shape "
                        f"{flat_s[path].shape}, expected {flat_t[path].shape}")
   return traverse_util.unflatten_dict(
-      {p: jnp.asarray(flat_s[p], flat_t[p].dtype) for p in flat_t})
+      {p: jnp.asarray(flat_s[p], dtype=flat_t[p].dtype) for p in flat_t})

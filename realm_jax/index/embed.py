@@ -268,25 +268,43 @@ def embed_export(export_path: str, source: BlockSource, index_dir: str, *,
                      export=info, **kwargs)
 
 
+def _parent_gone(parent_pid: int | None) -> bool:
+  """True once the process that spawned the job has died (e.g. kill -9)."""
+  return parent_pid is not None and os.getppid() != parent_pid
+
+
 def watch(workdir: str, source: BlockSource, index_dir: str | None = None, *,
           poll_interval: float = 5.0, idle_timeout: float | None = None,
-          max_versions: int | None = None, stop=None, **kwargs) -> list[str]:
+          max_versions: int | None = None, stop=None, every_export: bool = False,
+          parent_pid: int | None = None, **kwargs) -> list[str]:
   """Embeds the newest export each time it is newer than the newest index.
 
+  every_export: embed every export newer than the newest index, oldest first,
+    instead of only the newest (the trainer's deterministic refresh mode
+    waits for each version in turn).
+  parent_pid: exit when this process is no longer our parent, so a trainer
+    killed with SIGKILL does not leave its embedding job behind.
+
   Returns the committed paths when `max_versions` were built, no new export
-  came for `idle_timeout` seconds, or `stop` (a threading.Event) was set.
+  came for `idle_timeout` seconds, `stop` (a threading.Event) was set, or the
+  parent died.
   """
   index_dir = index_dir or os.path.join(workdir, "index")
   built, idle_since = [], time.monotonic()
   while not (stop is not None and stop.is_set()):
+    if _parent_gone(parent_pid):
+      logging.info("the trainer (pid %d) is gone; the embedding job exits",
+                   parent_pid)
+      break
     steps = export_lib.list_exports(workdir)
     newest_index = store.latest_version(index_dir)
-    if steps and (newest_index is None or steps[-1] > newest_index):
-      skipped = [s for s in steps[:-1] if newest_index is None or s > newest_index]
-      if skipped:
-        logging.info("skipping stale export(s) %s: %d is newer", skipped,
-                     steps[-1])
-      built.append(embed_export(export_lib.export_path(workdir, steps[-1]),
+    todo = [s for s in steps if newest_index is None or s > newest_index]
+    if todo:
+      if not every_export and len(todo) > 1:
+        logging.info("skipping stale export(s) %s: %d is newer", todo[:-1],
+                     todo[-1])
+      step = todo[0] if every_export else todo[-1]
+      built.append(embed_export(export_lib.export_path(workdir, step),
                                 source, index_dir, **kwargs))
       idle_since = time.monotonic()
       if max_versions is not None and len(built) >= max_versions:
@@ -342,6 +360,10 @@ def main(argv=None):
   p.add_argument("--idle_timeout", type=float, default=None,
                  help="--watch: exit after this many seconds without a new export")
   p.add_argument("--no_progress", action="store_true")
+  p.add_argument("--every_export", action="store_true",
+                 help="--watch: embed every new export in order, skipping none")
+  p.add_argument("--parent_pid", type=int, default=None,
+                 help="--watch: exit when this process (the trainer) dies")
   args = p.parse_args(argv)
   if args.once and not args.export:
     p.error("--once needs --export PATH")
@@ -355,7 +377,8 @@ def main(argv=None):
     embed_export(args.export, source, index_dir, **kwargs)
   else:
     watch(args.workdir, source, index_dir, poll_interval=args.poll_interval,
-          idle_timeout=args.idle_timeout, **kwargs)
+          idle_timeout=args.idle_timeout, every_export=args.every_export,
+          parent_pid=args.parent_pid, **kwargs)
 
 
 if __name__ == "__main__":

@@ -99,7 +99,9 @@ def init_params(config, cfg: model_config.RealmConfig, rng, with_reader=True) ->
     logging.info("retriever initialised from export %s (step %d)", path, step)
     key = "embedder" if cfg.share_embedder else "doc_embedder"
     params["retriever"] = dict(params["retriever"], **{key: doc_params})
-  return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+  # Copies: the retriever and reader start from the same BERT arrays, and the
+  # train step donates its state, which must not hold one buffer twice.
+  return jax.tree.map(lambda x: jnp.array(x, jnp.float32, copy=True), params)
 
 
 def _random_init(module, rng):

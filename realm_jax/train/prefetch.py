@@ -10,13 +10,20 @@ import time
 from typing import Any, Callable
 
 
+class _End:
+  pass
+
+
 class _Failure:
   def __init__(self, error: BaseException):
     self.error = error
 
 
 class Prefetcher:
-  """Runs `produce()` repeatedly on a daemon thread, `depth` results ahead."""
+  """Runs `produce()` repeatedly on a daemon thread, `depth` results ahead.
+
+  `produce` raising StopIteration ends the stream: `get()` then raises it too.
+  """
 
   def __init__(self, produce: Callable[[], Any], depth: int = 2,
                name: str = "prefetch"):
@@ -30,6 +37,8 @@ class Prefetcher:
     while not self._stop.is_set():
       try:
         item = self._produce()
+      except StopIteration:
+        item = _End()
       except BaseException as e:  # handed to the trainer, which re-raises
         item = _Failure(e)
       while not self._stop.is_set():
@@ -38,7 +47,7 @@ class Prefetcher:
           break
         except queue.Full:
           continue
-      if isinstance(item, _Failure):
+      if isinstance(item, (_Failure, _End)):
         return
 
   def get(self):
@@ -48,6 +57,8 @@ class Prefetcher:
     waited = time.perf_counter() - start
     if isinstance(item, _Failure):
       raise item.error
+    if isinstance(item, _End):
+      raise StopIteration
     return item, waited
 
   def close(self):

@@ -165,6 +165,8 @@ class BatchMaker:
 
   def __call__(self) -> dict:
     c = self.config
+    if self.step >= c.train.num_steps:
+      raise StopIteration   # nothing past the last step: don't wait on an index
     batch = next(self.data_iter)
     data_state = self.data_iter.get_state()
     if c.index.deterministic:

@@ -162,26 +162,25 @@ def run_job(workdir, block_store, export_path, shard_rows, batch_size):
                           text=True)
 
 
-def kill_mid_write_then_resume(tmp_path, num_docs, bert, shard_rows, batch_size,
-                               kill_after_shards):
-  workdir = str(tmp_path / "work")
-  blocks = build_demo_store(str(tmp_path / "blocks"), num_docs)
-  export_path, cfg = export_random_embedder(workdir, bert)
+def kill_mid_write_then_resume(workdir, blocks, export_path, cfg, shard_rows,
+                               batch_size, kill_after_shards):
   index_dir = os.path.join(workdir, "index")
   tmp = store.tmp_path(index_dir, 0)
   num_shards = -(-blocks.num_blocks // shard_rows)
   assert num_shards > kill_after_shards + 5
 
   job = run_job(workdir, blocks.path, export_path, shard_rows, batch_size)
-  # A shard is finished once its checksum sidecar is in place.
-  target = os.path.join(tmp, store.shard_file(kill_after_shards - 1) + ".sha256")
-  deadline = time.monotonic() + 240
-  while not os.path.exists(target):
-    assert job.poll() is None, job.stdout.read()
-    assert time.monotonic() < deadline, "the job wrote no shard in time"
-    time.sleep(0.001)
-  job.send_signal(signal.SIGKILL)
-  job.wait()
+  try:
+    # A shard is finished once its checksum sidecar is in place.
+    target = os.path.join(tmp, store.shard_file(kill_after_shards - 1) + ".sha256")
+    deadline = time.monotonic() + 600
+    while not os.path.exists(target):
+      assert job.poll() is None, job.stdout.read()
+      assert time.monotonic() < deadline, "the job wrote no shard in time"
+      time.sleep(0.001)
+  finally:
+    job.send_signal(signal.SIGKILL)
+    job.wait()
   assert job.returncode == -signal.SIGKILL
   # What a killed job leaves: a .tmp dir with some shards, and nothing loadable.
   assert os.listdir(index_dir) == ["0.tmp"]
@@ -193,7 +192,10 @@ def kill_mid_write_then_resume(tmp_path, num_docs, bert, shard_rows, batch_size,
   assert not watcher.poll_once() and watcher.version is None
 
   job = run_job(workdir, blocks.path, export_path, shard_rows, batch_size)
-  log, _ = job.communicate(timeout=600)
+  try:
+    log, _ = job.communicate(timeout=900)
+  finally:
+    job.kill()
   assert job.returncode == 0, log
   reused = int(re.search(r"(\d+) already finished and verified", log).group(1))
   assert reused == finished
@@ -212,19 +214,53 @@ def kill_mid_write_then_resume(tmp_path, num_docs, bert, shard_rows, batch_size,
   assert ids[:, 0].tolist() == np.argmax(got[:3] @ everything.T, 1).tolist()
 
 
-def test_killed_embedding_process_leaves_nothing_loadable_and_resumes(tmp_path):
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+  """A real block store (150 summaries, ~365 blocks of 64 tokens) and an
+  export of a small random RetrieverEmbedder over the MiniLM vocabulary."""
   from realm_jax.models import config as config_lib
-  # ~300 blocks, one tiny batch per shard: the kill lands while most shards
-  # are still to be written.
-  kill_mid_write_then_resume(
-      tmp_path, num_docs=150,
-      bert=config_lib.tiny(vocab_size=30522, hidden_size=32, num_layers=2),
-      shard_rows=4, batch_size=4, kill_after_shards=2)
+  root = tmp_path_factory.mktemp("demo")
+  blocks = build_demo_store(str(root / "blocks"), 150)
+  export_path, cfg = export_random_embedder(
+      str(root / "trainer"),
+      config_lib.tiny(vocab_size=30522, hidden_size=32, num_layers=2))
+  return blocks, export_path, cfg
+
+
+def test_killed_embedding_process_leaves_nothing_loadable_and_resumes(
+    tmp_path, demo):
+  # One tiny batch per shard: the kill lands while most shards are still to
+  # be written.
+  kill_mid_write_then_resume(str(tmp_path), *demo, shard_rows=4, batch_size=4,
+                             kill_after_shards=2)
+
+
+def test_dispatcher_entry_bootstraps_the_first_index(tmp_path, demo):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(
+      "tiny_cpu", os.path.join(ROOT, "configs", "tiny_cpu.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  blocks, export_path, _ = demo
+  config.workdir = str(tmp_path)
+  config.data.block_store = blocks.path
+  config.index.bootstrap = export_path
+  embed.run(config)
+  path = store.version_path(str(tmp_path / "index"), 0)
+  m = store.verify(path, blocks.fingerprint)
+  assert m["num_blocks"] == blocks.num_blocks and m["dim"] == 16
+  assert m["export"]["path"] == os.path.abspath(export_path)
 
 
 @pytest.mark.slow
 def test_killed_embedding_process_resumes_on_the_whole_demo_corpus(tmp_path):
+  """All 10,033 summaries (~25k blocks of 64 tokens), 1024-row shards."""
   from realm_jax.models import config as config_lib
-  kill_mid_write_then_resume(
-      tmp_path, num_docs=None, bert=config_lib.minilm_l6(),
-      shard_rows=2048, batch_size=64, kill_after_shards=3)
+  blocks = build_demo_store(str(tmp_path / "blocks"), None)
+  export_path, cfg = export_random_embedder(
+      str(tmp_path / "trainer"),
+      config_lib.tiny(vocab_size=30522, hidden_size=128, num_heads=4,
+                      intermediate_size=256))
+  kill_mid_write_then_resume(str(tmp_path / "work"), blocks, export_path, cfg,
+                             shard_rows=1024, batch_size=64, kill_after_shards=3)

@@ -124,6 +124,15 @@ def test_k_beyond_rows_pads_with_minus_one():
     assert np.isneginf(scores[0, 2:]).all() and np.isneginf(scores[1, 3:]).all()
 
 
+def test_repeated_candidates_are_returned_once():
+  emb = np.arange(12, dtype=np.float32).reshape(6, 2)
+  q = np.ones((1, 2), np.float32)
+  ids, scores = search.finalize(emb, q, np.array([[5, 2, 5, -1, 4, 5]]), 4,
+                                np.zeros((1, 0), np.int64))
+  assert ids.tolist() == [[5, 4, 2, -1]]
+  assert scores.tolist() == [[21.0, 17.0, 9.0, -np.inf]]
+
+
 def test_scann_tree_is_deterministic(data):
   emb, queries = data
   runs = [search.ScannSearcher(emb, mode="tree", num_threads=2).search(queries, 10)

@@ -1,1 +1,10 @@
-"""realm_jax.index."""
+"""realm_jax.index: the corpus index, from exported params to hot-swapped search.
+
+  trainer --export.write_export--> <workdir>/exports/<step>/
+  embed job (embed.py, own process) --> <workdir>/index/<step>.tmp/ --rename--> <step>/
+  IndexWatcher (refresh.py, trainer thread) --verify, memmap, build--> searcher
+  search.py: search(queries [Q, D], k, exclude [Q, E]) -> (ids [Q, k], scores [Q, k])
+
+store.py owns the on-disk index format; every step that publishes something
+(export, shard, index version, ScaNN cache) writes privately and renames.
+"""

@@ -37,7 +37,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 # Extra candidates beyond k + E so that ties and 1-ulp disagreements between
 # fast float32 scoring and the final float64 rescoring cannot change the top k.
-_MARGIN = 8
+_MARGIN = 4
 
 
 class Searcher(Protocol):
@@ -91,14 +91,18 @@ def finalize(emb, queries, cand_ids, k, exclude):
   order = np.lexsort((sort_ids, -scores), axis=-1)
   ids = np.take_along_axis(sort_ids, order, -1)
   scores = np.take_along_axis(scores, order, -1)
-  # Drop repeats of one id (a candidate proposed twice), keeping the first.
-  dup = np.zeros_like(valid)
-  dup[:, 1:] = ids[:, 1:] == ids[:, :-1]
-  ids[dup] = np.iinfo(np.int64).max
-  scores[dup] = -np.inf
-  order = np.lexsort((ids, -scores), axis=-1)[:, :k]
-  ids = np.take_along_axis(ids, order, -1)
-  scores = np.take_along_axis(scores, order, -1)
+  # Drop repeats of one id (a candidate proposed twice; equal ids sort next
+  # to each other since they score the same), keeping the first.
+  big = np.iinfo(np.int64).max
+  dup = (ids[:, 1:] == ids[:, :-1]) & (ids[:, 1:] != big)
+  if dup.any():
+    dup = np.concatenate([np.zeros((q_count, 1), bool), dup], 1)
+    ids[dup] = big
+    scores[dup] = -np.inf
+    order = np.lexsort((ids, -scores), axis=-1)
+    ids = np.take_along_axis(ids, order, -1)
+    scores = np.take_along_axis(scores, order, -1)
+  ids, scores = ids[:, :k], scores[:, :k]
   if ids.shape[1] < k:
     pad = k - ids.shape[1]
     ids = np.concatenate([ids, np.full((q_count, pad), -1, np.int64)], 1)
@@ -254,7 +258,8 @@ def scann_settings(num_rows: int, dim: int, **overrides) -> dict:
        "reorder_num_neighbors": 250,
        "training_sample_size": min(num_rows, 100_000),
        "seed": 1,
-       "num_threads": os.cpu_count() or 1}
+       "num_threads": os.cpu_count() or 1,
+       "training_threads": None}  # None: num_threads
   unknown = set(overrides) - set(s) - {"num_leaves_to_search"}
   if unknown:
     raise ValueError(f"unknown ScaNN setting(s) {sorted(unknown)}; known: "
@@ -305,7 +310,11 @@ def scann_config(emb_shape, settings: dict) -> str:
 
 
 class ScannSearcher:
-  """ScaNN on the host, configured by `scann_settings` (rules of thumb)."""
+  """ScaNN on the host, configured by `scann_settings` (rules of thumb).
+
+  `leaves_to_search` and `reorder_num_neighbors` are read at every search, so
+  a recall/speed sweep can change them without rebuilding.
+  """
 
   def __init__(self, emb, _scann=None, **overrides):
     self.emb = emb
@@ -315,18 +324,24 @@ class ScannSearcher:
     if _scann is None:
       import scann  # pylint: disable=g-import-not-at-top
       data = np.ascontiguousarray(np.asarray(emb), dtype=np.float32)
-      _scann = scann.scann_ops_pybind.create_searcher(
-          data, self.config, self.settings["num_threads"])
+      training_threads = (self.settings["training_threads"] or
+                          self.settings["num_threads"])
+      _scann = scann.scann_ops_pybind.create_searcher(data, self.config,
+                                                      training_threads)
     self._scann = _scann
     self._scann.set_num_threads(self.settings["num_threads"])
+    self.leaves_to_search = self.settings["num_leaves_to_search"]
+    self.reorder_num_neighbors = self.settings["reorder_num_neighbors"]
 
   def search(self, queries, k, exclude=None):
     queries, exclude = _check_inputs(queries, k, exclude, self.dim)
     if queries.shape[0] == 0:
       return finalize(self.emb, queries, np.zeros((0, 0), np.int64), k, exclude)
     kk = k + exclude.shape[1] + _MARGIN
-    pre = max(kk, self.settings["reorder_num_neighbors"])
+    pre = max(kk, self.reorder_num_neighbors)
     kwargs = dict(final_num_neighbors=kk, pre_reorder_num_neighbors=pre)
+    if self.settings["mode"] == "tree":
+      kwargs["leaves_to_search"] = self.leaves_to_search
     if self.settings["num_threads"] > 1:
       ids, dist = self._scann.search_batched_parallel(queries, **kwargs)
     else:

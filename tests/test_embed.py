@@ -132,6 +132,22 @@ def test_watch_embeds_only_the_newest_export(tmp_path, tokens, caplog):
                      **kwargs) == []
 
 
+def test_watch_every_export_builds_each_in_order(tmp_path, tokens):
+  """Deterministic refresh mode waits for every version: none is skipped."""
+  workdir = str(tmp_path)
+  from realm_jax.models import config as config_lib
+  cfg = config_lib.RealmConfig(bert=config_lib.tiny())
+  for step in (300, 100, 200):
+    export.write_export(workdir, step, {"scale": np.float32(step),
+                                        "shift": np.float32(0)}, cfg)
+  built = embed.watch(workdir, ArraySource(tokens[:50]), every_export=True,
+                      idle_timeout=0.05, embed_fn=linear_embed,
+                      poll_interval=0.01, progress=False, keep=5)
+  assert [os.path.basename(p) for p in built] == ["100", "200", "300"]
+  for path, step in zip(built, (100, 200, 300)):
+    np.testing.assert_array_equal(store.load(path)[:2], tokens[:2, :3] * step)
+
+
 # --- The real job: real BlockStore, real RetrieverEmbedder, SIGKILL. -------
 
 

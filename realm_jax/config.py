@@ -91,24 +91,58 @@ def default_config() -> ml_collections.ConfigDict:
   c.index.query_params = "index"
 
   c.finetune = ml_collections.ConfigDict()
-  c.finetune.dataset = "demo"      # demo | natural_questions_open | web_questions | jsonl:<path>
+  # Where fine-tuning starts: a pretraining workdir whose latest checkpoint
+  # gives the retriever (query embedder) and the MLM encoder's BERT, which
+  # initialises the span reader's BERT (REALM: the reader starts from the
+  # knowledge-augmented encoder). Its model.json (exports/) gives the model
+  # shape, its blocks/ and index/ the corpus and the frozen index. Empty:
+  # start from `model.init` (+ `model.retriever_init`) instead.
+  c.finetune.init_from = ""
+  # The fixed index (a directory of committed versions; the newest is used).
+  # Default: <init_from>/index, else <workdir>/index. With no committed
+  # version there, the initial document embedder builds <workdir>/index/0.
+  c.finetune.index_dir = ""
+  # demo | natural_questions_open | web_questions | jsonl:<path>; a jsonl path
+  # may hold "{split}", e.g. jsonl:CuratedTrec.resplit.{split}.jsonl.
+  c.finetune.dataset = "demo"
   c.finetune.regex_answers = False # CuratedTREC answers are regexes
-  c.finetune.batch_size = 1
+  c.finetune.split = "train"
+  c.finetune.batch_size = 1        # questions per step (ORQA/REALM: 1)
   c.finetune.num_steps = 2000
-  c.finetune.learning_rate = 1e-5
-  c.finetune.question_len = 64
+  c.finetune.learning_rate = 1e-5  # other optimizer fields come from train.*
+  c.finetune.warmup_steps = -1     # -1: min(10000, max(100, num_steps // 10))
+  c.finetune.question_len = 64     # [CLS] question [SEP]
   c.finetune.reader_len = 320      # [CLS] question [SEP] block [SEP]
   c.finetune.reader_beam = 5       # blocks read by the reader
-  c.finetune.retriever_beam = 5000 # blocks in the retriever loss
+  c.finetune.retriever_beam = 5000 # blocks in the retriever loss (<= corpus)
   c.finetune.max_answer_len = 10
+  c.finetune.max_gold_spans = 32   # gold spans kept per block (earliest)
+  # Which retrieved blocks count as correct for the retriever loss and
+  # recall@k: normalized (SQuAD-normalized whole-token match, case-blind;
+  # agrees with the reader's token-matched gold spans) or raw (ORQA's
+  # case-sensitive substring). regex_answers always uses regex search.
+  c.finetune.answer_match = "normalized"
+  # 0: questions are embedded for the search with the current params (as in
+  # ORQA). 1: the next batch is searched with the params the current step
+  # starts from, so host retrieval overlaps the device step.
+  c.finetune.search_lag = 0
 
   c.eval = ml_collections.ConfigDict()
   c.eval.split = "test"
+  # A {"question", "answer": [...]} JSONL to evaluate on instead of
+  # finetune.dataset's split.
+  c.eval.file = ""
+  c.eval.batch_size = 8
+  c.eval.max_questions = 0         # 0: all
   c.eval.recall_k = 5
+  # index: the fine-tuned retriever; random: reader_beam uniformly random
+  # blocks (chance retrieval); null: no evidence at all (the reader reads
+  # `[CLS] q [SEP][SEP]` and, being extractive, cannot answer: EM 0).
+  c.eval.retrieval = "index"
   c.eval.predictions = ""          # default: <workdir>/predictions.jsonl
 
   c.answer = ml_collections.ConfigDict()
   c.answer.question = ""
-  c.answer.questions_file = ""
+  c.answer.questions_file = ""     # one question a line, or {"question"} JSONL
   c.answer.num_evidence = 3
   return c

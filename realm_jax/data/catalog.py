@@ -82,7 +82,9 @@ def qa_examples(config, split: str):
   if name == "demo":
     return demo.demo_qa(split, limit=config.data.corpus_limit or None)
   if name.startswith("jsonl:"):
-    return qa.read_qa_jsonl(name.split(":", 1)[1])
+    # "{split}" in the path picks the split's file, e.g. the resplit files
+    # CuratedTrec.resplit.{split}.jsonl; a path without it is every split.
+    return qa.read_qa_jsonl(name.split(":", 1)[1].replace("{split}", split))
   if name in ("natural_questions_open", "web_questions"):
     tfds_split = {"dev": "validation"}.get(split, split)
     return sources.qa_examples(name, tfds_split,

@@ -12,8 +12,10 @@ import os
 from typing import Any, Optional
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -70,3 +72,45 @@ class Checkpointer:
   def close(self):
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def restore_params(workdir: str, step: Optional[int] = None):
+  """Reads only the params of a run's checkpoint, as numpy arrays.
+
+  Another run (fine-tuning from pretraining, evaluation) needs the weights but
+  not the optimizer state, whose structure depends on that run's optimizer;
+  the other entries are left unread (orbax placeholders), which also halves
+  the bytes read compared with a full restore.
+
+  Returns (step, params). Raises FileNotFoundError naming the directory when
+  there is no checkpoint.
+  """
+  directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"no checkpoint under {directory}")
+  manager = ocp.CheckpointManager(
+      directory, options=ocp.CheckpointManagerOptions(create=False))
+  try:
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint under {directory}")
+    tree = ocp.PyTreeCheckpointHandler().metadata(
+        epath.Path(directory) / str(step) / "state").tree
+    if "params" not in tree:
+      raise ValueError(f"checkpoint {directory}/{step} has no params "
+                       f"(entries: {sorted(tree)})")
+
+    def wanted(path, leaf):
+      if getattr(path[0], "key", None) != "params":
+        return ocp.PLACEHOLDER
+      return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype)
+    abstract = jax.tree_util.tree_map_with_path(wanted, tree)
+    restore_args = jax.tree.map(
+        lambda x: x if x is ocp.PLACEHOLDER else ocp.RestoreArgs(
+            restore_type=np.ndarray), abstract)
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(abstract, restore_args=restore_args)))
+  finally:
+    manager.close()
+  logging.info("read the params of checkpoint step %d from %s", step, directory)
+  return int(step), restored["state"]["params"]

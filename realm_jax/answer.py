@@ -1,0 +1,159 @@
+"""Ask the fine-tuned model (config.task == "answer").
+
+  python -m realm_jax.main --config=configs/finetune_nq.py --config.task=answer \
+      --config.answer.question="who wrote the novel dracula"
+
+or --config.answer.questions_file=<file> (one question a line, or JSONL with
+a "question" field). For each question it prints the answer and its score,
+the top answer.num_evidence blocks the reader read with their titles and
+p(z|x), and the answer span highlighted inside its block (ANSI bold on a
+terminal, >>> <<< otherwise).
+
+Start-up is fast the second time: questions are checked before anything
+heavy loads (an empty question, or one longer than finetune.question_len - 2
+tokens, gets a clear message); the index is memory-mapped and checked by
+manifest and corpus fingerprint only (`task=eval` and fine-tuning verify the
+checksums); the ScaNN searcher is loaded from its serialized copy under
+<workdir>/searcher_cache/; compiled XLA programs are reused from
+<workdir>/jax_cache/.
+"""
+import json
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+from absl import logging
+
+from realm_jax.data import corpus
+from realm_jax.data import pipeline
+from realm_jax.evaluate import Predictor
+from realm_jax.train import qa_setup
+
+_BOLD, _RESET = "\033[1m\033[4m", "\033[0m"
+
+
+def read_questions(config) -> list[str]:
+  """answer.question, else the lines (or JSONL "question"s) of questions_file."""
+  a = config.answer
+  if a.question and a.questions_file:
+    raise ValueError("set answer.question or answer.questions_file, not both")
+  if not a.questions_file:
+    return [a.question]
+  questions = []
+  with open(a.questions_file, encoding="utf-8") as f:
+    for line in f:
+      line = line.rstrip("\n")
+      if line.lstrip().startswith("{"):
+        line = json.loads(line).get("question", "")
+      questions.append(line)
+  return questions
+
+
+def check_question(question: str, tokenizer, question_len: int) -> str | None:
+  """None if the question fits `[CLS] q [SEP]` of question_len, else why not."""
+  if not question.strip():
+    return "the question is empty"
+  n = len(tokenizer.encode(question).ids)
+  if n > question_len - 2:
+    return (f"the question is {n} tokens long; at most {question_len - 2} fit "
+            f"(finetune.question_len={question_len} minus [CLS] and [SEP])")
+  return None
+
+
+def highlight(text: str, span, color: bool) -> str:
+  """`text` with text[span[0]:span[1]] marked (ANSI bold or >>> <<<)."""
+  lo, hi = span
+  left, right = (_BOLD, _RESET) if color else (">>>", "<<<")
+  return f"{text[:lo]}{left}{text[lo:hi]}{right}{text[hi:]}"
+
+
+def format_prediction(pred: dict, store, num_evidence: int,
+                      color: bool = False, snippet: int = 300) -> str:
+  """The printed answer: question, answer + score, evidence with p(z|x)."""
+  lines = [f"Q: {pred['question']}"]
+  if pred["score"] is None:
+    lines.append("A: (no answer: the reader found no span)")
+  else:
+    lines.append(f"A: {pred['prediction']}    (score {pred['score']:.3f}, "
+                 f"p {pred['prob']:.3f}, from block {pred['block']['rank'] + 1}"
+                 f" \"{pred['block']['title']}\")")
+  lines.append("Evidence (p(z|x) over the blocks read):")
+  for rank, block in enumerate(pred["top_blocks"][:num_evidence]):
+    lines.append(f"  {rank + 1}. p={block['p']:.3f}  {block['title']}  "
+                 f"[block {block['row']}]")
+    text = store.text(block["row"])
+    answer_here = pred["block"] is not None and pred["block"]["rank"] == rank
+    if answer_here and pred["span"] is not None:
+      lo, hi = pred["span"]
+      start = max(0, lo - snippet // 2)
+      end = min(len(text), hi + snippet // 2)
+      body = highlight(text[start:end], (lo - start, hi - start), color)
+      body = ("..." if start else "") + body + ("..." if end < len(text) else "")
+    else:
+      body = text[:snippet] + ("..." if len(text) > snippet else "")
+    lines.append("     " + body.replace("\n", " "))
+  return "\n".join(lines)
+
+
+def _enable_compilation_cache(workdir: str):
+  if jax.config.jax_compilation_cache_dir is None:
+    jax.config.update("jax_compilation_cache_dir",
+                      os.path.join(os.path.abspath(workdir), "jax_cache"))
+
+
+def run(config):
+  questions = read_questions(config)
+  record = qa_setup.read_record(config.workdir)
+  if record is None:
+    sys.exit(f"error: {qa_setup.record_path(config.workdir)} not found: "
+             f"{config.workdir} is not a fine-tuning workdir (run "
+             "task=finetune first)")
+  tok = corpus.BlockStore(record["block_store"]).tokenizer()
+  qlen = config.finetune.question_len
+  problems = {i: check_question(q, tok, qlen) for i, q in enumerate(questions)}
+  problems = {i: p for i, p in problems.items() if p is not None}
+  for i, problem in problems.items():
+    where = f" (line {i + 1})" if config.answer.questions_file else ""
+    print(f"error{where}: {problem}", file=sys.stderr)
+  todo = [i for i in range(len(questions)) if i not in problems]
+  results = {}
+  if todo:
+    start = time.perf_counter()
+    _enable_compilation_cache(config.workdir)
+    model = qa_setup.load_finetuned(config, verify=False)
+    f = config.finetune
+    predictor = Predictor(model, tok, reader_len=f.reader_len,
+                          reader_beam=f.reader_beam)
+    logging.info("loaded step %d and index %s in %.1f s", model.step,
+                 model.index_path, time.perf_counter() - start)
+    size = config.eval.batch_size
+    color = sys.stdout.isatty()
+    for lo in range(0, len(todo), size):
+      chunk = todo[lo:lo + size]
+      batch = _question_batch([questions[i] for i in chunk], tok, qlen, size)
+      for i, pred in zip(chunk, predictor.predict(batch)):
+        results[i] = pred
+        print(format_prediction(pred, model.store, config.answer.num_evidence,
+                                color))
+        print()
+  if problems:
+    sys.exit(1)
+  return [results[i] for i in sorted(results)]
+
+
+def _question_batch(questions, tokenizer, question_len: int, size: int) -> dict:
+  """A qa_dataset-shaped batch of `size` rows (padded by repeating row 0)."""
+  ids, mask = zip(*[pipeline.pad_or_truncate(
+      tokenizer.encode(q).ids, question_len, tokenizer.cls_id, tokenizer.sep_id,
+      tokenizer.pad_id) for q in questions])
+  pad = [0] * (size - len(questions))
+  question = np.empty(size, dtype=object)
+  question[:] = list(questions) + [questions[0]] * len(pad)
+  answers = np.empty(size, dtype=object)
+  for i in range(size):
+    answers[i] = ()
+  return {"question_ids": np.stack(list(ids) + [ids[0]] * len(pad)),
+          "question_mask": np.stack(list(mask) + [mask[0]] * len(pad)),
+          "question": question, "answers": answers}

@@ -27,8 +27,10 @@ class MLMEncoder(nn.Module):
 
   The head runs only at the masked positions: the hidden states are gathered
   before the transform and the vocab-sized decoder, as in the original TF
-  code. Running it on every token would cost seq/num_masks (~40x) more in the
-  largest matmul of the model.
+  code (running it on every token costs seq/num_masks, ~40x, more in the
+  largest matmul of the model). Going one step further, BERT's last layer is
+  computed only at the masked positions too (its keys/values still cover
+  every token), which is exact and saves ~7% of the encoder's FLOPs.
   """
   config: RealmConfig
 
@@ -41,12 +43,9 @@ class MLMEncoder(nn.Module):
                        f"mlm_positions [batch, num_masks]; got {input_ids.shape}"
                        f" and {mlm_positions.shape}")
     bert = BertEncoder(cfg, name="bert")
-    seq_out, _ = bert(input_ids, segment_ids, input_mask, deterministic)
-    batch, k = input_ids.shape[:2]
-    positions = jnp.broadcast_to(mlm_positions[:, None, :],
-                                 (batch, k, mlm_positions.shape[-1]))
-    # [batch, k, num_masks, hidden]
-    h = jnp.take_along_axis(seq_out, positions[..., None], axis=2)
+    # [batch, k, num_masks, hidden]: the last layer runs only at the masks.
+    h, _ = bert(input_ids, segment_ids, input_mask, deterministic,
+                output_positions=mlm_positions[:, None, :])
     h = dense(cfg, cfg.hidden_size, "mlm_transform")(h)
     h = activation(cfg.hidden_act)(h)
     h = layer_norm(cfg.layer_norm_eps, cfg, "mlm_norm")(h.astype(jnp.float32))

@@ -15,13 +15,27 @@ DATA = "data"
 
 
 def maybe_initialize_distributed():
-  """Joins a multi-host job when the environment describes one (TPU pods, SLURM)."""
-  if jax.process_count() > 1:
+  """Joins a multi-process job when the environment describes one.
+
+  - JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES and
+    JAX_PROCESS_ID: an explicit job, e.g. launch/gpu.sh --num_nodes N;
+  - SLURM_JOB_ID or TPU_WORKER_HOSTNAMES: JAX detects the rest itself.
+  With none of them set this does nothing: one process, or a Cloud TPU slice,
+  whose hosts the TPU runtime joins on its own. It must run before anything
+  touches a JAX backend (even jax.process_count()): initialize() refuses after.
+  """
+  if not any(v in os.environ for v in ("JAX_COORDINATOR_ADDRESS",
+                                       "TPU_WORKER_HOSTNAMES", "SLURM_JOB_ID")):
     return
-  if any(v in os.environ for v in ("TPU_WORKER_HOSTNAMES", "SLURM_JOB_ID",
-                                   "JAX_COORDINATOR_ADDRESS")):
-    jax.distributed.initialize()
-    logging.info("process %d of %d", jax.process_index(), jax.process_count())
+  if getattr(jax.distributed, "is_initialized", lambda: False)():
+    return
+  jax.distributed.initialize(num_processes=_env_int("JAX_NUM_PROCESSES"),
+                             process_id=_env_int("JAX_PROCESS_ID"))
+  logging.info("process %d of %d", jax.process_index(), jax.process_count())
+
+
+def _env_int(name):
+  return int(os.environ[name]) if os.environ.get(name) else None
 
 
 def make_mesh(devices=None) -> Mesh:

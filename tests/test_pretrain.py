@@ -1,0 +1,141 @@
+"""REALM pretraining end to end: real embedding subprocesses, hot swaps,
+kill -9 and bitwise resume. Small configs so CI runs them on 2 cores."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from realm_jax.data import corpus
+from realm_jax.data import demo
+from realm_jax.data import tokenizer as tokenizer_lib
+from realm_jax.train import retrieval
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CORPUS_DOCS = 60
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+  """A SentencePiece vocabulary (small, so a tiny model learns fast) and a
+  block store of the first demo documents, shared by every run below."""
+  d = tmp_path_factory.mktemp("shared")
+  texts = [t for doc in demo.demo_documents(200) for t in doc]
+  sp = tokenizer_lib.train_sentencepiece(texts, 1000, str(d / "sp"))
+  return {"tokenizer": f"sentencepiece:{sp}", "blocks": str(d / "blocks")}
+
+
+def _args(shared, workdir, *overrides):
+  return [sys.executable, "-m", "realm_jax.main",
+          "--config=configs/tiny_cpu.py", f"--config.workdir={workdir}",
+          f"--config.data.tokenizer={shared['tokenizer']}",
+          f"--config.data.block_store={shared['blocks']}",
+          f"--config.data.corpus_limit={CORPUS_DOCS}", *overrides]
+
+
+def _run(shared, workdir, *overrides, timeout=600):
+  r = subprocess.run(_args(shared, workdir, *overrides), cwd=ROOT,
+                     capture_output=True, text=True, timeout=timeout)
+  assert r.returncode == 0, r.stderr[-4000:]
+  return r
+
+
+def _metrics(workdir, name="pretrain"):
+  """{step: row}, the last row written for each step (a resumed run rewrites
+  the steps after its checkpoint)."""
+  rows = {}
+  with open(os.path.join(workdir, f"{name}_metrics.jsonl")) as f:
+    for line in f:
+      r = json.loads(line)
+      rows[r["step"]] = r
+  return rows
+
+
+DETERMINISTIC = ("--config.index.deterministic=True",
+                 "--config.index.refresh_every=10",
+                 "--config.index.refresh_delay=5",
+                 "--config.train.checkpoint_every=10",
+                 "--config.train.log_every=1",
+                 "--config.train.num_steps=30",
+                 "--config.train.learning_rate=3e-3")
+
+
+def test_reader_inputs_put_query_then_body_and_null_first(shared, tmp_path):
+  tok = tokenizer_lib.load_tokenizer(shared["tokenizer"])
+  store = corpus.build_block_store(demo.demo_documents(5), tok,
+                                   str(tmp_path / "b"), block_len=32,
+                                   progress=False)
+  q = np.array([[tok.cls_id, 7, tok.mask_id, 9, tok.sep_id, tok.pad_id]], np.int32)
+  qmask = (q != tok.pad_id).astype(np.int32)
+  rows = np.array([[retrieval.NULL_ROW, 2]])
+  ids, seg, mask = retrieval.reader_inputs(q, qmask, store, rows, 20,
+                                           tok.sep_id, tok.pad_id)
+  # Null document: [CLS] q [SEP] [SEP], segment 1 on the last [SEP] only.
+  assert ids[0, 0, :6].tolist() == q[0, :5].tolist() + [tok.sep_id]
+  assert mask[0, 0].sum() == 6 and seg[0, 0].tolist()[:7] == [0] * 5 + [1, 0]
+  # A block: [CLS] q [SEP] body... [SEP], body truncated to fit 20 tokens.
+  body = store.body_ids(2)[:20 - 5 - 1]
+  assert ids[0, 1, 5:5 + len(body)].tolist() == body.tolist()
+  assert ids[0, 1, 19] == tok.sep_id and mask[0, 1].sum() == 20
+  d_ids, d_seg, d_mask = retrieval.candidate_doc_inputs(store, rows, tok)
+  assert d_ids[0, 0, :3].tolist() == [tok.cls_id, tok.sep_id, tok.sep_id]
+  assert d_mask[0, 0].sum() == 3
+  np.testing.assert_array_equal(d_ids[0, 1], store.doc_inputs([2])[0][0])
+
+
+def test_ict_then_pretraining_with_hot_swaps(shared, tmp_path):
+  """ICT warm start -> first index -> pretraining in asynchronous mode with a
+  real embedding subprocess; the trainer hot-swaps at least two new indexes
+  and the loss falls."""
+  ict = tmp_path / "ict"
+  _run(shared, ict, "--config.task=ict", "--config.train.num_steps=20",
+       "--config.train.batch_size=16", "--config.train.learning_rate=3e-3")
+  ict_rows = _metrics(ict, "ict")
+  assert os.listdir(ict / "exports")
+  work = tmp_path / "pretrain"
+  _run(shared, work, f"--config.model.retriever_init={ict}",
+       "--config.train.num_steps=120", "--config.train.batch_size=8",
+       "--config.train.learning_rate=3e-3", "--config.train.log_every=5",
+       "--config.index.refresh_every=20")
+  rows = _metrics(work)
+  versions = sorted({r["index_version"] for r in rows.values()})
+  assert len(versions) >= 3, f"fewer than two hot swaps: versions {versions}"
+  assert all(r["index_staleness"] >= 0 for r in rows.values())
+  steps = sorted(rows)
+  first = np.mean([rows[s]["loss"] for s in steps[:4]])
+  last = np.mean([rows[s]["loss"] for s in steps[-4:]])
+  assert last < first - 0.5, (first, last)
+  assert ict_rows[20]["loss"] <= ict_rows[min(ict_rows)]["loss"] + 1e-3
+
+
+def test_kill_minus_nine_then_resume_is_bitwise_identical(shared, tmp_path):
+  """Deterministic refresh: a run killed with SIGKILL mid-run and resumed
+  logs exactly the losses of an uninterrupted run."""
+  ref = tmp_path / "ref"
+  _run(shared, ref, *DETERMINISTIC)
+  expected = _metrics(ref)
+
+  work = tmp_path / "killed"
+  proc = subprocess.Popen(_args(shared, work, *DETERMINISTIC), cwd=ROOT,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  metrics = work / "pretrain_metrics.jsonl"
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    if metrics.exists() and len(metrics.read_text().splitlines()) >= 15:
+      break
+    time.sleep(0.05)
+  assert proc.poll() is None, "the trainer finished before it could be killed"
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  killed_at = len(metrics.read_text().splitlines())
+  assert killed_at < 30
+  _run(shared, work, *DETERMINISTIC)
+  got = _metrics(work)
+  assert sorted(got) == sorted(expected) == list(range(1, 31))
+  for step in expected:
+    assert got[step]["loss"] == expected[step]["loss"], step
+    assert got[step]["index_version"] == expected[step]["index_version"]

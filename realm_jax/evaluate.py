@@ -37,7 +37,6 @@ import os
 from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -75,6 +74,15 @@ def span_text(tokenizer, text: str, body_ids: np.ndarray, start: int,
   return text[lo:hi], (lo, hi)
 
 
+@functools.lru_cache(maxsize=4)
+def _jitted(cfg):
+  """(embed, read) jitted once per model config, so that several
+  evaluations in one process (e.g. the demo's comparisons) compile once."""
+  embed = jax.jit(functools.partial(finetune.embed_questions, cfg=cfg))
+  read = jax.jit(lambda params, batch: finetune.read(params, batch, cfg)[:2])
+  return embed, read
+
+
 class Predictor:
   """Answers batches of questions with a fine-tuned model and its index.
 
@@ -90,21 +98,21 @@ class Predictor:
                        f"{retrieval!r}")
     self.model, self.tok, self.retrieval = model, tokenizer, retrieval
     self.reader_len = reader_len
-    self.k = 1 if retrieval == "null" else min(reader_beam,
-                                               model.store.num_blocks)
+    # The null mode reads k copies of the null document: same shapes as the
+    # other modes, so nothing recompiles, and the same (empty) answer.
+    self.k = min(reader_beam, model.store.num_blocks)
     self.beam = min(max(self.k, recall_k), model.store.num_blocks)
     self.rng = np.random.default_rng(seed)
     cfg = model.cfg
-    self._embed = jax.jit(functools.partial(finetune.embed_questions, cfg=cfg))
-    self._read = jax.jit(lambda p, b: finetune.read(p, b, cfg)[:2])
+    self._embed, self._read = _jitted(cfg)
     self.starts, self.ends = span_candidates(reader_len, cfg.max_span_width)
 
   def retrieve(self, question_ids, question_mask):
     """rows int64 [B, beam] (NULL_ROW for null) and cand_emb [B, K, D]."""
     b = len(question_ids)
     if self.retrieval == "null":
-      rows = np.full((b, 1), pretrain_retrieval.NULL_ROW, np.int64)
-      return rows, np.zeros((b, 1, self.model.emb.shape[1]), np.float32)
+      rows = np.full((b, self.k), pretrain_retrieval.NULL_ROW, np.int64)
+      return rows, np.zeros((b, self.k, self.model.emb.shape[1]), np.float32)
     if self.retrieval == "random":
       rows = np.stack([self.rng.choice(self.model.store.num_blocks, self.k,
                                        replace=False) for _ in range(b)])

@@ -1,0 +1,126 @@
+"""Open-QA fine-tuning from a pretraining workdir, and its evaluation.
+
+One small fine-tuning run (tiny BERT, demo corpus, 4 answerable questions)
+is shared by the tests: the loss falls, the reader started from the MLM
+encoder's BERT and the index stayed the pretraining run's, and `eval`
+reports exactly the EM one computes by hand from its predictions.
+"""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from realm_jax import evaluate
+from realm_jax.data import qa
+from realm_jax.train import checkpoint as ckpt_lib
+from realm_jax.train import finetune
+from realm_jax.train import qa_setup
+import openqa_workdir as ow
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  pre = str(tmp_path_factory.mktemp("pretrain"))
+  store, pre_params = ow.make_pretrain_workdir(pre)
+  tmp = tmp_path_factory.mktemp("finetune")
+  questions = ow.answerable_questions(store, 4)
+  qa_file = ow.write_jsonl(str(tmp / "qa.jsonl"), questions)
+  config = ow.tiny_config(
+      str(tmp / "work"), **{"finetune.init_from": pre,
+                            "finetune.dataset": "jsonl:" + qa_file,
+                            "finetune.retriever_beam": store.num_blocks,
+                            "finetune.num_steps": 12})
+  finetune.run(config)
+  return {"config": config, "pre": pre, "pre_params": pre_params,
+          "questions": questions, "store": store, "tmp": tmp}
+
+
+def test_finetuning_lowers_the_loss(run):
+  rows = ow.read_jsonl(os.path.join(run["config"].workdir,
+                                    "finetune_metrics.jsonl"))
+  assert [r["step"] for r in rows] == list(range(1, 13))
+  loss = ow.first_logged(rows, "loss")
+  retriever_loss = ow.first_logged(rows, "retriever_loss")
+  # Every question has a correct block among the S = all blocks.
+  assert np.all(ow.first_logged(rows, "retriever_has_answer") == 1.0)
+  assert retriever_loss[-3:].mean() < 0.5 * retriever_loss[0]
+  assert loss[-3:].mean() < 0.7 * loss[0]
+  assert np.all(ow.first_logged(rows, "query_grad_norm") > 0)
+
+
+def test_starts_from_pretraining_and_keeps_its_index(run):
+  config, pre, pre_params = run["config"], run["pre"], run["pre_params"]
+  _, params = ckpt_lib.restore_params(config.workdir)
+  # Rows of the word embeddings that no question or block used get no
+  # gradient: they still hold the pretraining values up to weight decay
+  # (relative change <= 0.01 * sum of learning rates = 1.2e-4), which no
+  # other initialisation could match.
+  for got, pretrained in (
+      (params["reader"]["bert"], pre_params["reader"]["bert"]),
+      (params["retriever"]["embedder"]["bert"],
+       pre_params["retriever"]["embedder"]["bert"])):
+    table = lambda p: p["embeddings"]["word_embeddings"]["embedding"]
+    same = np.all(np.isclose(table(got), table(pretrained), rtol=2e-4,
+                             atol=1e-7), axis=1)
+    assert 0.9 < same.mean() < 1.0
+  assert "span_projection" in params["reader"]   # a fresh span head
+  assert "mlm_transform" not in params["reader"]
+  record = qa_setup.read_record(config.workdir)
+  assert record["index_path"] == os.path.join(pre, "index", "0")
+  assert record["block_store"] == os.path.join(pre, "blocks")
+
+
+def test_eval_exact_match_is_the_hand_computed_value(run):
+  config, tmp = run["config"], run["tmp"]
+  model = qa_setup.load_finetuned(config)
+  first = evaluate.evaluate(config, model=model,
+                            predictions_path=str(tmp / "first.jsonl"))
+  preds = ow.read_jsonl(first["predictions"])
+  assert len(preds) == first["num_questions"] == 4
+  assert first["exact_match"] == np.mean(
+      [qa.exact_match(p["prediction"], p["answers"]) for p in preds])
+  for p in preds:
+    assert p["prediction"], "every question has a span to predict"
+    assert abs(sum(b["p"] for b in p["top_blocks"]) - 1.0) < 1e-5
+    assert p["block"]["title"] == p["top_blocks"][p["block"]["rank"]]["title"]
+    lo, hi = p["span"]
+    assert run["store"].text(p["block"]["row"])[lo:hi] == p["prediction"]
+  # Predictions are deterministic, so answers built from them are known to be
+  # right (up to EM normalization: case, punctuation, articles) or wrong.
+  cases = [{"question": preds[0]["question"],
+            "answer": ["The " + preds[0]["prediction"].upper() + "!"]},
+           {"question": preds[1]["question"], "answer": ["zzz", preds[1][
+               "prediction"]]},
+           {"question": preds[2]["question"], "answer": ["not it at all"]},
+           {"question": preds[3]["question"], "answer": ["nope"]},
+           {"question": preds[0]["question"], "answer": ["wrong"]}]
+  second = evaluate.evaluate(config, model=model, examples=cases,
+                             predictions_path=str(tmp / "second.jsonl"))
+  assert second["exact_match"] == pytest.approx(2 / 5)
+  assert [p["correct"] for p in ow.read_jsonl(second["predictions"])] == [
+      True, True, False, False, False]
+
+
+def test_eval_task_reads_a_jsonl_file_and_baselines(run, capsys):
+  config, tmp = run["config"], run["tmp"]
+  preds = ow.read_jsonl(str(tmp / "first.jsonl"))
+  # CuratedTREC style: regex answers, matched with re.match on the prediction.
+  regex_file = ow.write_jsonl(str(tmp / "ct.jsonl"), [
+      {"question": preds[0]["question"],
+       "answer": [r"\s*" + "".join(f"[{ch}]" if ch.isalnum() else "." for ch
+                                   in preds[0]["prediction"])]},
+      {"question": preds[1]["question"], "answer": ["^zzz$"]}])
+  config = ow.tiny_config(config.workdir, **{
+      "eval.file": regex_file, "finetune.regex_answers": True})
+  result = evaluate.run(config)
+  assert result["exact_match"] == 0.5 and result["metric"] == "regex_match"
+  assert json.loads(capsys.readouterr().out)["exact_match"] == 0.5
+  saved = os.path.join(config.workdir, "eval_ct_index.json")
+  assert json.load(open(saved))["num_questions"] == 2
+  null = evaluate.evaluate(config, retrieval="null",
+                           predictions_path=str(tmp / "null.jsonl"))
+  assert null["exact_match"] == 0.0 and null["recall@1"] == 0.0
+  assert all(p["prediction"] == "" and p["top_blocks"] == []
+             for p in ow.read_jsonl(null["predictions"]))

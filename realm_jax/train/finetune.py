@@ -38,7 +38,6 @@ from realm_jax.models.reader import SpanReader
 from realm_jax.models.retriever import Retriever, relevance_scores
 from realm_jax.train import checkpoint as ckpt_lib
 from realm_jax.train import loop
-from realm_jax.train import metrics as metrics_lib
 from realm_jax.train import partition
 from realm_jax.train import qa_retrieval
 from realm_jax.train import qa_setup
@@ -233,6 +232,9 @@ def run(config):
         regex_answers=f.regex_answers)
 
   step_fn = jit_train_step(cfg, mesh)
+  # Imported here: tensorboardX pulls in torch (~4 s), which `eval` and
+  # `answer` (importers of this module) do not need.
+  from realm_jax.train import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   writer = metrics_lib.MetricsWriter(c.workdir, "finetune",
                                      enabled=jax.process_index() == 0)
   clock = loop.StepClock()

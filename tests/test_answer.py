@@ -1,0 +1,107 @@
+"""`task=answer`: evidence and the highlighted span are printed; empty and
+over-long questions get clear messages before anything heavy loads."""
+import os
+import re
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from realm_jax import answer
+from realm_jax.data import corpus
+from realm_jax.models import convert
+from realm_jax.models.reader import SpanReader
+from realm_jax.train import checkpoint as ckpt_lib
+from realm_jax.train import finetune
+from realm_jax.train import loop
+from realm_jax.train import qa_setup
+from realm_jax.train import state as state_lib
+from random_params import random_params
+import openqa_workdir as ow
+
+FLAGS = ("--config.finetune.question_len=24", "--config.finetune.reader_len=64",
+         "--config.finetune.reader_beam=2")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  """A fine-tuning workdir: record, index of the pretraining run, and a
+  checkpoint of {pretrained retriever, span reader} (random reader weights:
+  what is tested here is the plumbing, not the answers)."""
+  pre = str(tmp_path_factory.mktemp("pretrain"))
+  store, pre_params = ow.make_pretrain_workdir(pre)
+  work = str(tmp_path_factory.mktemp("finetuned"))
+  config = ow.tiny_config(work, **{"finetune.init_from": pre})
+  cfg = qa_setup.model_config(config, store.tokenizer().vocab_size)
+  reader = SpanReader(cfg)
+  params = {"retriever": pre_params["retriever"],
+            "reader": random_params(reader, *convert._example_inputs(reader),
+                                    seed=3)}
+  state = state_lib.TrainState.create(params, finetune.optimizer(config),
+                                      jax.random.PRNGKey(0))
+  checkpointer = ckpt_lib.Checkpointer(work)
+  checkpointer.save(1, loop.state_tree(state))
+  checkpointer.close()
+  qa_setup.write_record(work, os.path.join(pre, "index", "0"), store, cfg)
+  return work
+
+
+def _answer(workdir, *flags):
+  return subprocess.run(
+      [sys.executable, "-m", "realm_jax.main", "--config=configs/tiny_cpu.py",
+       f"--config.workdir={workdir}", "--config.task=answer", *FLAGS, *flags],
+      cwd=ow.ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_prints_answer_evidence_and_highlight(workdir, tmp_path):
+  questions = tmp_path / "questions.txt"
+  questions.write_text("Chinese novelist and essayist\n\n" + "word " * 30 + "\n")
+  r = _answer(workdir, f"--config.answer.questions_file={questions}",
+              "--config.index.searcher=scann", "--config.answer.num_evidence=2")
+  assert r.returncode == 1, r.stderr[-3000:]   # two of the three were refused
+  assert "error (line 2): the question is empty" in r.stderr
+  assert ("error (line 3): the question is 30 tokens long; at most 22 fit "
+          "(finetune.question_len=24") in r.stderr
+  out = r.stdout
+  assert out.startswith("Q: Chinese novelist and essayist\nA: ")
+  answer_text = re.search(r"^A: (.*?)    \(score -?\d+\.\d+, p \d\.\d+, from "
+                          r"block \d \"", out, re.M).group(1)
+  evidence = re.findall(r"^  (\d)\. p=(\d\.\d+)  (.+)  \[block (\d+)\]$", out,
+                        re.M)
+  assert [e[0] for e in evidence] == ["1", "2"]
+  store = corpus.BlockStore(qa_setup.read_record(workdir)["block_store"])
+  assert [e[2] for e in evidence] == [store.title(int(e[3])) for e in evidence]
+  assert sum(float(e[1]) for e in evidence) <= 1.0 + 1e-3
+  assert f">>>{answer_text}<<<" in out   # not a tty: no ANSI codes
+  # The second start loads the serialized ScaNN searcher and cached programs.
+  cache = os.path.join(workdir, "searcher_cache")
+  assert any(name.startswith("scann-") for sub in os.listdir(cache)
+             for name in os.listdir(os.path.join(cache, sub)))
+  assert os.listdir(os.path.join(workdir, "jax_cache"))
+
+
+@pytest.mark.parametrize("question,message", [
+    ("   ", "error: the question is empty"),
+    ("why " * 23, "error: the question is 23 tokens long; at most 22 fit"),
+])
+def test_bad_question_is_refused_before_loading(workdir, capsys, question,
+                                                message):
+  config = ow.tiny_config(workdir, **{"answer.question": question})
+  with pytest.raises(SystemExit) as exit_info:
+    answer.run(config)
+  assert exit_info.value.code == 1
+  assert capsys.readouterr().err.strip().startswith(message)
+
+
+def test_question_of_exactly_the_limit_is_accepted(workdir):
+  tok = corpus.BlockStore(qa_setup.read_record(workdir)["block_store"]
+                          ).tokenizer()
+  assert answer.check_question("why " * 22, tok, 24) is None
+  assert answer.check_question("why " * 23, tok, 24) is not None
+
+
+def test_highlight_marks_the_span():
+  assert answer.highlight("Lu Xun was a writer", (0, 6), False) == (
+      ">>>Lu Xun<<< was a writer")
+  assert answer.highlight("ab", (1, 2), True) == "a\033[1m\033[4mb\033[0m"

@@ -63,7 +63,7 @@ def test_matches_hf_realm_bert_with_padding(size_index):
 
 
 def test_leading_dims_are_flattened_and_restored():
-  cfg = config_lib.tiny()
+  cfg = config_lib.tiny(num_layers=1)
   params = _init(cfg)
   ids, seg, mask = _inputs(np.random.default_rng(0), (2, 3), 10,
                            [[10, 4, 1], [7, 10, 2]])
@@ -78,7 +78,7 @@ def test_leading_dims_are_flattened_and_restored():
 
 
 def test_padding_does_not_change_real_tokens():
-  cfg = config_lib.tiny()
+  cfg = config_lib.tiny(num_layers=1)
   params = _init(cfg)
   ids, seg, mask = _inputs(np.random.default_rng(1), (1,), 7, [7])
   pad = lambda a: np.pad(a, ((0, 0), (0, 9)))
@@ -91,7 +91,7 @@ def test_padding_does_not_change_real_tokens():
 
 
 def test_output_positions_computes_the_last_layer_only_there():
-  cfg = config_lib.tiny()
+  cfg = config_lib.tiny(num_layers=1)
   params = _init(cfg)
   ids, seg, mask = _inputs(np.random.default_rng(4), (2, 3), 10,
                            [[10, 4, 7], [7, 10, 2]])
@@ -108,7 +108,7 @@ def test_output_positions_computes_the_last_layer_only_there():
 
 
 def test_dropout_only_when_not_deterministic():
-  cfg = config_lib.tiny()
+  cfg = config_lib.tiny(num_layers=1)
   params = _init(cfg)
   ids, seg, mask = _inputs(np.random.default_rng(2), (2,), 9, [9, 5])
   # rbg keys: same semantics, but XLA compiles them ~2x faster than threefry.

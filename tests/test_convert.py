@@ -114,13 +114,14 @@ def test_hf_openqa_parts():
     convert.openqa_from_hf(state, peer.ours)
 
 
-def _tokenize(sentences):
+def _tokenize(sentences, length=16):
   from tokenizers import Tokenizer  # pylint: disable=g-import-not-at-top
   tok = Tokenizer.from_file(str(convert.minilm_dir() / "tokenizer.json"))
   tok.no_padding()  # the shipped tokenizer.json pads/truncates to 128
   tok.no_truncation()
   encodings = [tok.encode(s) for s in sentences]  # adds [CLS] ... [SEP]
-  length = max(len(e.ids) for e in encodings)
+  # One padded length for every batch: one compile, and padding is exercised.
+  assert max(len(e.ids) for e in encodings) <= length
   ids = np.zeros((len(sentences), length), np.int32)
   mask = np.zeros_like(ids)
   for i, e in enumerate(encodings):
@@ -131,7 +132,9 @@ def _tokenize(sentences):
 
 @pytest.fixture(scope="module")
 def minilm():
-  return convert.load_minilm()
+  """(config, params, jitted encoder apply) of the real MiniLM weights."""
+  cfg, params = convert.load_minilm()
+  return cfg, params, jax.jit(BertEncoder(cfg).apply)
 
 
 # sentence-transformers' own documentation of all-MiniLM-L6-v2
@@ -156,8 +159,7 @@ PUBLISHED = [
 
 @needs_minilm
 def test_minilm_sentence_embeddings_match_published_values(minilm):
-  cfg, params = minilm
-  encode = jax.jit(BertEncoder(cfg).apply)
+  _, params, encode = minilm
 
   def embed(sentences):
     ids, seg, mask = _tokenize(sentences)  # padded batch: masking matters
@@ -176,7 +178,7 @@ def test_minilm_sentence_embeddings_match_published_values(minilm):
 def test_minilm_hidden_states_match_hf_bert(minilm):
   transformers = pytest.importorskip("transformers")
   import torch  # pylint: disable=g-import-not-at-top
-  cfg, params = minilm
+  _, params, encode = minilm
   ids, seg, mask = _tokenize(["REALM retrieves documents from a corpus.",
                               "Short one.", "Lu Xun was a Chinese writer."])
   hf = transformers.BertModel.from_pretrained(
@@ -185,8 +187,7 @@ def test_minilm_hidden_states_match_hf_bert(minilm):
     out = hf(input_ids=torch.tensor(ids, dtype=torch.long),
              attention_mask=torch.tensor(mask),
              token_type_ids=torch.tensor(seg, dtype=torch.long))
-  seq, pooled = jax.jit(BertEncoder(cfg).apply)({"params": params}, ids, seg,
-                                                mask)
+  seq, pooled = encode({"params": params}, ids, seg, mask)
   # |h| reaches ~6 in MiniLM's last layer; atol 1e-5 is ~2e-6 of that scale
   # (a few float32 ulps after 6 layers of 384/1536-wide sums), rtol 1e-5.
   real = mask.astype(bool)
@@ -209,7 +210,7 @@ def test_load_minilm_dtypes():
 
 @needs_minilm
 def test_minilm_gets_a_fresh_mlm_head_tied_to_its_embeddings(minilm):
-  cfg, bert = minilm
+  cfg, bert, _ = minilm
   module = MLMEncoder(config_lib.RealmConfig(bert=cfg))
   params = convert.init_from_bert(module, bert, jax.random.PRNGKey(0))
   # No decoder matrix of its own: it is the word embedding table.

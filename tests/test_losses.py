@@ -6,7 +6,7 @@ import pytest
 
 from realm_jax.models import config as config_lib
 from realm_jax.models import losses
-from realm_jax.models.retriever import Retriever
+from realm_jax.models.retriever import Retriever, relevance_scores
 from random_params import random_params
 
 B, K, M, V = 3, 4, 5, 11
@@ -142,9 +142,12 @@ def test_mlm_loss_trains_the_retriever_end_to_end():
   cfg = config_lib.RealmConfig(
       bert=config_lib.tiny(num_layers=1, vocab_size=61), proj_size=8)
   rng = np.random.default_rng(1)
-  q = rng.integers(1, 61, (2, 6)), np.zeros((2, 6), int), np.ones((2, 6), int)
-  c = rng.integers(1, 61, (2, 3, 7)), np.zeros((2, 3, 7), int), np.ones(
-      (2, 3, 7), int)
+  # Query (padded to the candidates' length) and its 3 candidates, stacked
+  # so one embedder call embeds both: [2, 1 + 3, 7].
+  ids = rng.integers(1, 61, (2, 4, 7))
+  mask = np.ones((2, 4, 7), int)
+  mask[:, 0, 6:] = 0
+  ids, seg = ids * mask, np.zeros_like(ids)
   labels, weights = rng.integers(1, 61, (2, 2)), np.array([[1.0, 1.0],
                                                            [1.0, 0.0]])
   # The reader's logits are an input of the loss; candidate 1 explains the
@@ -153,12 +156,18 @@ def test_mlm_loss_trains_the_retriever_end_to_end():
   for b in range(2):
     for j in range(2):
       logits[b, 1, j, labels[b, j]] += 6.0
-  retriever_params = random_params(Retriever(cfg), *q, *c, seed=3)
+  retriever = Retriever(cfg)
+  retriever_params = random_params(retriever, ids[:, 0], seg[:, 0],
+                                   mask[:, 0], ids[:, 1:], seg[:, 1:],
+                                   mask[:, 1:], seed=3)
 
   @jax.jit
   @jax.value_and_grad
   def loss_fn(params):
-    scores = Retriever(cfg).apply({"params": params}, *q, *c)
+    # The shared embedder: embed_query and embed_doc are the same function.
+    emb = retriever.apply({"params": params}, ids, seg, mask,
+                          method=Retriever.embed_doc)
+    scores = relevance_scores(emb[:, 0], emb[:, 1:])
     return losses.marginal_mlm_loss(losses.candidate_log_probs(scores),
                                     logits, labels, weights)[0]
 
@@ -181,8 +190,8 @@ def test_mlm_loss_trains_the_retriever_end_to_end():
 def test_marginal_log_loss():
   logits = np.array([[1.0, 2.0, 0.5, -1.0], [0.3, 0.1, 0.2, 0.0]], np.float32)
   correct = np.array([[False, True, True, False], [False] * 4])
-  loss, grad = jax.value_and_grad(
-      lambda l: losses.marginal_log_loss(l, correct).sum())(logits)
+  loss, grad = jax.jit(jax.value_and_grad(
+      lambda l: losses.marginal_log_loss(l, correct).sum()))(logits)
   p = np.exp(logits[0]) / np.exp(logits[0]).sum()
   np.testing.assert_allclose(loss, -np.log(p[1] + p[2]), rtol=1e-6)
   # No correct candidate: the term is zero and so is its gradient.

@@ -164,21 +164,23 @@ def test_span_candidates_are_all_widths_in_order():
   assert len(span_candidates(2, 10)[0]) == 3
 
 
+SCORES = np.array([0.5, -1.0, 2.0], np.float32)
+
+
 @pytest.fixture(scope="module")
 def tiny_reader():
+  """A 1-layer SpanReader, its inputs, and its float32 logits with SCORES."""
   cfg = config_lib.RealmConfig(bert=config_lib.tiny(num_layers=1, vocab_size=61),
                                span_hidden_size=8, max_span_width=4)
-  ids, seg, mask, block = _reader_batch(np.random.default_rng(7), 61)
-  params = random_params(SpanReader(cfg), ids, seg, mask, block, np.zeros(3))
-  return cfg, params, (ids, seg, mask, block)
+  inputs = _reader_batch(np.random.default_rng(7), 61)
+  params = random_params(SpanReader(cfg), *inputs, np.zeros(3))
+  apply = jax.jit(SpanReader(cfg).apply)
+  return cfg, params, inputs, apply, apply({"params": params}, *inputs, SCORES)
 
 
 def test_spans_must_lie_inside_the_block(tiny_reader):
-  cfg, params, (ids, seg, mask, block) = tiny_reader
-  scores = np.array([0.5, -1.0, 2.0], np.float32)
-  apply = jax.jit(SpanReader(cfg).apply)
-  logits, starts, ends = apply({"params": params}, ids, seg, mask, block,
-                               scores)
+  cfg, params, (ids, seg, mask, block), apply, outputs = tiny_reader
+  logits, starts, ends = outputs
   assert logits.shape == (3, len(starts))
   assert ((ends - starts) < cfg.max_span_width).all()
   inside = block[:, starts] & block[:, ends]
@@ -188,17 +190,16 @@ def test_spans_must_lie_inside_the_block(tiny_reader):
   plain, _, _ = apply({"params": params}, ids, seg, mask, block, np.zeros(3))
   shift = np.asarray(logits - plain)
   for z in range(3):
-    np.testing.assert_allclose(shift[z][inside[z]], scores[z], atol=1e-5)
+    np.testing.assert_allclose(shift[z][inside[z]], SCORES[z], atol=1e-5)
 
 
 def test_bf16_reader_and_mlm_track_float32(tiny_reader):
-  cfg32, params, (ids, seg, mask, block) = tiny_reader
+  cfg32, params, inputs, _, (l32, _, _) = tiny_reader
   cfg16 = dataclasses.replace(
       cfg32, bert=dataclasses.replace(cfg32.bert, dtype=jnp.bfloat16))
-  scores = np.array([0.5, -1.0, 2.0], np.float32)
-  run = lambda cfg: jax.jit(SpanReader(cfg).apply)(
-      {"params": params}, ids, seg, mask, block, scores)[0]
-  l32, l16 = np.asarray(run(cfg32)), np.asarray(run(cfg16))
+  l16 = np.asarray(jax.jit(SpanReader(cfg16).apply)(
+      {"params": params}, *inputs, SCORES)[0])
+  l32 = np.asarray(l32)
   assert l16.dtype == np.float32
   valid = l32 > MASK_VALUE / 2
   # The span head runs in float32 after a LayerNorm over bf16 projections;
@@ -212,8 +213,9 @@ def test_bf16_reader_and_mlm_track_float32(tiny_reader):
   mlm_ids, mlm_seg, mlm_mask, _ = _mlm_batch(np.random.default_rng(8), 61)
   mlm_params = random_params(mlm32, mlm_ids, mlm_seg, mlm_mask, MLM_POSITIONS,
                              seed=2)
-  logp = lambda cfg: jax.nn.log_softmax(jax.jit(MLMEncoder(cfg).apply)(
-      {"params": mlm_params}, mlm_ids, mlm_seg, mlm_mask, MLM_POSITIONS))
+  logp = lambda cfg: jax.jit(lambda p: jax.nn.log_softmax(MLMEncoder(
+      cfg).apply({"params": p}, mlm_ids, mlm_seg, mlm_mask, MLM_POSITIONS)))(
+          mlm_params)
   lp32, lp16 = np.asarray(logp(cfg32)), np.asarray(logp(cfg16))
   # Log-probs over 61 tokens of a random model lie in [-4.6, -3.7]; the bf16
   # transform and decoder (32-d dot products, float32 accumulation) perturb

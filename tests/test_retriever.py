@@ -127,11 +127,19 @@ def test_bf16_scores_track_float32():
   cfg16 = dataclasses.replace(
       cfg32, bert=dataclasses.replace(cfg32.bert, dtype=jnp.bfloat16))
   (q_ids, q_seg, q_mask), (c_ids, c_seg, c_mask) = _scorer_inputs(3)
-  args = (q_ids, q_seg, q_mask, c_ids, c_seg, c_mask)
-  params = random_params(Retriever(cfg32), *args, seed=1)
-  s32 = jax.jit(Retriever(cfg32).apply)({"params": params}, *args)
-  s16 = jax.jit(Retriever(cfg16).apply)({"params": params}, *args)
-  assert s16.dtype == jnp.float32  # scores are accumulated in float32
+  # Queries and candidates through one embedder call (same padded length).
+  q = [np.pad(a, ((0, 0), (0, 3)))[:, None] for a in (q_ids, q_seg, q_mask)]
+  ids, seg, mask = [np.concatenate([a, b], axis=1)
+                    for a, b in zip(q, (c_ids, c_seg, c_mask))]
+  params = random_params(RetrieverEmbedder(cfg32), ids, seg, mask, seed=1)
+
+  def scores(cfg):
+    emb = jax.jit(RetrieverEmbedder(cfg).apply)({"params": params}, ids, seg,
+                                                mask)
+    assert emb.dtype == jnp.float32  # the embedding leaves in float32
+    return np.asarray(relevance_scores(emb[:, 0], emb[:, 1:]))
+
+  s32, s16 = scores(cfg32), scores(cfg16)
   # Scores are dot products of two 16-d LayerNorm-ed embeddings, |s| ~12
   # here; bf16 perturbs each embedding coordinate by ~2^-9 relative: measured
   # max error 0.0045 (4e-4 of the score scale, 1.4% of the spread between

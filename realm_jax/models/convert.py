@@ -321,22 +321,32 @@ def load_minilm(dtype=jnp.float32, param_dtype=jnp.float32):
 
 
 def init_from_bert(module, bert_params, rng):
-  """Initialises `module` and replaces every `bert` subtree with bert_params.
+  """Params for `module` whose every `bert` subtree is bert_params.
 
-  For MLMEncoder this is how a BERT without an MLM head (e.g. MiniLM) gets
-  one: the decoder is tied to the word embeddings, so it is pretrained; the
-  transform dense is freshly initialised (truncated normal, stddev
-  initializer_range), its LayerNorm is (1, 0), and the output bias is zero.
-  For RetrieverEmbedder / Retriever the projection is fresh; for SpanReader
-  the span head is fresh. Shapes and names must match exactly (ValueError).
+  Only the parameters the BERT does not provide are initialised. For
+  MLMEncoder this is how a BERT without an MLM head (e.g. MiniLM) gets one:
+  the decoder is tied to the word embeddings, so it is pretrained; the
+  transform dense is fresh (truncated normal, stddev initializer_range), its
+  LayerNorm is (1, 0) and the output bias is zero. For RetrieverEmbedder /
+  Retriever the projection is fresh; for SpanReader the span head. Names and
+  shapes must match the module exactly (ValueError naming the parameter).
   """
   args = _example_inputs(module)
-  # Check against the abstract tree first: a mismatch fails without paying
-  # for the init's compile.
-  graft = lambda tree: _graft(tree, bert_params)
-  _map_bert(_abstract_params(module, *args), graft)
-  params = jax.jit(module.init)(rng, *args)["params"]
-  return _map_bert(params, graft)
+  target = _map_bert(_abstract_params(module, *args),
+                     lambda tree: _graft(tree, bert_params))
+  if "bert" in target:
+    partial = {"bert": target["bert"]}
+  else:
+    partial = {name: {"bert": sub["bert"]} for name, sub in target.items()}
+
+  # Flax initialises a parameter only when it is absent from a mutable
+  # collection, so applying with the BERT in place initialises just the rest
+  # (and skips drawing random numbers for the whole encoder).
+  def init_rest(variables, rng):
+    _, out = module.apply(variables, *args, rngs={"params": rng},
+                          mutable=["params"])
+    return out["params"]
+  return jax.jit(init_rest)({"params": partial}, rng)
 
 
 def _map_bert(params, fn):

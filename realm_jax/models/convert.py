@@ -145,7 +145,12 @@ def _abstract_params(module, *args):
   return variables["params"]
 
 
-def _example_inputs(module, seq=8):
+def example_inputs(module, seq=8):
+  """Tiny dummy inputs that reach every parameter of a realm_jax module.
+
+  For `module.init(rng, *example_inputs(module))` or jax.eval_shape; no
+  parameter shape depends on them.
+  """
   ids = jnp.ones((1, seq), jnp.int32)
   if isinstance(module, BertEncoder | RetrieverEmbedder):
     return (ids, ids, ids)
@@ -158,6 +163,9 @@ def _example_inputs(module, seq=8):
   raise ValueError(f"no example inputs for {type(module).__name__}")
 
 
+_example_inputs = example_inputs  # the name other modules first used
+
+
 def _sub(state, prefix):
   """The entries of state under `prefix`, with the prefix removed."""
   return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
@@ -168,7 +176,7 @@ def _sub(state, prefix):
 def bert_from_hf(state, config: BertConfig, *, allow_unused=()):
   """A BERT-layout state dict (HF BertModel names, no prefix) -> BertEncoder params."""
   module = BertEncoder(config)
-  target = _abstract_params(module, *_example_inputs(module))
+  target = _abstract_params(module, *example_inputs(module))
   return _convert(state, target, _bert_name, allow_unused=allow_unused)
 
 
@@ -181,7 +189,7 @@ def embedder_from_hf(state, config: RealmConfig):
   """
   module = RetrieverEmbedder(config)
   names = _namer({"projection": "cls.dense", "projection_norm": "cls.LayerNorm"})
-  return _convert(state, _abstract_params(module, *_example_inputs(module)),
+  return _convert(state, _abstract_params(module, *example_inputs(module)),
                   names, allow_unused=("cls.predictions.*",))
 
 
@@ -223,7 +231,7 @@ def mlm_encoder_from_hf(state, config: RealmConfig):
   ties = (("cls.predictions.decoder.weight",
            "realm.embeddings.word_embeddings.weight"),
           ("cls.predictions.decoder.bias", "cls.predictions.bias"))
-  return _convert(state, _abstract_params(module, *_example_inputs(module)),
+  return _convert(state, _abstract_params(module, *example_inputs(module)),
                   names, ties=ties)
 
 
@@ -233,7 +241,7 @@ def reader_from_hf(state, config: RealmConfig):
   names = _namer({"span_projection": "qa_outputs.dense_intermediate",
                   "span_norm": "qa_outputs.layer_normalization",
                   "span_output": "qa_outputs.dense_output"})
-  return _convert(state, _abstract_params(module, *_example_inputs(module)),
+  return _convert(state, _abstract_params(module, *example_inputs(module)),
                   names, allow_unused=("cls.predictions.*",))
 
 
@@ -331,7 +339,7 @@ def init_from_bert(module, bert_params, rng):
   Retriever the projection is fresh; for SpanReader the span head. Names and
   shapes must match the module exactly (ValueError naming the parameter).
   """
-  args = _example_inputs(module)
+  args = example_inputs(module)
   target = _map_bert(_abstract_params(module, *args),
                      lambda tree: _graft(tree, bert_params))
   if "bert" in target:

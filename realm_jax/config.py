@@ -123,8 +123,10 @@ def default_config() -> ml_collections.ConfigDict:
   # case-sensitive substring). regex_answers always uses regex search.
   c.finetune.answer_match = "normalized"
   # 0: questions are embedded for the search with the current params (as in
-  # ORQA). 1: the next batch is searched with the params the current step
-  # starts from, so host retrieval overlaps the device step.
+  # ORQA); a resumed run repeats an uninterrupted one bit for bit. 1: the
+  # next batch is searched with the params the current step starts from, so
+  # host retrieval overlaps the device step (a resume then searches its first
+  # batch with one step newer params).
   c.finetune.search_lag = 0
 
   c.eval = ml_collections.ConfigDict()

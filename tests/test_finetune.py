@@ -7,6 +7,7 @@ reports exactly the EM one computes by hand from its predictions.
 """
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -31,7 +32,8 @@ def run(tmp_path_factory):
       str(tmp / "work"), **{"finetune.init_from": pre,
                             "finetune.dataset": "jsonl:" + qa_file,
                             "finetune.retriever_beam": store.num_blocks,
-                            "finetune.num_steps": 12})
+                            "finetune.num_steps": 12,
+                            "train.checkpoint_every": 6})
   finetune.run(config)
   return {"config": config, "pre": pre, "pre_params": pre_params,
           "questions": questions, "store": store, "tmp": tmp}
@@ -124,3 +126,26 @@ def test_eval_task_reads_a_jsonl_file_and_baselines(run, capsys):
   assert null["exact_match"] == 0.0 and null["recall@1"] == 0.0
   assert all(p["prediction"] == "" and p["top_blocks"] == []
              for p in ow.read_jsonl(null["predictions"]))
+
+
+def test_resume_repeats_the_uninterrupted_run(run):
+  config = run["config"]
+  _, straight = ckpt_lib.restore_params(config.workdir)
+  losses = [r["loss"] for r in ow.read_jsonl(
+      os.path.join(config.workdir, "finetune_metrics.jsonl"))]
+  # A copy of the run that lost everything after step 6, as a job killed
+  # there would; restarted with the same config it continues from step 6.
+  work = str(run["tmp"] / "resumed")
+  shutil.copytree(config.workdir, work)
+  shutil.rmtree(os.path.join(work, "checkpoints", "12"))
+  os.remove(os.path.join(work, "finetune_metrics.jsonl"))
+  resumed_config = ow.tiny_config(work, **{
+      k: config.finetune[k.split(".")[1]] for k in (
+          "finetune.init_from", "finetune.dataset", "finetune.retriever_beam",
+          "finetune.num_steps")}, **{"train.checkpoint_every": 6})
+  finetune.run(resumed_config)
+  _, resumed = ckpt_lib.restore_params(work)
+  rows = ow.read_jsonl(os.path.join(work, "finetune_metrics.jsonl"))
+  assert [r["step"] for r in rows] == list(range(7, 13))
+  assert [r["loss"] for r in rows] == losses[6:]
+  jax.tree.map(np.testing.assert_array_equal, resumed, straight)

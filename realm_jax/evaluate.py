@@ -252,6 +252,8 @@ def evaluate(config, params=None, *, model: qa_setup.FineTuned | None = None,
             "metric": "regex_match" if f.regex_answers else "exact_match",
             "num_questions": len(correct), "retrieval": retrieval,
             "step": model.step, "predictions": path}
+  if f.regex_answers:
+    result["regex_match"] = result["exact_match"]
   result.update({f"recall@{k}": v for k, v in recall.items()})
   logging.info("eval (%s retrieval, %d questions, step %d): EM %.4f %s",
                retrieval, len(correct), model.step, result["exact_match"],

@@ -175,6 +175,10 @@ def _resolve(config):
   """(store, tokenizer, cfg, index path or None, record) for this workdir."""
   record = qa_setup.read_record(config.workdir)
   if record is not None:
+    # A resumed run (or a rerun in this workdir) keeps what it started with.
+    logging.info("using the index %s and block store %s recorded in %s",
+                 record["index_path"], record["block_store"],
+                 qa_setup.record_path(config.workdir))
     store = corpus.BlockStore(record["block_store"])
     return store, store.tokenizer(), record["model"], record["index_path"], True
   store = qa_setup.block_store(config)
@@ -210,7 +214,6 @@ def run(config):
           lambda rng: qa_setup.initial_params(c, cfg, rng))
   state, data_state, _ = loop.create_or_restore(checkpointer, init,
                                                 optimizer(c), c.seed, mesh)
-  start = int(state.step)
   if index_path is None:
     index_path = qa_setup.bootstrap_index(c, cfg, state.params["retriever"],
                                           store)
@@ -223,7 +226,7 @@ def run(config):
                "retriever beam %d, reader beam %d, start step %d of %d",
                store.num_blocks, index_path,
                index_store.read_manifest(index_path)["step"], beam,
-               min(f.reader_beam, beam), start, f.num_steps)
+               min(f.reader_beam, beam), int(state.step), f.num_steps)
 
   examples = catalog.qa_examples(c, f.split)
   if not examples:
@@ -237,12 +240,6 @@ def run(config):
   if data_state is not None:
     data_iter.set_state(data_state)
 
-  embedder = QuestionEmbedder(cfg, mesh)
-
-  def next_questions():
-    batch = next(data_iter)
-    return batch, data_iter.get_state()
-
   def make_batch(qa_batch, q_emb):
     rows, cand_emb = qa_retrieval.search(searcher, emb,
                                          QuestionEmbedder.host(q_emb), beam)
@@ -252,6 +249,25 @@ def run(config):
         max_gold_spans=f.max_gold_spans, answer_match=f.answer_match,
         regex_answers=f.regex_answers)
 
+  try:
+    state = _train_loop(c, cfg, mesh, state, data_iter, make_batch,
+                        checkpointer, {"index_path": index_path})
+  finally:
+    checkpointer.close()
+  return state
+
+
+def _train_loop(c, cfg, mesh, state, data_iter, make_batch, checkpointer,
+                meta):
+  """Steps from state.step to finetune.num_steps; logs and checkpoints.
+
+  make_batch(qa_batch, question embeddings) -> the step's host arrays.
+  """
+  f = c.finetune
+  start = int(state.step)
+  if start >= f.num_steps:
+    return state
+  embedder = QuestionEmbedder(cfg, mesh)
   step_fn = jit_train_step(cfg, mesh)
   # Imported here: tensorboardX pulls in torch (~4 s), which `eval` and
   # `answer` (importers of this module) do not need.
@@ -259,16 +275,19 @@ def run(config):
   writer = metrics_lib.MetricsWriter(c.workdir, "finetune",
                                      enabled=jax.process_index() == 0)
   clock = loop.StepClock()
-  log_every, ckpt_every = c.train.log_every, c.train.checkpoint_every
-  current, current_state = (next_questions() if start < f.num_steps
-                            else (None, None))
-  q_emb = (embedder(state.params["retriever"], current)
-           if current is not None else None)
+
+  def next_questions():
+    batch = next(data_iter)
+    return batch, data_iter.get_state()   # the state a checkpoint resumes at
+
+  current, current_state = next_questions()
+  q_emb = embedder(state.params["retriever"], current)
   for step in range(start, f.num_steps):
     host_start = time.perf_counter()
     arrays = make_batch(current, q_emb)
     host_s = time.perf_counter() - host_start
-    last = step + 1 == f.num_steps
+    done = step + 1
+    last = done == f.num_steps
     if f.search_lag == 1 and not last:
       # Dispatched before the step donates the params it reads.
       following, following_state = next_questions()
@@ -276,21 +295,19 @@ def run(config):
     state, metrics = step_fn(state, partition.shard_batch(
         {k: arrays[k] for k in DEVICE_KEYS}, mesh))
     clock.add(host_s, f.batch_size)
-    done = step + 1
-    if done % log_every == 0 or last:
+    if done % c.train.log_every == 0 or last:
       values = loop.fetch(metrics)
       ckpt_lib.check_finite(done, values)
       values.update(clock.summary())
       writer.write(done, values)
       logging.info("finetune step %d loss %.4f (retriever %.4f reader %.4f) "
-                   "span_acc %.3f has_answer@%d %.3f", done, values["loss"],
+                   "span_acc %.3f has_answer %.3f", done, values["loss"],
                    values["retriever_loss"], values["reader_loss"],
-                   values["span_accuracy"], beam,
-                   values["retriever_has_answer"])
-    if done % ckpt_every == 0 or last:
+                   values["span_accuracy"], values["retriever_has_answer"])
+    if done % c.train.checkpoint_every == 0 or last:
       ckpt_lib.check_finite(done, loop.fetch({"loss": metrics["loss"]}))
       checkpointer.save(done, loop.state_tree(state), data_state=current_state,
-                        meta={"index_path": index_path})
+                        meta=meta)
     if last:
       break
     if f.search_lag == 1:
@@ -299,5 +316,4 @@ def run(config):
       current, current_state = next_questions()
       q_emb = embedder(state.params["retriever"], current)
   writer.close()
-  checkpointer.close()
   return state

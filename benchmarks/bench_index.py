@@ -15,8 +15,8 @@ Sections:
      --clusters count): recall@k against exact search and queries/s for
      every setting swept; build time and RSS growth per index.
   2. Hot swap: queries/s of a searching thread alone, while references to
-     prebuilt searchers are swapped every 50 ms, and while an IndexWatcher
-     verifies, loads and builds new versions in the background.
+     prebuilt searchers are swapped every 10 ms, and while an IndexWatcher
+     verifies, loads and builds a new version in the background.
   3. Real embeddings: the demo corpus (Wikipedia summaries) embedded by the
      real job with MiniLM weights (random projection head), queried with the
      demo QA questions; embedding throughput of MiniLM and BERT-base configs.
@@ -47,7 +47,10 @@ def parse_args():
   p.add_argument("--hnsw_datasets", type=int, default=1,
                  help="build faiss HNSW (slow: ~5 min at 1M) on the first N sets")
   p.add_argument("--swap_n", type=int, default=200_000)
-  p.add_argument("--swap_seconds", type=float, default=6.0)
+  p.add_argument("--swap_seconds", type=float, default=1.0,
+                 help="length of one measured block")
+  p.add_argument("--swap_pairs", type=int, default=15)
+  p.add_argument("--refreshes", type=int, default=3)
   p.add_argument("--demo_docs", type=int, default=400,
                  help="demo documents to embed for section 3 (0: skip)")
   p.add_argument("--bert_base_blocks", type=int, default=32)
@@ -216,13 +219,10 @@ def summarize(rows, label, goal_recall=0.95):
 
 
 def bench_swap(workdir):
-  """Searching-thread queries/s: alone, with reference swaps, during refreshes.
-
-  Rounds interleave the conditions so that load from other processes on a
-  shared machine hits all of them alike; the table gives medians.
-  """
+  """Searching-thread queries/s: alone vs with reference swaps, and vs during
+  a full background refresh."""
   import json  # pylint: disable=g-import-not-at-top
-  n, d, rounds = min(ARGS.swap_n, ARGS.n), ARGS.dim, 3
+  n, d, rounds = min(ARGS.swap_n, ARGS.n), ARGS.dim, ARGS.refreshes
   index_dir = os.path.join(workdir, "swap_index")
   versions = list(range(1, rounds + 2))
   for v in versions:   # written ahead; committed one per round during the run
@@ -268,10 +268,11 @@ def bench_swap(workdir):
     t.join()
     return qps
 
-  results = {"alone": [], "swap": [], "refresh": []}
-  swaps, refresh_s = [0], []
-  for r in range(rounds):
-    results["alone"].append(searching(for_seconds(ARGS.swap_seconds)))
+  # Paired measurements: every condition is compared with "alone" blocks run
+  # right next to it, so slow drifts of a shared machine's load cancel out.
+  swaps, swap_pairs = [0], []
+  for _ in range(ARGS.swap_pairs):
+    alone = searching(for_seconds(ARGS.swap_seconds))
     stop = threading.Event()
 
     def swapper():
@@ -279,29 +280,35 @@ def bench_swap(workdir):
         watcher.current = prebuilt[swaps[0] % 2]   # what IndexWatcher does
         swaps[0] += 1
     end = for_seconds(ARGS.swap_seconds)
-    results["swap"].append(with_background(
-        swapper, lambda: end() and (stop.set() or True)))
-    watcher.current = prebuilt[0]
+    swapping = with_background(swapper, lambda: end() and (stop.set() or True))
+    swap_pairs.append((alone, swapping))
+  watcher.current = prebuilt[0]
+  refresh_s, refresh_pairs = [], []
+  for v in versions[1:]:
+    before = searching(for_seconds(ARGS.swap_seconds))
     done = threading.Event()
 
-    def refresher(v=versions[r + 1]):
+    def refresher(v=v):
       t = time.perf_counter()
       commit(v)
       watcher.poll_once()       # verify + memmap + ScaNN build + swap
       refresh_s.append(time.perf_counter() - t)
       done.set()
-    results["refresh"].append(with_background(refresher, done.is_set))
-  med = {k: float(np.median(v)) for k, v in results.items()}
+    during = with_background(refresher, done.is_set)
+    after = searching(for_seconds(ARGS.swap_seconds))
+    refresh_pairs.append(((before + after) / 2, during))
+  ratio = lambda pairs: 100 * (float(np.median([b / a for a, b in pairs])) - 1)
+  med = lambda pairs, i: f"{float(np.median([p[i] for p in pairs])):,.0f}"
   table(f"Hot swap: {n:,} x {d} ScaNN ({watcher.searcher.settings['mode']}) index; "
-        f"a thread searching {len(queries)}-query batches; medians of {rounds} "
-        "interleaved rounds",
-        ["condition", "q/s", "vs alone"],
-        [["alone", f"{med['alone']:,.0f}", "-"],
-         [f"swapping the reference every 10 ms ({swaps[0]} swaps)",
-          f"{med['swap']:,.0f}", f"{100 * (med['swap'] / med['alone'] - 1):+.1f}%"],
-         [f"during a full refresh (verify+memmap+build+swap, median "
-          f"{np.median(refresh_s):.1f} s, 1 build thread)",
-          f"{med['refresh']:,.0f}", f"{100 * (med['refresh'] / med['alone'] - 1):+.1f}%"]])
+        f"a thread searching {len(queries)}-query batches; medians of paired "
+        f"{ARGS.swap_seconds:g} s blocks",
+        ["condition", "pairs", "q/s alone", "q/s with", "median change"],
+        [[f"reference swapped every 10 ms ({swaps[0]} swaps)", len(swap_pairs),
+          med(swap_pairs, 0), med(swap_pairs, 1), f"{ratio(swap_pairs):+.1f}%"],
+         [f"full refresh in the background (verify+memmap+build+swap, "
+          f"median {np.median(refresh_s):.0f} s, 1 build thread)",
+          len(refresh_pairs), med(refresh_pairs, 0), med(refresh_pairs, 1),
+          f"{ratio(refresh_pairs):+.1f}%"]])
   watcher.close()
 
 

@@ -45,6 +45,20 @@ def test_scann_recall_at_10_against_exact(data, truth, mode):
       scores, np.einsum("qd,qkd->qk", queries, emb[ids]), rtol=1e-5, atol=1e-5)
 
 
+def test_tree_calibrates_leaves_to_search_for_recall():
+  # 5,000 clusters of 10 rows: neighbours spread over many of the 224 leaves,
+  # so the rule of thumb (12 leaves) falls short of recall 0.95.
+  x = clustered(50_000 + 500, 32, 5_000, seed=0)
+  emb, queries = x[:50_000], x[50_000:]
+  truth, _ = search.ExactSearcher(emb).search(queries, 10)
+  searcher = search.ScannSearcher(emb, mode="tree", num_threads=1)
+  assert searcher.leaves_to_search > searcher.settings["num_leaves_to_search"]
+  assert searcher.calibration[-1][1] >= 0.95          # on sampled rows
+  assert recall(searcher.search(queries, 10)[0], truth) >= 0.95   # held out
+  searcher.leaves_to_search = searcher.settings["num_leaves_to_search"]
+  assert recall(searcher.search(queries, 10)[0], truth) < 0.9
+
+
 def test_rules_of_thumb_pick_the_mode_by_size():
   assert search.scann_settings(19_999, 128)["mode"] == "brute_force"
   assert search.scann_settings(50_000, 128)["mode"] == "ah"

@@ -83,8 +83,8 @@ def make_pretrain_workdir(path: str):
   cfg = model_init.realm_config(c, store.tokenizer().vocab_size)
   retriever, reader = Retriever(cfg), MLMEncoder(cfg)
   params = {"retriever": content_sensitive(random_params(
-                retriever, *convert._example_inputs(retriever), seed=1)),
-            "reader": random_params(reader, *convert._example_inputs(reader),
+                retriever, *convert.example_inputs(retriever), seed=1)),
+            "reader": random_params(reader, *convert.example_inputs(reader),
                                     seed=2)}
   export = export_lib.write_export(
       path, 0, doc_embedder_params(params["retriever"], cfg), cfg)

@@ -36,7 +36,7 @@ def workdir(tmp_path_factory):
   cfg = qa_setup.model_config(config, store.tokenizer().vocab_size)
   reader = SpanReader(cfg)
   params = {"retriever": pre_params["retriever"],
-            "reader": random_params(reader, *convert._example_inputs(reader),
+            "reader": random_params(reader, *convert.example_inputs(reader),
                                     seed=3)}
   state = state_lib.TrainState.create(params, finetune.optimizer(config),
                                       jax.random.PRNGKey(0))
@@ -51,7 +51,7 @@ def _answer(workdir, *flags):
   return subprocess.run(
       [sys.executable, "-m", "realm_jax.main", "--config=configs/tiny_cpu.py",
        f"--config.workdir={workdir}", "--config.task=answer", *FLAGS, *flags],
-      cwd=ow.ROOT, capture_output=True, text=True, timeout=300)
+      cwd=ow.ROOT, capture_output=True, text=True, timeout=600)
 
 
 def test_prints_answer_evidence_and_highlight(workdir, tmp_path):

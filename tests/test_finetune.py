@@ -126,6 +126,12 @@ def test_eval_task_reads_a_jsonl_file_and_baselines(run, capsys):
   assert null["exact_match"] == 0.0 and null["recall@1"] == 0.0
   assert all(p["prediction"] == "" and p["top_blocks"] == []
              for p in ow.read_jsonl(null["predictions"]))
+  chance = evaluate.evaluate(config, retrieval="random",
+                             predictions_path=str(tmp / "random.jsonl"))
+  assert chance["retrieval"] == "random"
+  assert all(len(p["top_blocks"]) == config.finetune.reader_beam
+             and p["prediction"]
+             for p in ow.read_jsonl(chance["predictions"]))
 
 
 def test_resume_repeats_the_uninterrupted_run(run):

@@ -191,7 +191,7 @@ def _random_params(cfg, rng):
   """Params of the right structure (their values never used: a resume)."""
   from realm_jax.models import convert  # pylint: disable=g-import-not-at-top
   r_rng, s_rng = jax.random.split(rng)
-  init = lambda m, key: m.init(key, *convert._example_inputs(m))["params"]
+  init = lambda m, key: m.init(key, *convert.example_inputs(m))["params"]
   return {"retriever": init(Retriever(cfg), r_rng),
           "reader": init(SpanReader(cfg), s_rng)}
 

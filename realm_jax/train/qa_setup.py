@@ -148,7 +148,7 @@ def model_config(config, vocab_size: int) -> RealmConfig:
 def _check_shapes(params, module, what: str):
   """Raises ValueError naming the first parameter whose shape differs."""
   expected = jax.eval_shape(module.init, jax.random.PRNGKey(0),
-                            *convert._example_inputs(module))["params"]
+                            *convert.example_inputs(module))["params"]
   flat_e = dict(jax.tree_util.tree_flatten_with_path(expected)[0])
   flat_p = dict(jax.tree_util.tree_flatten_with_path(params)[0])
   for path in sorted(flat_e.keys() | flat_p.keys(), key=str):
@@ -184,14 +184,14 @@ def initial_params(config, cfg: RealmConfig, rng) -> dict:
     # No pretrained encoder to graft: initialise the span reader directly
     # (cheaper than building a random MLM encoder for its BERT).
     retriever = jax.jit(Retriever(cfg).init)(
-        r_rng, *convert._example_inputs(Retriever(cfg)))["params"]
+        r_rng, *convert.example_inputs(Retriever(cfg)))["params"]
     bert = None
   else:
     params = model_init.init_params(config, cfg, r_rng, with_reader=True)
     retriever, bert = params["retriever"], params["reader"]["bert"]
   if bert is None:
     reader_params = jax.jit(reader.init)(
-        s_rng, *convert._example_inputs(reader))["params"]
+        s_rng, *convert.example_inputs(reader))["params"]
   else:
     reader_params = convert.init_from_bert(reader, bert, s_rng)
   params = {"retriever": retriever, "reader": reader_params}

@@ -56,11 +56,11 @@ def _metrics(workdir, name="pretrain"):
 
 
 DETERMINISTIC = ("--config.index.deterministic=True",
-                 "--config.index.refresh_every=10",
-                 "--config.index.refresh_delay=5",
-                 "--config.train.checkpoint_every=10",
+                 "--config.index.refresh_every=5",
+                 "--config.index.refresh_delay=2",
+                 "--config.train.checkpoint_every=5",
                  "--config.train.log_every=1",
-                 "--config.train.num_steps=30",
+                 "--config.train.num_steps=20",
                  "--config.train.learning_rate=3e-3")
 
 
@@ -92,15 +92,15 @@ def test_ict_then_pretraining_with_hot_swaps(shared, tmp_path):
   real embedding subprocess; the trainer hot-swaps at least two new indexes
   and the loss falls."""
   ict = tmp_path / "ict"
-  _run(shared, ict, "--config.task=ict", "--config.train.num_steps=20",
+  _run(shared, ict, "--config.task=ict", "--config.train.num_steps=10",
        "--config.train.batch_size=16", "--config.train.learning_rate=3e-3")
   ict_rows = _metrics(ict, "ict")
   assert os.listdir(ict / "exports")
   work = tmp_path / "pretrain"
   _run(shared, work, f"--config.model.retriever_init={ict}",
-       "--config.train.num_steps=120", "--config.train.batch_size=8",
+       "--config.train.num_steps=60", "--config.train.batch_size=8",
        "--config.train.learning_rate=3e-3", "--config.train.log_every=5",
-       "--config.index.refresh_every=20")
+       "--config.index.refresh_every=15")
   rows = _metrics(work)
   versions = sorted({r["index_version"] for r in rows.values()})
   assert len(versions) >= 3, f"fewer than two hot swaps: versions {versions}"
@@ -109,7 +109,7 @@ def test_ict_then_pretraining_with_hot_swaps(shared, tmp_path):
   first = np.mean([rows[s]["loss"] for s in steps[:4]])
   last = np.mean([rows[s]["loss"] for s in steps[-4:]])
   assert last < first - 0.5, (first, last)
-  assert ict_rows[20]["loss"] <= ict_rows[min(ict_rows)]["loss"] + 1e-3
+  assert ict_rows[10]["loss"] <= ict_rows[min(ict_rows)]["loss"] + 1e-3
 
 
 def test_kill_minus_nine_then_resume_is_bitwise_identical(shared, tmp_path):
@@ -125,17 +125,17 @@ def test_kill_minus_nine_then_resume_is_bitwise_identical(shared, tmp_path):
   metrics = work / "pretrain_metrics.jsonl"
   deadline = time.time() + 300
   while time.time() < deadline and proc.poll() is None:
-    if metrics.exists() and len(metrics.read_text().splitlines()) >= 15:
+    if metrics.exists() and len(metrics.read_text().splitlines()) >= 12:
       break
     time.sleep(0.05)
   assert proc.poll() is None, "the trainer finished before it could be killed"
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   killed_at = len(metrics.read_text().splitlines())
-  assert killed_at < 30
+  assert killed_at < 20
   _run(shared, work, *DETERMINISTIC)
   got = _metrics(work)
-  assert sorted(got) == sorted(expected) == list(range(1, 31))
+  assert sorted(got) == sorted(expected) == list(range(1, 21))
   for step in expected:
     assert got[step]["loss"] == expected[step]["loss"], step
     assert got[step]["index_version"] == expected[step]["index_version"]

@@ -21,8 +21,8 @@ SCRIPT = textwrap.dedent("""
     cfg = mc.RealmConfig(bert=mc.tiny(vocab_size=64, dropout_rate=0.0,
                                       attention_dropout_rate=0.0), proj_size=16)
     rng = jax.random.PRNGKey(0)
-    params = {"retriever": Retriever(cfg).init(rng, *convert._example_inputs(Retriever(cfg)))["params"],
-              "reader": MLMEncoder(cfg).init(rng, *convert._example_inputs(MLMEncoder(cfg)))["params"]}
+    params = {"retriever": Retriever(cfg).init(rng, *convert.example_inputs(Retriever(cfg)))["params"],
+              "reader": MLMEncoder(cfg).init(rng, *convert.example_inputs(MLMEncoder(cfg)))["params"]}
     params = jax.device_get(params)
     r = np.random.default_rng(0)
     B, K, Lq, Ld, Lr, M = 8, 3, 12, 16, 24, 4

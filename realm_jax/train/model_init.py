@@ -105,7 +105,7 @@ def init_params(config, cfg: model_config.RealmConfig, rng, with_reader=True) ->
 
 
 def _random_init(module, rng):
-  return module.init(rng, *convert._example_inputs(module))["params"]
+  return module.init(rng, *convert.example_inputs(module))["params"]
 
 
 def param_count(params) -> int:

@@ -29,6 +29,14 @@ Baselines (eval.retrieval, or `retrieval=` of `evaluate`):
           null document. An extractive reader can only copy a span of its
           evidence, so with none it predicts the empty string and scores EM 0
           by construction; it is the floor that retrieval lifts.
+
+A comparison such as the demo's is then: (a) no retrieval =
+evaluate(config, retrieval="null"); (b) the initial retriever = evaluate of
+a workdir fine-tuned from model.init (+ model.retriever_init, e.g. ICT);
+(c) REALM = evaluate of a workdir fine-tuned with finetune.init_from=<the
+pretraining workdir>. `evaluate` also takes `params` (same model shape and
+index as the workdir's) and an already loaded `model`, and several calls in
+one process compile once.
 """
 import dataclasses
 import functools
@@ -44,7 +52,7 @@ from realm_jax.data import catalog
 from realm_jax.data import pipeline
 from realm_jax.data import qa
 from realm_jax.models.bert import MASK_VALUE
-from realm_jax.models.reader import span_candidates
+from realm_jax.models.reader import SpanReader, span_candidates
 from realm_jax.train import finetune
 from realm_jax.train import qa_retrieval
 from realm_jax.train import qa_setup
@@ -218,6 +226,8 @@ def evaluate(config, params=None, *, model: qa_setup.FineTuned | None = None,
   """
   model = model or qa_setup.load_finetuned(config)
   if params is not None:
+    qa_setup.check_shapes(params["reader"], SpanReader(model.cfg),
+                          "evaluate(params=...) reader")
     model = dataclasses.replace(model, params=params)
   examples = list(examples) if examples is not None else eval_examples(config)
   retrieval = retrieval or config.eval.retrieval

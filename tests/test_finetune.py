@@ -155,3 +155,9 @@ def test_resume_repeats_the_uninterrupted_run(run):
   assert [r["step"] for r in rows] == list(range(7, 13))
   assert [r["loss"] for r in rows] == losses[6:]
   jax.tree.map(np.testing.assert_array_equal, resumed, straight)
+
+
+def test_eval_refuses_params_that_are_not_a_span_reader(run):
+  # The pretraining params hold an MLM encoder where a span reader belongs.
+  with pytest.raises(ValueError, match=r"reader: .*parameter .*mlm"):
+    evaluate.evaluate(run["config"], params=run["pre_params"])

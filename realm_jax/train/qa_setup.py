@@ -145,7 +145,7 @@ def model_config(config, vocab_size: int) -> RealmConfig:
   return dataclasses.replace(cfg, bert=bert)
 
 
-def _check_shapes(params, module, what: str):
+def check_shapes(params, module, what: str):
   """Raises ValueError naming the first parameter whose shape differs."""
   expected = jax.eval_shape(module.init, jax.random.PRNGKey(0),
                             *convert.example_inputs(module))["params"]
@@ -176,7 +176,7 @@ def initial_params(config, cfg: RealmConfig, rng) -> dict:
           "to the ICT workdir instead")
     logging.info("fine-tuning starts from %s step %d", config.finetune.init_from,
                  step)
-    _check_shapes(params["retriever"], Retriever(cfg),
+    check_shapes(params["retriever"], Retriever(cfg),
                   f"{config.finetune.init_from} retriever")
     bert = params["reader"]["bert"]
     retriever = params["retriever"]
@@ -252,6 +252,6 @@ def load_finetuned(config, verify: bool = True) -> FineTuned:
                              searcher_cache(config), verify=verify)
   step, params = ckpt_lib.restore_params(config.workdir)
   cfg = record["model"]
-  _check_shapes(params["reader"], SpanReader(cfg), f"{config.workdir} reader")
+  check_shapes(params["reader"], SpanReader(cfg), f"{config.workdir} reader")
   return FineTuned(cfg=cfg, params=params, store=store, emb=emb,
                    searcher=searcher, index_path=record["index_path"], step=step)

@@ -17,7 +17,7 @@ $(BIN)/.installed: setup.py
 install: $(BIN)/.installed
 
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest -n 2 -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 --dist loadfile -q $(PYTEST_ARGS)
 
 demo: $(BIN)/.installed
 	$(BIN)/python -m realm_jax.main --config=configs/demo.py

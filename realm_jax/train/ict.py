@@ -10,23 +10,18 @@ every index.refresh_every steps); that export bootstraps REALM's first index
 (`model.retriever_init=<this workdir>` in the pretraining config).
 """
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
 import optax
 from absl import logging
 
-from realm_jax.data import catalog
 from realm_jax.data import pipeline
-from realm_jax.index import export as export_lib
-from realm_jax.models.retriever import Retriever, doc_embedder_params
+from realm_jax.models.retriever import Retriever
 from realm_jax.train import checkpoint as ckpt_lib
 from realm_jax.train import loop
 from realm_jax.train import metrics as metrics_lib
-from realm_jax.train import model_init
 from realm_jax.train import partition
-from realm_jax.train import state as state_lib
 
 DEVICE_KEYS = ("query_ids", "query_mask", "block_ids", "block_mask",
                "block_segment_ids")
@@ -61,34 +56,17 @@ def train_step(state, batch, cfg):
   return state.apply_gradients(grads), metrics
 
 
-def export(c, cfg, state, step):
-  if jax.process_index() == 0:
-    export_lib.write_export(c.workdir, step, jax.device_get(
-        doc_embedder_params(state.params["retriever"], cfg)), cfg)
-
-
 def run(config):
-  partition.maybe_initialize_distributed()
   c = config
-  os.makedirs(c.workdir, exist_ok=True)
-  tok = catalog.tokenizer(c)
-  store = catalog.block_store(c)
-  cfg = model_init.realm_config(c, tok.vocab_size)
-  mesh = partition.make_mesh()
-  partition.check_batch_size(c.train.batch_size, mesh)
-  tx = state_lib.bert_adamw(c.train)
-  checkpointer = ckpt_lib.Checkpointer(c.workdir, keep=c.train.keep_checkpoints)
-  state, data_state, _ = loop.create_or_restore(
-      checkpointer,
-      lambda rng: model_init.init_params(c, cfg, rng, with_reader=False),
-      tx, c.seed, mesh)
+  r = loop.setup(c, with_reader=False)
+  tok, store, cfg, mesh, checkpointer, state = r[:6]
   start = int(state.step)
   dataset = pipeline.ict_dataset(
       store, tok, c.seed, c.train.batch_size // jax.process_count(),
       query_len=c.ict.query_len, remove_prob=c.ict.remove_prob)
   data_iter = iter(dataset)
-  if data_state is not None:
-    data_iter.set_state(data_state)
+  if r.data_state is not None:
+    data_iter.set_state(r.data_state)
   repl, data = partition.replicated(mesh), partition.data_sharded(mesh)
   step_fn = jax.jit(functools.partial(train_step, cfg=cfg),
                     in_shardings=(repl, data), out_shardings=(repl, repl),
@@ -112,7 +90,7 @@ def run(config):
       logging.info("ICT step %d loss %.4f accuracy %.3f", done, values["loss"],
                    values["accuracy"])
     if done % c.index.refresh_every == 0 or done == c.train.num_steps:
-      export(c, cfg, state, done)
+      loop.export_retriever(c, cfg, state, done)
     if done % c.train.checkpoint_every == 0 or done == c.train.num_steps:
       ckpt_lib.check_finite(done, loop.fetch({"loss": metrics["loss"]}))
       checkpointer.save(done, loop.state_tree(state),

@@ -1,13 +1,19 @@
 """Pieces every training task shares: state creation/resume and the logging cadence."""
+import os
+import shutil
 import time
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from realm_jax.data import catalog
+from realm_jax.index import export as export_lib
+from realm_jax.models.retriever import doc_embedder_params
 from realm_jax.train import checkpoint as ckpt_lib
+from realm_jax.train import model_init
 from realm_jax.train import partition
 from realm_jax.train import state as state_lib
 
@@ -69,3 +75,44 @@ class StepClock:
 
 def fetch(metrics: dict) -> dict:
   return {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
+
+
+class Run(NamedTuple):
+  """What ICT and pretraining both set up before their first step."""
+  tokenizer: object
+  store: object
+  cfg: object            # RealmConfig
+  mesh: object
+  checkpointer: ckpt_lib.Checkpointer
+  state: state_lib.TrainState
+  data_state: object     # the data iterator's saved state, or None
+  meta: dict
+
+
+def setup(c, with_reader: bool) -> Run:
+  """Corpus, model config, mesh, optimizer and the (resumed) train state."""
+  partition.maybe_initialize_distributed()
+  os.makedirs(c.workdir, exist_ok=True)
+  tok = catalog.tokenizer(c)
+  store = catalog.block_store(c)
+  cfg = model_init.realm_config(c, tok.vocab_size)
+  mesh = partition.make_mesh()
+  partition.check_batch_size(c.train.batch_size, mesh)
+  checkpointer = ckpt_lib.Checkpointer(c.workdir, keep=c.train.keep_checkpoints)
+  state, data_state, meta = create_or_restore(
+      checkpointer,
+      lambda rng: model_init.init_params(c, cfg, rng, with_reader=with_reader),
+      state_lib.bert_adamw(c.train), c.seed, mesh)
+  return Run(tok, store, cfg, mesh, checkpointer, state, data_state, meta)
+
+
+def export_retriever(c, cfg, state, step: int, keep: int | None = None):
+  """Writes the document embedder to <workdir>/exports/<step>/ (process 0),
+  keeping the newest `keep` exports."""
+  if jax.process_index() != 0:
+    return
+  export_lib.write_export(c.workdir, step, jax.device_get(
+      doc_embedder_params(state.params["retriever"], cfg)), cfg)
+  if keep:
+    for old in export_lib.list_exports(c.workdir)[:-keep]:
+      shutil.rmtree(export_lib.export_path(c.workdir, old), ignore_errors=True)

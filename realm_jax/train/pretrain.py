@@ -21,17 +21,15 @@ on CPU, including across kill -9 and resume.
 """
 import functools
 import os
-import signal
 import subprocess
 import sys
-import threading
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
-from flax import serialization
 
 from realm_jax.data import catalog
 from realm_jax.data import pipeline
@@ -41,8 +39,7 @@ from realm_jax.index import search
 from realm_jax.index import store as index_store
 from realm_jax.models import losses
 from realm_jax.models.reader import MLMEncoder
-from realm_jax.models.retriever import (Retriever, doc_embedder_params,
-                                        relevance_scores)
+from realm_jax.models.retriever import Retriever, relevance_scores
 from realm_jax.train import checkpoint as ckpt_lib
 from realm_jax.train import loop
 from realm_jax.train import metrics as metrics_lib
@@ -204,23 +201,12 @@ def _make_searcher_fn(config):
 
 
 def run(config):
-  partition.maybe_initialize_distributed()
   c = config
-  os.makedirs(c.workdir, exist_ok=True)
-  tok = catalog.tokenizer(c)
-  store = catalog.block_store(c)
-  records = catalog.query_records(c, store)
-  cfg = model_init.realm_config(c, tok.vocab_size)
-  mesh = partition.make_mesh()
-  partition.check_batch_size(c.train.batch_size, mesh)
   if c.index.deterministic and c.index.query_params != "index":
     raise ValueError("index.deterministic needs index.query_params=index")
-
-  tx = state_lib.bert_adamw(c.train)
-  checkpointer = ckpt_lib.Checkpointer(c.workdir, keep=c.train.keep_checkpoints)
-  state, data_state, meta = loop.create_or_restore(
-      checkpointer, lambda rng: model_init.init_params(c, cfg, rng), tx, c.seed,
-      mesh)
+  r = loop.setup(c, with_reader=True)
+  tok, store, cfg, mesh, checkpointer, state = r[:6]
+  records = catalog.query_records(c, store)
   start = int(state.step)
   logging.info("REALM pretraining: %d params, %d blocks, %d query records, "
                "start step %d", model_init.param_count(state.params),
@@ -228,7 +214,7 @@ def run(config):
 
   index_dir = os.path.join(c.workdir, "index")
   if not export_lib.list_exports(c.workdir) or start % c.index.refresh_every == 0:
-    _export(c, cfg, state, start)
+    loop.export_retriever(c, cfg, state, start, keep=c.index.keep + 2)
   job = (spawn_embed_job(c, store.path, c.index.deterministic)
          if c.index.spawn_embed_job and jax.process_index() == 0 else None)
   watcher = refresh.IndexWatcher(
@@ -236,7 +222,7 @@ def run(config):
       poll_interval=None if c.index.deterministic else 0.5)
   try:
     if not c.index.deterministic:
-      first = meta.get("index_version")
+      first = r.meta.get("index_version")
       logging.info("waiting for the first index in %s", index_dir)
       watcher.wait_for(first if first is not None and first in
                        index_store.list_versions(index_dir) else
@@ -246,8 +232,8 @@ def run(config):
         mask_fn=c.data.masking, query_len=c.data.query_len,
         max_masks=c.data.max_masks)
     data_iter = iter(dataset)
-    if data_state is not None:
-      data_iter.set_state(data_state)
+    if r.data_state is not None:
+      data_iter.set_state(r.data_state)
     maker = BatchMaker(c, cfg, store, tok, data_iter, watcher, start)
     if c.index.query_params == "latest":
       maker.embedder.latest = jax.tree.map(jnp.copy, state.params["retriever"])
@@ -266,7 +252,7 @@ def run(config):
 
 
 def _first_version(index_dir, job, poll=0.5):
-  import time
+  """The newest committed index, waiting until the embedding job makes one."""
   while True:
     versions = index_store.list_versions(index_dir)
     if versions:
@@ -275,17 +261,6 @@ def _first_version(index_dir, job, poll=0.5):
       raise RuntimeError(f"the embedding job exited with code {job.returncode} "
                          "before building the first index; see embed_job.log")
     time.sleep(poll)
-
-
-def _export(c, cfg, state, step):
-  if jax.process_index() != 0:
-    return
-  params = jax.device_get(doc_embedder_params(state.params["retriever"], cfg))
-  export_lib.write_export(c.workdir, step, params, cfg)
-  keep = c.index.keep + 2
-  for old in export_lib.list_exports(c.workdir)[:-keep]:
-    import shutil
-    shutil.rmtree(export_lib.export_path(c.workdir, old), ignore_errors=True)
 
 
 def _train_loop(c, cfg, mesh, state, feeder, maker, watcher, checkpointer,
@@ -325,7 +300,7 @@ def _train_loop(c, cfg, mesh, state, feeder, maker, watcher, checkpointer,
                    100 * values.get("time/wait_fraction", 0))
       pending = []
     if done % c.index.refresh_every == 0:
-      _export(c, cfg, state, done)
+      loop.export_retriever(c, cfg, state, done, keep=c.index.keep + 2)
     if done % c.train.checkpoint_every == 0 or done == c.train.num_steps:
       ckpt_lib.check_finite(done, loop.fetch({"loss": metrics["loss"]}))
       checkpointer.save(done, loop.state_tree(state),

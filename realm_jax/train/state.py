@@ -1,7 +1,6 @@
 """Train state and BERT's AdamW optimizer, built with optax."""
 from typing import Any, Callable
 
-import flax
 import jax
 import jax.numpy as jnp
 import optax

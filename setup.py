@@ -27,6 +27,8 @@ setuptools.setup(
         "tensorboardX>=2.6",
         "tqdm>=4.66",
         "absl-py>=2.1",
+        # tensorflow-datasets 4.9.x needs it to prepare a dataset on Python 3.11.
+        "importlib_resources",
         "numpy>=1.26",
         "matplotlib>=3.8",
         SCANN,

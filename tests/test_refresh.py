@@ -23,12 +23,17 @@ def version_rows(version):
   return emb
 
 
-def write(index_dir, version, fingerprint=FP, commit=True, shard_rows=64):
+def write(index_dir, version, fingerprint=FP, commit=True, shard_rows=64,
+          torn=False):
+  """Writes a version; torn=True flips a byte of a shard after its checksum
+  was taken, before the commit (a watcher can never see it intact)."""
   tmp = store.tmp_path(index_dir, version)
   os.makedirs(tmp)
   emb = version_rows(version)
   shards = [store.write_shard(tmp, i, emb[lo:lo + shard_rows])
             for i, lo in enumerate(range(0, N, shard_rows))]
+  if torn:
+    flip_a_byte(tmp)
   if commit:
     return store.commit(index_dir, version, dim=DIM, shards=shards,
                         corpus_fingerprint=fingerprint)
@@ -72,11 +77,11 @@ def test_hot_swap_under_a_searching_thread(tmp_path):
   for v in range(2, 12):
     write(index_dir, 1000 + v, commit=False)      # a build still in progress
     if v % 3 == 0:                                # a torn committed version
-      flip_a_byte(write(index_dir, 100 + v))
+      write(index_dir, 100 + v, torn=True)
       bad.add(100 + v)
     write(index_dir, v if v < 11 else 200)
     time.sleep(0.03)
-  deadline = time.monotonic() + 20
+  deadline = time.monotonic() + 60
   while watcher.version != 200 and time.monotonic() < deadline:
     time.sleep(0.01)
   time.sleep(0.05)
@@ -99,7 +104,7 @@ def test_bad_versions_are_refused_once_and_the_old_index_stays(tmp_path, caplog)
   write(index_dir, 1)
   watcher = refresh.IndexWatcher(index_dir, FP, exact, poll_interval=None)
   assert watcher.poll_once() and watcher.version == 1
-  flip_a_byte(write(index_dir, 2))
+  write(index_dir, 2, torn=True)
   write(index_dir, 3, fingerprint="corpus-b")
   with caplog.at_level(logging.INFO):
     for _ in range(5):

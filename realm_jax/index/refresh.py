@@ -13,9 +13,15 @@ A version that fails (torn, corrupt, built for another corpus, or its searcher
 fails to build) is refused with one error log line and remembered, so it is not
 retried every poll; the previous index stays in service.
 
+The background thread runs at a lower OS priority (`nice`, Linux; threads it
+starts, such as ScaNN's trainers, inherit it), so on a busy host the refresh
+yields the CPU to the training and searching threads and only the index's
+staleness grows.
+
 For reproducible runs, create the watcher with poll_interval=None (no thread)
 and call wait_for(version) at fixed steps.
 """
+import os
 import threading
 import time
 from typing import Callable, NamedTuple
@@ -40,11 +46,13 @@ class IndexWatcher:
   """
 
   def __init__(self, index_dir: str, corpus_fingerprint: str | None,
-               make_searcher: Callable, poll_interval: float | None = 10.0):
+               make_searcher: Callable, poll_interval: float | None = 10.0,
+               nice: int = 10):
     self.index_dir = index_dir
     self.corpus_fingerprint = corpus_fingerprint
     self.make_searcher = make_searcher
     self.poll_interval = poll_interval
+    self.nice = nice
     self.current: Current | None = None
     self.refused: dict[int, str] = {}
     self._lock = threading.Lock()   # one loader at a time (thread, wait_for)
@@ -137,6 +145,11 @@ class IndexWatcher:
     return True
 
   def _run(self):
+    if self.nice and hasattr(os, "setpriority"):
+      try:  # on Linux a thread id names one thread here
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
+      except OSError as e:
+        logging.warning("IndexWatcher could not lower its priority: %s", e)
     while not self._stop.is_set():
       try:
         self.poll_once()

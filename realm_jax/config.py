@@ -26,6 +26,9 @@ def default_config() -> ml_collections.ConfigDict:
   # A workdir with retriever exports (e.g. the ICT run's): its newest export
   # replaces the retriever after `init`. This is how ICT warm-starts REALM.
   c.model.retriever_init = ""
+  # Keep only the first N transformer layers of the initial weights (0: all),
+  # e.g. a faster demo from MiniLM's 6 layers.
+  c.model.num_layers = 0
   c.model.hidden_act = "gelu"     # gelu (original TF code) | gelu_new (HF port)
   c.model.dropout_rate = 0.1
   c.model.proj_size = 128

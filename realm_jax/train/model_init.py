@@ -47,6 +47,11 @@ def realm_config(config, vocab_size: int) -> model_config.RealmConfig:
       raise ValueError(f"model.encoder={m.encoder!r}: expected one of {sorted(_PRESETS)}")
     bert = _PRESETS[m.encoder](vocab_size=vocab_size, hidden_act=m.hidden_act,
                                **common)
+  if m.num_layers:
+    if m.num_layers > bert.num_layers:
+      raise ValueError(f"model.num_layers={m.num_layers} but the encoder has "
+                       f"only {bert.num_layers}")
+    bert = dataclasses.replace(bert, num_layers=m.num_layers)
   if bert.vocab_size != vocab_size:
     raise ValueError(f"the encoder's vocabulary has {bert.vocab_size} tokens but "
                      f"the tokenizer has {vocab_size}: data.tokenizer does not "
@@ -76,8 +81,12 @@ def init_params(config, cfg: model_config.RealmConfig, rng, with_reader=True) ->
   elif m.init in ("minilm", "bert_safetensors"):
     path = (convert.minilm_dir() / "model.safetensors" if m.init == "minilm"
             else m.init_path)
-    bert = convert.bert_from_safetensors(path, dataclasses.replace(
-        cfg.bert, dtype=jnp.float32))
+    full = convert.bert_config_from_json(os.path.join(os.path.dirname(path),
+                                                      "config.json"))
+    bert = convert.bert_from_safetensors(path, full)
+    # model.num_layers: keep the checkpoint's first layers only.
+    bert = {k: v for k, v in bert.items() if not k.startswith("layers_")
+            or int(k.split("_")[1]) < cfg.bert.num_layers}
     params = {"retriever": convert.init_from_bert(retriever, bert, r_rng)}
     if with_reader:
       params["reader"] = convert.init_from_bert(reader, bert, m_rng)

@@ -35,6 +35,7 @@ def _inputs(rng, lead, seq, lengths, vocab=128):
   return (ids * mask).astype(np.int32), segments, mask
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("size_index", [0, 1, 2])
 def test_matches_hf_realm_bert_with_padding(size_index):
   pytest.importorskip("transformers")

@@ -68,6 +68,7 @@ def test_unused_tensor_is_an_error():
     convert.bert_from_hf(state, cfg)
 
 
+@pytest.mark.parity
 def test_hf_tied_decoder_must_equal_word_embeddings():
   pytest.importorskip("transformers")
   import realm_peer  # pylint: disable=g-import-not-at-top
@@ -81,6 +82,7 @@ def test_hf_tied_decoder_must_equal_word_embeddings():
     convert.mlm_encoder_from_hf(state, peer.ours)
 
 
+@pytest.mark.parity
 def test_hf_scorer_copies_must_agree_when_shared():
   pytest.importorskip("transformers")
   import realm_peer  # pylint: disable=g-import-not-at-top
@@ -91,6 +93,7 @@ def test_hf_scorer_copies_must_agree_when_shared():
     convert.retriever_from_hf(separate, peer.ours)
 
 
+@pytest.mark.parity
 def test_hf_openqa_parts():
   pytest.importorskip("transformers")
   import torch  # pylint: disable=g-import-not-at-top
@@ -174,6 +177,7 @@ def test_minilm_sentence_embeddings_match_published_values(minilm):
                                atol=6e-5)
 
 
+@pytest.mark.parity
 @needs_minilm
 def test_minilm_hidden_states_match_hf_bert(minilm):
   transformers = pytest.importorskip("transformers")

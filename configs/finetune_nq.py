@@ -30,29 +30,8 @@ from realm_jax import config as config_lib
 
 
 def get_config():
-  c = config_lib.default_config()
-  c.task = "finetune"
-  c.workdir = "workdir/finetune_nq"
-  c.finetune.init_from = "workdir/pretrain_ccnews"
-  # Used only without init_from (e.g. model.init=hf_realm); with init_from
-  # the model shape, corpus and index come from the pretraining workdir.
-  c.model.encoder = "bert_base"
-  c.model.init = "hf_realm"
-  c.data.corpus = "wikipedia"
-  c.data.tokenizer = "wordpiece:vocab.txt"   # BERT uncased, 30522 tokens
-  c.data.block_len = 288
-  c.finetune.dataset = "natural_questions_open"
-  c.finetune.batch_size = 1
-  c.finetune.num_steps = 100_000
-  c.finetune.learning_rate = 1e-5
-  c.finetune.question_len = 64
-  c.finetune.reader_len = 320
-  c.finetune.reader_beam = 5
-  c.finetune.retriever_beam = 5000
-  c.train.log_every = 100
-  c.train.checkpoint_every = 5000
-  c.index.searcher = "scann"
-  c.eval.split = "dev"
-  c.eval.batch_size = 16
-  c.eval.recall_k = 5
+  c = config_lib.paper_finetune_config(
+      dataset="natural_questions_open",
+      workdir="workdir/finetune_nq", num_steps=100_000, checkpoint_every=5000,
+      eval_split="dev")
   return c

@@ -20,27 +20,8 @@ from realm_jax import config as config_lib
 
 
 def get_config():
-  c = config_lib.default_config()
-  c.task = "finetune"
-  c.workdir = "workdir/finetune_wq"
-  c.finetune.init_from = "workdir/pretrain_ccnews"
-  c.model.encoder = "bert_base"
-  c.model.init = "hf_realm"
-  c.data.corpus = "wikipedia"
-  c.data.tokenizer = "wordpiece:vocab.txt"
-  c.data.block_len = 288
-  c.finetune.dataset = "web_questions"
-  c.finetune.batch_size = 1
-  c.finetune.num_steps = 10_000
-  c.finetune.learning_rate = 1e-5
-  c.finetune.question_len = 64
-  c.finetune.reader_len = 320
-  c.finetune.reader_beam = 5
-  c.finetune.retriever_beam = 5000
-  c.train.log_every = 100
-  c.train.checkpoint_every = 2000
-  c.index.searcher = "scann"
-  c.eval.split = "test"
-  c.eval.batch_size = 16
-  c.eval.recall_k = 5
+  c = config_lib.paper_finetune_config(
+      dataset="web_questions",
+      workdir="workdir/finetune_wq", num_steps=10_000, checkpoint_every=2000,
+      eval_split="test")
   return c

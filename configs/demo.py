@@ -25,6 +25,8 @@ def get_config():
   c.data.corpus = "demo"
   c.data.corpus_limit = 300      # documents, a fixed subset by title hash
   c.data.queries = "demo"        # X = Z: the corpus's own sentences
+  c.data.heldout_fraction = 0.25  # sentences kept out of pretraining, for
+                                 # recall on held-out masked sentences
   c.data.tokenizer = "minilm"
   c.data.block_len = 96
   c.data.query_len = 32

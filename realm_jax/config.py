@@ -50,6 +50,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.query_len = 96            # [CLS] masked sentence [SEP]
   c.data.reader_len = 384          # [CLS] q [SEP] body [SEP]
   c.data.max_masks = 10
+  # Query records held out of pretraining (a fixed hash-selected subset),
+  # for realm_jax.masked_recall; 0 trains on all of X, as REALM does.
+  c.data.heldout_fraction = 0.0
   c.data.masking = "salient"       # salient | random_token | random_span (ablations)
   c.data.block_store = ""          # default: <workdir>/blocks
   c.data.tfds_data_dir = ""

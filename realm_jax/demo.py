@@ -8,6 +8,8 @@
   5. fine-tune on the demo QA train split (Wikidata description -> title),
      once from the initial model and once from the REALM-pretrained one;
   6. evaluate both on the test split, plus the reader with no retrieval;
+     and measure retrieval recall@k on held-out masked sentences before and
+     after REALM pretraining (realm_jax.masked_recall);
   7. answer three test questions with evidence;
   8. print a summary table and write PNG plots of the training curves.
 
@@ -22,6 +24,7 @@ import ml_collections
 
 from realm_jax import answer as answer_lib
 from realm_jax import evaluate as evaluate_lib
+from realm_jax import masked_recall
 from realm_jax.data import catalog
 from realm_jax.data import demo as demo_data
 from realm_jax.train import checkpoint as ckpt_lib
@@ -99,6 +102,12 @@ def run(config):
     }
   results, timings["evaluation"] = _stage("6. evaluate on demo QA test",
                                           evaluate_all)
+  masked, timings["masked recall"] = _stage(
+      "6b. retrieval recall on held-out masked sentences",
+      lambda: masked_recall.before_after(
+          store, catalog.tokenizer(base),
+          catalog.query_records(base, store, split="heldout"), pre.workdir,
+          config.eval.recall_k, config.data.query_len, config.data.max_masks))
 
   questions = [ex["question"] for ex in demo_data.demo_qa(
       "test", limit=config.data.corpus_limit or None)[:3]]
@@ -118,12 +127,13 @@ def run(config):
           w, "plots", name.split("/")[0]), keys=[
           k for k in ("loss", "retrieval_utility", "p_null", "mlm_accuracy",
                       "retriever_loss", "reader_loss")])
-  print(summary_table(results, timings, store.num_blocks, config.eval.recall_k))
+  print(summary_table(results, masked, timings, store.num_blocks,
+                      config.eval.recall_k))
   print(f"plots: {os.path.join(w, 'plots')} ({len(plots)} PNG files)")
   with open(os.path.join(w, "summary.json"), "w") as f:
     json.dump({"results": {k: {m: v for m, v in r.items() if m != "predictions"}
                            for k, r in results.items()},
-               "timings_s": timings}, f, indent=1)
+               "masked_recall": masked, "timings_s": timings}, f, indent=1)
   return results
 
 
@@ -134,13 +144,19 @@ def _write_questions(w, questions):
   return path
 
 
-def summary_table(results, timings, num_blocks, k) -> str:
+def summary_table(results, masked, timings, num_blocks, k) -> str:
   lines = ["", f"demo QA test split ({num_blocks} blocks)",
            f"| system | test EM | recall@{k} | questions |",
            "|---|---|---|---|"]
   for name, r in results.items():
     lines.append(f"| {name} | {100 * r['exact_match']:.1f} | "
                  f"{100 * r[f'recall@{k}']:.1f} | {r['num_questions']} |")
+  lines += ["", f"held-out masked sentences ({masked['num_queries']}): "
+            f"recall@{masked['k']} of the masked span",
+            "| retriever | index version | recall |", "|---|---|---|"]
+  for name in ("initial", "pretrained"):
+    lines.append(f"| {name} | {masked[name + '_version']} | "
+                 f"{100 * masked[name]:.1f} |")
   lines += ["", "| stage | seconds |", "|---|---|"]
   lines += [f"| {name} | {s:.0f} |" for name, s in timings.items()]
   return "\n".join(lines)

@@ -5,7 +5,9 @@ Everything built here is cached in the workdir (or `data.block_store`), so a
 second run reuses it.
 """
 import os
+from collections.abc import Sequence
 
+import numpy as np
 from absl import logging
 
 from realm_jax.data import corpus
@@ -59,8 +61,47 @@ def block_store(config, progress: bool = True) -> corpus.BlockStore:
   return store
 
 
-def query_records(config, store=None):
-  """Random-access query records {"text", "spans", "source_uid"} of X."""
+class Subset(Sequence):
+  """Records `indices` of `records`, as a random-access source for grain."""
+
+  def __init__(self, records, indices: np.ndarray):
+    self.records, self.indices = records, indices
+
+  def __len__(self):
+    return len(self.indices)
+
+  def __getitem__(self, i: int) -> dict:
+    return self.records[int(self.indices[i])]
+
+
+def heldout_mask(n: int, fraction: float) -> np.ndarray:
+  """bool [n]: which of n query records are held out of pretraining.
+
+  A multiplicative hash of the record index: fixed for a given record store,
+  spread evenly, and free to compute for 10^8 records (nothing is read).
+  """
+  if not 0.0 <= fraction < 1.0:
+    raise ValueError(f"data.heldout_fraction={fraction}: expected [0, 1)")
+  h = (np.arange(n, dtype=np.uint64) * np.uint64(2654435761)) % np.uint64(2**32)
+  return h < np.uint64(int(fraction * 2**32))
+
+
+def query_records(config, store=None, split: str = "all"):
+  """Random-access query records {"text", "spans", "source_uid"} of X.
+
+  split: "all"; "train" (pretraining: all but the held-out records) or
+  "heldout" (`data.heldout_fraction` of them, for `realm_jax.masked_recall`).
+  """
+  records = _query_records(config, store)
+  if split == "all" or (split == "train" and not config.data.heldout_fraction):
+    return records
+  if split not in ("train", "heldout"):
+    raise ValueError(f"split={split!r}: expected all, train or heldout")
+  held = heldout_mask(len(records), config.data.heldout_fraction)
+  return Subset(records, np.flatnonzero(held if split == "heldout" else ~held))
+
+
+def _query_records(config, store=None):
   name = config.data.queries
   if name == "demo":
     # X = Z: sentences of the demo blocks, NER-tagged once and cached.

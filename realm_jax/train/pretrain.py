@@ -207,7 +207,7 @@ def run(config):
     raise ValueError("index.deterministic needs index.query_params=index")
   r = loop.setup(c, with_reader=True)
   tok, store, cfg, mesh, checkpointer, state = r[:6]
-  records = catalog.query_records(c, store)
+  records = catalog.query_records(c, store, split="train")
   start = int(state.step)
   logging.info("REALM pretraining: %d params, %d blocks, %d query records, "
                "start step %d", model_init.param_count(state.params),

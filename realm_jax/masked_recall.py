@@ -1,0 +1,102 @@
+"""Retrieval recall on held-out masked sentences: does pretraining help?
+
+REALM's claim is that the MLM signal teaches the retriever to fetch blocks
+that help fill in the blanks. This measures it directly, without the reader:
+for query sentences held out of pretraining (`data.heldout_fraction`, a
+fixed hash-selected subset of the query records), mask one salient span as
+pretraining does, embed the masked sentence with a retriever export, search
+that export's index (never the sentence's own block, as in training) and
+count the queries whose top k blocks contain the masked span's text
+(normalized whole-token match, `qa.has_answer`).
+
+    recall = masked_recall(store, tok, heldout_records, index_path,
+                           export_path, k=5)
+
+The demo reports it for the initial retriever (index 0, export 0) and for
+the REALM-pretrained one (the newest committed index and its export).
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from realm_jax.data import masking
+from realm_jax.data import qa
+from realm_jax.index import export as export_lib
+from realm_jax.index import search
+from realm_jax.index import store as index_store
+from realm_jax.models.retriever import Retriever
+
+
+def masked_queries(records, tokenizer, query_len: int, max_masks: int,
+                   limit: int = 500, seed: int = 0) -> dict:
+  """Masks up to `limit` records (salient spans; records without one are
+  skipped). Returns {query_ids, query_mask: int32 [n, query_len],
+  answers: [n] masked span texts, source_uids: [n]}."""
+  rng = np.random.default_rng(seed)
+  ids, masks, answers, uids = [], [], [], []
+  for i in range(len(records)):
+    if len(ids) >= limit:
+      break
+    record = records[i]
+    ex = masking.mask_record(tokenizer, record, rng, "salient", query_len,
+                             max_masks)
+    if ex is None:
+      continue
+    # The answer is the masked span as written in the sentence (decoding the
+    # wordpieces would respace punctuation: "ISO/IEC" -> "iso / iec").
+    tokens = np.flatnonzero(ex["query_ids"] == tokenizer.mask_id) - 1
+    offsets = tokenizer.encode(record["text"]).offsets
+    ids.append(ex["query_ids"])
+    masks.append(ex["query_mask"])
+    answers.append(record["text"][offsets[tokens[0], 0]:offsets[tokens[-1], 1]])
+    uids.append(record["source_uid"])
+  if not ids:
+    raise ValueError("no held-out record has a salient span to mask")
+  return {"query_ids": np.stack(ids).astype(np.int32),
+          "query_mask": np.stack(masks).astype(np.int32),
+          "answers": answers, "source_uids": uids}
+
+
+def masked_recall(store, queries: dict, index_path: str, export_path: str,
+                  k: int = 5, batch_size: int = 64) -> float:
+  """Fraction of `queries` with the masked span in one of the top k blocks."""
+  index_store.verify(index_path, store.fingerprint)
+  _, doc_params, cfg = export_lib.load_export(export_path)
+  if not cfg.share_embedder:
+    raise ValueError(f"{export_path}: masked recall needs a shared embedder "
+                     "(the export holds only the document embedder)")
+  retriever = Retriever(cfg)
+  embed = jax.jit(lambda p, ids, mask: retriever.apply(
+      {"params": p}, ids, jnp.zeros_like(ids), mask, True,
+      method=Retriever.embed_query))
+  params = {"embedder": doc_params}
+  n = len(queries["answers"])
+  q_emb = np.concatenate([np.asarray(embed(
+      params, queries["query_ids"][s:s + batch_size],
+      queries["query_mask"][s:s + batch_size])) for s in range(0, n, batch_size)])
+  source = store.rows_for_uids(queries["source_uids"])
+  searcher = search.ExactSearcher(np.asarray(index_store.load(index_path)))
+  rows, _ = searcher.search(q_emb.astype(np.float32), k,
+                            exclude=source.reshape(-1, 1))
+  texts = [[f"{store.title(int(r))} {store.text(int(r))}" for r in row if r >= 0]
+           for row in rows]
+  hits = qa.retrieval_hits(texts, [[a] for a in queries["answers"]])
+  return float(hits[:, :k].any(axis=1).mean())
+
+
+def before_after(store, tokenizer, records, pretrain_workdir: str, k: int,
+                 query_len: int, max_masks: int, limit: int = 500) -> dict:
+  """Masked recall@k of the initial retriever (version 0) and of the newest
+  committed index of a pretraining workdir, on the same held-out queries."""
+  index_dir = f"{pretrain_workdir}/index"
+  versions = index_store.list_versions(index_dir)
+  if not versions or versions[0] != 0:
+    raise ValueError(f"{index_dir} has no index 0 to compare against")
+  queries = masked_queries(records, tokenizer, query_len, max_masks, limit)
+  out = {"num_queries": len(queries["answers"]), "k": k}
+  for name, v in (("initial", versions[0]), ("pretrained", versions[-1])):
+    out[name] = masked_recall(
+        store, queries, index_store.version_path(index_dir, v),
+        export_lib.export_path(pretrain_workdir, v), k)
+    out[f"{name}_version"] = v
+  return out

@@ -112,6 +112,23 @@ def test_ict_then_pretraining_with_hot_swaps(shared, tmp_path):
   assert ict_rows[10]["loss"] <= ict_rows[min(ict_rows)]["loss"] + 1e-3
 
 
+def _kill_after(shared, workdir, overrides, lines):
+  """Starts a trainer, SIGKILLs it once it has logged `lines` steps; returns
+  the metrics rows it wrote."""
+  proc = subprocess.Popen(_args(shared, workdir, *overrides), cwd=ROOT,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  metrics = workdir / "pretrain_metrics.jsonl"
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    if metrics.exists() and len(metrics.read_text().splitlines()) >= lines:
+      break
+    time.sleep(0.05)
+  assert proc.poll() is None, "the trainer finished before it could be killed"
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  return [json.loads(line) for line in metrics.read_text().splitlines()]
+
+
 def test_kill_minus_nine_then_resume_is_bitwise_identical(shared, tmp_path):
   """Deterministic refresh: a run killed with SIGKILL mid-run and resumed
   logs exactly the losses of an uninterrupted run."""
@@ -120,22 +137,31 @@ def test_kill_minus_nine_then_resume_is_bitwise_identical(shared, tmp_path):
   expected = _metrics(ref)
 
   work = tmp_path / "killed"
-  proc = subprocess.Popen(_args(shared, work, *DETERMINISTIC), cwd=ROOT,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  metrics = work / "pretrain_metrics.jsonl"
-  deadline = time.time() + 300
-  while time.time() < deadline and proc.poll() is None:
-    if metrics.exists() and len(metrics.read_text().splitlines()) >= 12:
-      break
-    time.sleep(0.05)
-  assert proc.poll() is None, "the trainer finished before it could be killed"
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  killed_at = len(metrics.read_text().splitlines())
-  assert killed_at < 20
+  assert len(_kill_after(shared, work, DETERMINISTIC, 12)) < 20
   _run(shared, work, *DETERMINISTIC)
   got = _metrics(work)
   assert sorted(got) == sorted(expected) == list(range(1, 21))
   for step in expected:
     assert got[step]["loss"] == expected[step]["loss"], step
     assert got[step]["index_version"] == expected[step]["index_version"]
+
+
+def test_asynchronous_resume_continues_from_the_checkpoint(shared, tmp_path):
+  """Asynchronous refresh, kill -9, restart: training picks up at the step
+  after the last checkpoint, with the index version saved in it or newer."""
+  overrides = ("--config.index.refresh_every=4",
+               "--config.train.checkpoint_every=5",
+               "--config.train.log_every=1", "--config.train.num_steps=20")
+  work = tmp_path / "async"
+  before = _kill_after(shared, work, overrides, 12)
+  logged = max(r["step"] for r in before)
+  assert logged < 20
+  _run(shared, work, *overrides)
+  rows = [json.loads(line) for line in
+          (work / "pretrain_metrics.jsonl").read_text().splitlines()]
+  after = rows[len(before):]
+  saved = after[0]["step"] - 1   # the checkpoint the restart resumed from
+  assert saved % 5 == 0 and 5 <= saved <= logged, (saved, logged)
+  assert [r["step"] for r in after] == list(range(saved + 1, 21))
+  saved_version = {r["step"]: r["index_version"] for r in before}[saved]
+  assert all(r["index_version"] >= saved_version for r in after)

@@ -269,6 +269,34 @@ def test_dispatcher_entry_bootstraps_the_first_index(tmp_path, demo):
   assert m["export"]["path"] == os.path.abspath(export_path)
 
 
+def test_the_job_ships_a_scann_searcher_that_the_watcher_loads(tmp_path, demo):
+  """searcher="scann": the version is committed with its serialized ScaNN
+  searcher, and the trainer's IndexWatcher loads it instead of building."""
+  blocks, export_path, _ = demo
+  index_dir = str(tmp_path / "index")
+  path = embed.embed_export(export_path, blocks, index_dir, batch_size=64,
+                            progress=False, searcher="scann")
+  saved = [n for n in os.listdir(path) if n.startswith("scann-")]
+  assert len(saved) == 1
+  meta = os.path.join(path, saved[0], "realm_searcher.json")
+  before = os.stat(meta).st_mtime_ns
+  built = []
+
+  def make(emb, cache_dir):
+    built.append(cache_dir)
+    return search.make_searcher(emb, kind="scann", cache_dir=cache_dir)
+  watcher = refresh.IndexWatcher(index_dir, blocks.fingerprint, make,
+                                 poll_interval=None)
+  watcher.wait_for(0)
+  assert built == [path] and os.stat(meta).st_mtime_ns == before  # loaded
+  emb = np.asarray(store.load(path))
+  queries = emb[:5]
+  ids, _ = watcher.searcher.search(queries, 3, exclude=np.arange(5)[:, None])
+  want, _ = search.ExactSearcher(emb).search(queries, 3,
+                                             exclude=np.arange(5)[:, None])
+  np.testing.assert_array_equal(ids, want)   # brute force at this size
+
+
 @pytest.mark.slow
 def test_killed_embedding_process_resumes_on_the_whole_demo_corpus(tmp_path):
   """All 10,033 summaries (~25k blocks of 64 tokens), 1024-row shards."""

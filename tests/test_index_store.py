@@ -108,6 +108,9 @@ def test_prune_keeps_the_newest_versions(tmp_path, emb):
     write_version(index_dir, step, emb)
   write_version(index_dir, 25, emb, do_commit=False)   # superseded job
   write_version(index_dir, 50, emb, do_commit=False)   # job in progress
+  os.makedirs(os.path.join(index_dir, "15.bad-1700000000"))  # refused, old
+  os.makedirs(os.path.join(index_dir, "60.bad-1700000000"))  # refused, newest
   assert store.prune(index_dir, keep=2) == [10, 20]
   assert store.list_versions(index_dir) == [30, 40]
-  assert sorted(os.listdir(index_dir)) == ["30", "40", "50.tmp"]
+  assert sorted(os.listdir(index_dir)) == ["30", "40", "50.tmp",
+                                            "60.bad-1700000000"]

@@ -125,8 +125,9 @@ def commit(index_dir: str, step: int, *, dim: int, shards: list[dict],
 
 
 def prune(index_dir: str, keep: int) -> list[int]:
-  """Deletes all but the newest `keep` committed versions, and *.tmp dirs of
-  steps older than the newest committed one (their job was superseded).
+  """Deletes all but the newest `keep` committed versions, and *.tmp dirs
+  (their job was superseded) and *.bad-* dirs (refused versions kept for a
+  look) of steps older than the newest committed one.
 
   Returns the deleted steps. A reader still mapping a deleted version keeps its
   data: on POSIX the files live until they are unmapped.
@@ -143,7 +144,8 @@ def prune(index_dir: str, keep: int) -> list[int]:
   if versions:
     for name in os.listdir(index_dir):
       stem = name.split(".")[0]
-      if name.endswith(".tmp") and stem.isdigit() and int(stem) < versions[-1]:
+      stale = name.endswith(".tmp") or ".bad-" in name
+      if stale and stem.isdigit() and int(stem) < versions[-1]:
         shutil.rmtree(os.path.join(index_dir, name), ignore_errors=True)
   return doomed
 

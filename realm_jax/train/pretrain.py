@@ -107,6 +107,7 @@ def spawn_embed_job(config, store_path: str, deterministic: bool):
          "--workdir", config.workdir, "--block_store", store_path,
          "--batch_size", str(config.index.embed_batch_size),
          "--dtype", config.index.embed_dtype, "--keep", str(config.index.keep),
+         "--searcher", config.index.searcher,
          "--poll_interval", "0.2", "--parent_pid", str(os.getpid()),
          "--no_progress"]
   if deterministic:

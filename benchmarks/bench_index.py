@@ -135,8 +135,9 @@ def compare(emb, queries, k, label, scann_modes=(None,), hnsw=True):
     build, mem = time.perf_counter() - t, rss_mb() - rss
     name = f"scann {s.settings['mode']}" + (" (rules of thumb)" if mode is None else "")
     if s.settings["mode"] == "tree":
-      leaves = sorted({4, 8, 16, 32, s.leaves_to_search, 64, 128, 256})
-      grid = [(lv, r) for lv in leaves for r in (64, 250) if lv <= s.settings["num_leaves"]]
+      leaves = sorted({1, 2, 4, 8, 16, 32, s.leaves_to_search, 64, 128, 256})
+      grid = [(lv, r) for lv in leaves for r in (32, 64, 250)
+              if lv <= s.settings["num_leaves"]]
     elif s.settings["mode"] == "ah":
       grid = [(None, r) for r in (64, 128, 250, 500)]
     else:
@@ -197,7 +198,7 @@ def faiss_rows(emb, queries, truth, k, hnsw_too=True):
   ivf.add(data)
   build, mem = time.perf_counter() - t, rss_mb() - rss
   faiss.omp_set_num_threads(ARGS.threads)
-  for nprobe in (1, 2, 4, 8, 16, 32, 64, 128):
+  for nprobe in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512):
     ivf.nprobe = nprobe
     (_, ids), qps = timed_qps(lambda q: ivf.search(q, k), queries)
     rows.append([f"faiss IVF{nlist},Flat", f"nprobe={nprobe}", build, mem,

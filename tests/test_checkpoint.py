@@ -1,4 +1,10 @@
 """Orbax checkpoints: exact round trip of state and side data; NaN never saved."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,3 +40,37 @@ def test_restore_without_checkpoint_is_clear(tmp_path):
   with pytest.raises(FileNotFoundError, match="no checkpoint"):
     cp.restore({"w": jnp.zeros(2)})
   cp.close()
+
+
+def test_data_state_packing_round_trips_unicode_and_lengths():
+  states = [{"a": 1}, {"name": "é" * 5, "pos": [1, 2, 3]}, {}]
+  packed, lengths = ckpt_lib.pack_states(states)
+  assert packed.dtype == np.uint8 and packed.shape[0] == 3
+  assert ckpt_lib.unpack_states(packed, lengths) == {
+      f"process_{i}": s for i, s in enumerate(states)}
+
+
+def test_a_process_without_a_saved_data_state_is_refused():
+  with pytest.raises(ValueError, match="saved by 2 process.*same number"):
+    ckpt_lib.own_data_state({"process_5": {}, "process_6": {}}, "ckpt/3")
+
+
+def test_two_processes_each_get_their_own_data_state_back(tmp_path):
+  """Two real jax.distributed CPU processes save one checkpoint together;
+  each restores its own data iterator state (not process 0's)."""
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  script = os.path.join(os.path.dirname(__file__), "two_process_checkpoint.py")
+  procs = [subprocess.Popen([sys.executable, script, str(i), str(port),
+                             str(tmp_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  outs = []
+  for p in procs:
+    out, err = p.communicate(timeout=180)
+    assert p.returncode == 0, err[-3000:]
+    outs.append(json.loads(out.strip().splitlines()[-1]))
+  for i, got in enumerate(outs):
+    assert got["data"] == {"next_index": 10 + i, "name": "é" * (i + 1)}
+    assert got["meta"] == {"index_version": 2} and got["w"] == [0, 1, 2, 3]

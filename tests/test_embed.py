@@ -2,6 +2,7 @@
 and a REAL job process killed with SIGKILL mid-write."""
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -295,6 +296,42 @@ def test_the_job_ships_a_scann_searcher_that_the_watcher_loads(tmp_path, demo):
   want, _ = search.ExactSearcher(emb).search(queries, 3,
                                              exclude=np.arange(5)[:, None])
   np.testing.assert_array_equal(ids, want)   # brute force at this size
+
+
+def test_two_processes_embed_their_shards_and_one_commits(tmp_path, demo):
+  """jax.distributed over two real CPU processes: the watch loops agree on
+  the export, each embeds its contiguous shards, process 0 commits, and the
+  index equals the one a single process builds."""
+  import json
+  import socket
+  blocks, export_path, _ = demo
+  workdir = tmp_path / "w"
+  shutil.copytree(os.path.dirname(export_path), workdir / "exports")
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  script = os.path.join(os.path.dirname(__file__), "two_process_embed.py")
+  procs = [subprocess.Popen([sys.executable, script, str(i), str(port),
+                             str(workdir), blocks.path],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True) for i in range(2)]
+  logs = []
+  for p in procs:
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err[-3000:]
+    logs.append(err)
+  shards = (blocks.num_blocks + 31) // 32
+  mine = [int(re.search(r"(\d+) shard\(s\) for process %d" % i, log).group(1))
+          for i, log in enumerate(logs)]
+  assert sum(mine) == shards and min(mine) >= shards // 2
+  path = store.version_path(str(workdir / "index"), 0)
+  store.verify(path, blocks.fingerprint)
+  single = embed.embed_export(export_path, blocks, str(tmp_path / "single"),
+                              shard_rows=32, batch_size=16, progress=False)
+  np.testing.assert_allclose(np.asarray(store.load(path)),
+                             np.asarray(store.load(single)), rtol=1e-5, atol=1e-6)
+  assert json.load(open(os.path.join(path, "manifest.json")))["num_blocks"] == \
+      blocks.num_blocks
 
 
 @pytest.mark.slow

@@ -260,6 +260,14 @@ def _barrier(name: str, nproc: int):
     multihost_utils.sync_global_devices(name)
 
 
+def _same_on_all_processes(value: int) -> int:
+  """Process 0's value, on every process."""
+  if jax.process_count() == 1:
+    return value
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return int(multihost_utils.broadcast_one_to_all(np.int64(value)))
+
+
 def _progress_bar(total, initial, step, enabled):
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   return tqdm(total=total, initial=initial, unit="blocks", unit_scale=True,
@@ -315,11 +323,14 @@ def watch(workdir: str, source: BlockSource, index_dir: str | None = None, *,
     steps = export_lib.list_exports(workdir)
     newest_index = store.latest_version(index_dir)
     todo = [s for s in steps if newest_index is None or s > newest_index]
-    if todo:
-      if not every_export and len(todo) > 1:
-        logging.info("skipping stale export(s) %s: %d is newer", todo[:-1],
-                     todo[-1])
-      step = todo[0] if every_export else todo[-1]
+    if todo and not every_export and len(todo) > 1:
+      logging.info("skipping stale export(s) %s: %d is newer", todo[:-1],
+                   todo[-1])
+    # Several processes build one version together: they must pick the same
+    # export even when a new one lands between their listings.
+    step = _same_on_all_processes(
+        (todo[0] if every_export else todo[-1]) if todo else -1)
+    if step >= 0:
       built.append(embed_export(export_lib.export_path(workdir, step),
                                 source, index_dir, **kwargs))
       idle_since = time.monotonic()

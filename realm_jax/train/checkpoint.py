@@ -2,11 +2,15 @@
 
 A checkpoint holds the params, optimizer state, step and rng (one pytree), the
 data iterator's state, and metadata such as the index version in service.
+Every process has its own data iterator (each reads its shard of the data),
+so the data state is gathered from all processes and saved as
+{"process_<i>": state_i}; a restore hands each process its own entry.
 Saves are asynchronous; orbax writes into a temporary directory and renames
 it when complete, so a job killed mid-save leaves the previous checkpoint as
 the latest one. The trainer refuses to save a non-finite loss (see
 `check_finite`), so a NaN never reaches a checkpoint.
 """
+import json
 import math
 import os
 from typing import Any, Optional
@@ -31,6 +35,45 @@ def check_finite(step: int, metrics: dict):
         "good checkpoint is kept; lower train.learning_rate or check the data.")
 
 
+def pack_states(states: list) -> tuple[np.ndarray, np.ndarray]:
+  """JSON states -> (uint8 [P, max_len] padded UTF-8, int64 [P] lengths)."""
+  raw = [json.dumps(s, sort_keys=True).encode() for s in states]
+  out = np.zeros((len(raw), max((len(r) for r in raw), default=0)), np.uint8)
+  for i, r in enumerate(raw):
+    out[i, :len(r)] = np.frombuffer(r, np.uint8)
+  return out, np.array([len(r) for r in raw], np.int64)
+
+
+def unpack_states(packed: np.ndarray, lengths: np.ndarray) -> dict:
+  return {f"process_{i}": json.loads(bytes(packed[i, :int(n)]).decode())
+          for i, n in enumerate(lengths)}
+
+
+def gather_data_states(state) -> dict:
+  """{"process_<i>": state of process i} on every process (a collective)."""
+  if jax.process_count() == 1:
+    return {"process_0": state}
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  packed, length = pack_states([state])
+  width = int(multihost_utils.process_allgather(np.array(packed.shape[1])).max())
+  padded = np.zeros((1, width), np.uint8)
+  padded[:, :packed.shape[1]] = packed
+  return unpack_states(
+      multihost_utils.process_allgather(padded[0]).reshape(-1, width),
+      multihost_utils.process_allgather(length).reshape(-1))
+
+
+def own_data_state(saved: dict, directory: str):
+  """This process's entry of a saved {"process_<i>": ...} data state."""
+  key = f"process_{jax.process_index()}"
+  if key not in saved:
+    raise ValueError(
+        f"{directory}: the data state was saved by {len(saved)} process(es) and "
+        f"has no entry for process {jax.process_index()}; resume with the same "
+        "number of processes")
+  return saved[key]
+
+
 class Checkpointer:
   """Keeps the last `keep` checkpoints of a run under `<workdir>/checkpoints`."""
 
@@ -49,7 +92,7 @@ class Checkpointer:
     args = {"state": ocp.args.StandardSave(state),
             "meta": ocp.args.JsonSave(dict(meta or {}))}
     if data_state is not None:
-      args["data"] = ocp.args.JsonSave(data_state)
+      args["data"] = ocp.args.JsonSave(gather_data_states(data_state))
     self.manager.save(step, args=ocp.args.Composite(**args), force=force)
 
   def restore(self, abstract_state: dict, step: Optional[int] = None):
@@ -64,7 +107,10 @@ class Checkpointer:
       args["data"] = ocp.args.JsonRestore()
     restored = self.manager.restore(step, args=ocp.args.Composite(**args))
     logging.info("restored checkpoint step %d from %s", step, self.directory)
-    return restored["state"], restored.get("data"), restored["meta"]
+    data = restored.get("data")
+    if data is not None:
+      data = own_data_state(data, f"{self.directory}/{step}")
+    return restored["state"], data, restored["meta"]
 
   def wait(self):
     self.manager.wait_until_finished()

@@ -73,7 +73,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from realm_jax.index import refresh, search, store  # noqa: E402
+from realm_jax.index import refresh, scann_searcher, search, store  # noqa: E402
 
 
 def rss_mb():
@@ -130,7 +130,7 @@ def compare(emb, queries, k, label, scann_modes=(None,), hnsw=True):
   for mode in scann_modes:
     rss, t = rss_mb(), time.perf_counter()
     overrides = {} if mode is None else {"mode": mode}
-    s = search.ScannSearcher(emb, num_threads=ARGS.threads,
+    s = scann_searcher.ScannSearcher(emb, num_threads=ARGS.threads,
                              training_threads=ARGS.build_threads, **overrides)
     build, mem = time.perf_counter() - t, rss_mb() - rss
     name = f"scann {s.settings['mode']}" + (" (rules of thumb)" if mode is None else "")

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from realm_jax.index import search
+from realm_jax.index import scann_searcher, search
 
 
 def clustered(n, dim, num_clusters, seed, sigma=0.5):
@@ -37,7 +37,7 @@ def recall(found, true):
 @pytest.mark.parametrize("mode", ["ah", "tree"])
 def test_scann_recall_at_10_against_exact(data, truth, mode):
   emb, queries = data
-  searcher = search.ScannSearcher(emb, mode=mode, num_threads=1)
+  searcher = scann_searcher.ScannSearcher(emb, mode=mode, num_threads=1)
   ids, scores = searcher.search(queries, 10)
   assert recall(ids, truth[0]) >= 0.95
   # Scores are exact inner products of the returned rows.
@@ -51,7 +51,7 @@ def test_tree_calibrates_leaves_to_search_for_recall():
   x = clustered(50_000 + 500, 32, 5_000, seed=0)
   emb, queries = x[:50_000], x[50_000:]
   truth, _ = search.ExactSearcher(emb).search(queries, 10)
-  searcher = search.ScannSearcher(emb, mode="tree", num_threads=1)
+  searcher = scann_searcher.ScannSearcher(emb, mode="tree", num_threads=1)
   assert searcher.leaves_to_search > searcher.settings["num_leaves_to_search"]
   assert searcher.calibration[-1][1] >= 0.95          # on sampled rows
   assert recall(searcher.search(queries, 10)[0], truth) >= 0.95   # held out
@@ -60,13 +60,13 @@ def test_tree_calibrates_leaves_to_search_for_recall():
 
 
 def test_rules_of_thumb_pick_the_mode_by_size():
-  assert search.scann_settings(19_999, 128)["mode"] == "brute_force"
-  assert search.scann_settings(50_000, 128)["mode"] == "ah"
-  s = search.scann_settings(1_000_000, 128)
+  assert scann_searcher.scann_settings(19_999, 128)["mode"] == "brute_force"
+  assert scann_searcher.scann_settings(50_000, 128)["mode"] == "ah"
+  s = scann_searcher.scann_settings(1_000_000, 128)
   assert (s["mode"], s["num_leaves"], s["num_leaves_to_search"]) == ("tree", 1000, 50)
-  assert search.scann_settings(1_000_000, 128, num_leaves=10)["num_leaves"] == 10
+  assert scann_searcher.scann_settings(1_000_000, 128, num_leaves=10)["num_leaves"] == 10
   with pytest.raises(ValueError, match="num_leafs"):
-    search.scann_settings(10, 4, num_leafs=3)
+    scann_searcher.scann_settings(10, 4, num_leafs=3)
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +149,7 @@ def test_repeated_candidates_are_returned_once():
 
 def test_scann_tree_is_deterministic(data):
   emb, queries = data
-  runs = [search.ScannSearcher(emb, mode="tree", num_threads=2).search(queries, 10)
+  runs = [scann_searcher.ScannSearcher(emb, mode="tree", num_threads=2).search(queries, 10)
           for _ in range(2)]
   np.testing.assert_array_equal(runs[0][0], runs[1][0])
   np.testing.assert_array_equal(runs[0][1], runs[1][1])
@@ -167,7 +167,7 @@ def test_scann_save_and_load_give_the_same_answers(data, tmp_path):
   for a, b in zip(built.search(queries, 10), loaded.search(queries, 10)):
     np.testing.assert_array_equal(a, b)
   with pytest.raises(ValueError, match="shape"):
-    search.ScannSearcher.load(str(tmp_path / cache), emb[:-1], mode="tree")
+    scann_searcher.ScannSearcher.load(str(tmp_path / cache), emb[:-1], mode="tree")
 
 
 def test_device_searcher_shards_over_four_devices():

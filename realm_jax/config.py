@@ -70,6 +70,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.adam_bias_correction = False
   c.train.clip_norm = 1.0
   c.train.num_candidates = 8       # null document + 7 retrieved
+  # Pretraining: the retriever is held fixed for the first N steps while the
+  # reader learns to read. 0 = REALM (its BERT reader reads from step 0). A
+  # reader whose MLM head starts untrained (MiniLM) first sends the retriever
+  # only noise, which Adam turns into full-size steps that wreck it.
+  c.train.retriever_frozen_steps = 0
   c.train.loss = "per_token"       # per_token (original code) | per_sequence (paper)
   c.train.log_every = 50
   c.train.checkpoint_every = 1000

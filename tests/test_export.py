@@ -39,3 +39,26 @@ def test_unknown_config_field_is_named(tmp_path):
   d["bert"]["num_experts"] = 8
   with pytest.raises(ValueError, match="num_experts"):
     export.config_from_dict(d)
+
+
+def test_background_exporter_writes_a_snapshot_and_reports_failures(tmp_path):
+  import types
+  from realm_jax.train import loop
+  cfg = config_lib.RealmConfig(bert=config_lib.tiny())
+  c = types.SimpleNamespace(workdir=str(tmp_path))
+  w = jnp.arange(4.0)
+  exporter = loop.BackgroundExporter(c, cfg, keep=2)
+  for step in (10, 20, 30):
+    state = types.SimpleNamespace(params={"retriever": {"embedder": {"w": w * step}}})
+    exporter.submit(state, step)
+  exporter.close()
+  assert export.list_exports(str(tmp_path)) == [20, 30]   # keep=2
+  _, got, _ = export.load_export(export.export_path(str(tmp_path), 20))
+  np.testing.assert_array_equal(got["w"], np.arange(4.0) * 20)
+  # A write that fails surfaces at close, naming the problem.
+  blocked = tmp_path / "blocked"
+  blocked.write_text("a file where the workdir should be")
+  bad = loop.BackgroundExporter(types.SimpleNamespace(workdir=str(blocked)), cfg)
+  bad.submit(state, 40)
+  with pytest.raises(OSError):
+    bad.close()

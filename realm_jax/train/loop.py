@@ -1,4 +1,5 @@
 """Pieces every training task shares: state creation/resume and the logging cadence."""
+import concurrent.futures
 import os
 import shutil
 import time
@@ -109,10 +110,49 @@ def setup(c, with_reader: bool) -> Run:
 def export_retriever(c, cfg, state, step: int, keep: int | None = None):
   """Writes the document embedder to <workdir>/exports/<step>/ (process 0),
   keeping the newest `keep` exports."""
-  if jax.process_index() != 0:
-    return
-  export_lib.write_export(c.workdir, step, jax.device_get(
-      doc_embedder_params(state.params["retriever"], cfg)), cfg)
+  if jax.process_index() == 0:
+    _write_export(c.workdir, cfg, doc_embedder_params(state.params["retriever"],
+                                                      cfg), step, keep)
+
+
+def _write_export(workdir, cfg, params, step, keep):
+  export_lib.write_export(workdir, step, jax.device_get(params), cfg)
   if keep:
-    for old in export_lib.list_exports(c.workdir)[:-keep]:
-      shutil.rmtree(export_lib.export_path(c.workdir, old), ignore_errors=True)
+    for old in export_lib.list_exports(workdir)[:-keep]:
+      shutil.rmtree(export_lib.export_path(workdir, old), ignore_errors=True)
+
+
+class BackgroundExporter:
+  """export_retriever off the training thread.
+
+  The training thread only dispatches an on-device copy of the document
+  embedder (the next step donates the state's buffers); a worker thread
+  fetches it and writes the export (2.9 s for BERT-base on a CPU host). A
+  failed write is raised at the next submit or at close.
+  """
+
+  def __init__(self, c, cfg, keep: int | None = None):
+    self.c, self.cfg, self.keep = c, cfg, keep
+    self._pool = concurrent.futures.ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix="export")
+    self._pending = []
+
+  def submit(self, state, step: int):
+    self._raise_failures()
+    # Every process copies (a collective on a multi-host mesh); process 0 writes.
+    params = jax.tree.map(jnp.copy, doc_embedder_params(
+        state.params["retriever"], self.cfg))
+    if jax.process_index() == 0:
+      self._pending.append(self._pool.submit(
+          _write_export, self.c.workdir, self.cfg, params, step, self.keep))
+
+  def _raise_failures(self):
+    done = [f for f in self._pending if f.done()]
+    self._pending = [f for f in self._pending if not f.done()]
+    for f in done:
+      f.result()
+
+  def close(self):
+    """Waits for the writes in flight; raises the first failure."""
+    self._pool.shutdown(wait=True)
+    self._raise_failures()

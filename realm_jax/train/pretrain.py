@@ -81,20 +81,33 @@ def pretrain_loss(params, batch, rng, cfg, per_token=True, deterministic=False):
                                   batch["mlm_weights"], per_token=per_token)
 
 
-def train_step(state: state_lib.TrainState, batch, cfg, per_token=True):
+def train_step(state: state_lib.TrainState, batch, cfg, per_token=True,
+               retriever_frozen_steps=0):
+  """One optimizer step. For the first `retriever_frozen_steps` steps the
+  retriever is held fixed (no gradient, no update) while the reader learns."""
   rng = jax.random.fold_in(state.rng, state.step)
   (loss, aux), grads = jax.value_and_grad(pretrain_loss, has_aux=True)(
       state.params, batch, rng, cfg, per_token)
+  if retriever_frozen_steps:
+    frozen = state.step < retriever_frozen_steps
+    grads = dict(grads, retriever=jax.tree.map(
+        lambda g: jnp.where(frozen, jnp.zeros_like(g), g), grads["retriever"]))
   new_state = state.apply_gradients(grads)
+  if retriever_frozen_steps:  # weight decay would still move it: restore it
+    new_state = new_state.replace(params=dict(
+        new_state.params, retriever=jax.tree.map(
+            lambda old, new: jnp.where(frozen, old, new),
+            state.params["retriever"], new_state.params["retriever"])))
   metrics = dict(aux, loss=loss, grad_norm=optax.global_norm(grads),
                  param_norm=optax.global_norm(state.params),
                  retriever_grad_norm=optax.global_norm(grads["retriever"]))
   return new_state, metrics
 
 
-def jit_train_step(cfg, mesh, per_token=True):
+def jit_train_step(cfg, mesh, per_token=True, retriever_frozen_steps=0):
   repl, data = partition.replicated(mesh), partition.data_sharded(mesh)
-  return jax.jit(functools.partial(train_step, cfg=cfg, per_token=per_token),
+  return jax.jit(functools.partial(train_step, cfg=cfg, per_token=per_token,
+                                   retriever_frozen_steps=retriever_frozen_steps),
                  in_shardings=(repl, data), out_shardings=(repl, repl),
                  donate_argnums=0)
 
@@ -240,10 +253,13 @@ def run(config):
     if c.index.query_params == "latest":
       maker.embedder.latest = jax.tree.map(jnp.copy, state.params["retriever"])
     feeder = prefetch.Prefetcher(maker, depth=c.train.prefetch)
+    exporter = loop.BackgroundExporter(c, cfg, keep=c.index.keep + 2)
     try:
-      _train_loop(c, cfg, mesh, state, feeder, maker, checkpointer, start)
+      _train_loop(c, cfg, mesh, state, feeder, maker, checkpointer, exporter,
+                  start)
     finally:
       feeder.close()
+      exporter.close()
   finally:
     watcher.close()
     checkpointer.close()
@@ -264,8 +280,10 @@ def _first_version(index_dir, job, poll=0.5):
     time.sleep(poll)
 
 
-def _train_loop(c, cfg, mesh, state, feeder, maker, checkpointer, start):
-  step_fn = jit_train_step(cfg, mesh, per_token=c.train.loss == "per_token")
+def _train_loop(c, cfg, mesh, state, feeder, maker, checkpointer, exporter,
+                start):
+  step_fn = jit_train_step(cfg, mesh, per_token=c.train.loss == "per_token",
+                           retriever_frozen_steps=c.train.retriever_frozen_steps)
   writer = metrics_lib.MetricsWriter(c.workdir, "pretrain",
                                      enabled=jax.process_index() == 0)
   clock = loop.StepClock()
@@ -300,7 +318,7 @@ def _train_loop(c, cfg, mesh, state, feeder, maker, checkpointer, start):
                    100 * values.get("time/wait_fraction", 0))
       pending = []
     if done % c.index.refresh_every == 0:
-      loop.export_retriever(c, cfg, state, done, keep=c.index.keep + 2)
+      exporter.submit(state, done)
     if done % c.train.checkpoint_every == 0 or done == c.train.num_steps:
       ckpt_lib.check_finite(done, loop.fetch({"loss": metrics["loss"]}))
       checkpointer.save(done, loop.state_tree(state),

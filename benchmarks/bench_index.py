@@ -55,6 +55,10 @@ def parse_args():
   p.add_argument("--demo_docs", type=int, default=400,
                  help="demo documents to embed for section 3 (0: skip)")
   p.add_argument("--bert_base_blocks", type=int, default=32)
+  p.add_argument("--demo_index", default="",
+                 help="a committed index of the demo corpus (e.g. the full "
+                      "demo's workdir/demo/pretrain/index/0) to search in section "
+                      "3 instead of the --demo_docs blocks embedded here")
   p.add_argument("--sections", default="1,2,3")
   return p.parse_args()
 
@@ -391,16 +395,33 @@ def bench_demo(workdir):
     throughput.append([name, "288", str(rows), f"{rows / (time.perf_counter() - t):.1f}"])
   table(f"Embedding throughput on this CPU ({os.cpu_count()} cores, float32, batch 32)",
         ["encoder", "block_len", "blocks", "blocks/s"], throughput)
-  emb = np.asarray(store.load(store.version_path(os.path.join(workdir, "demo_index"), 0)))
+  if not ARGS.demo_index:
+    compare_real(os.path.join(workdir, "demo_index", "0"), fn, params, tok)
+
+
+def compare_real(index_path, fn=None, params=None, tok=None):
+  """ScaNN vs exact vs faiss on a committed index of real embeddings, queried
+  with the demo QA test questions embedded by the index's own export (or by
+  fn/params when given)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from realm_jax.data import demo  # pylint: disable=g-import-not-at-top
+  from realm_jax.data import tokenizer as tk  # pylint: disable=g-import-not-at-top
+  from realm_jax.index import embed, export  # pylint: disable=g-import-not-at-top
+  tok = tok or tk.minilm_tokenizer()
+  if fn is None:
+    _, params, cfg = export.load_export(
+        store.read_manifest(index_path)["export"]["path"])
+    fn = embed.make_embed_fn(cfg)
+  emb = np.asarray(store.load(index_path))
   questions = [qa["question"] for qa in demo.demo_qa("test")][:ARGS.queries]
-  q_ids = np.full((len(questions), 96), tok.pad_id, np.int32)
+  q_ids = np.full((len(questions), 32), tok.pad_id, np.int32)
   for i, e in enumerate(tok.encode_batch(questions)):
-    seq = [tok.cls_id] + list(e.ids[:94]) + [tok.sep_id]
+    seq = [tok.cls_id] + list(e.ids[:30]) + [tok.sep_id]
     q_ids[i, :len(seq)] = seq
   queries = np.asarray(jax.jit(fn)(params, q_ids, np.zeros_like(q_ids),
                                    (q_ids != tok.pad_id).astype(np.int32)))
-  print(f"\ndemo corpus: {ARGS.demo_docs} documents -> {blocks.num_blocks} blocks; "
-        f"{len(questions)} demo test questions as queries")
+  print(f"\nreal embeddings: {index_path} {emb.shape}; {len(questions)} demo "
+        "test questions as queries")
   rows = compare(emb, queries, ARGS.k, f"Demo corpus, MiniLM embeddings {emb.shape}",
                  scann_modes=(None, "ah", "tree"))
   summarize(rows, "Demo corpus")
@@ -425,6 +446,8 @@ def main():
       bench_swap(workdir)
     if "3" in sections and ARGS.demo_docs:
       bench_demo(workdir)
+    if "3" in sections and ARGS.demo_index:
+      compare_real(ARGS.demo_index)
 
 
 if __name__ == "__main__":

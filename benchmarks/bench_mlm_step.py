@@ -23,7 +23,6 @@ import argparse
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from realm_jax.models import config as config_lib

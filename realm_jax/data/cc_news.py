@@ -35,7 +35,6 @@ import os
 from typing import Iterator
 
 from etils import epath
-import numpy as np
 import tensorflow_datasets as tfds
 
 _FIELDS = {

@@ -176,7 +176,7 @@ class BertEncoder(nn.Module):
 
   def __call__(self, input_ids, segment_ids, input_mask,
                deterministic: bool = True, output_positions=None):
-    lead, seq = input_ids.shape[:-1], input_ids.shape[-1]
+    lead = input_ids.shape[:-1]
     hidden = self.config.hidden_size
     flat = lambda t: jnp.reshape(t, (-1, t.shape[-1]))
     x = self.embeddings(flat(input_ids), flat(segment_ids), deterministic)

@@ -107,6 +107,10 @@ embed_flags() {
   if [[ -n $v ]]; then printf '%s\n' --dtype "$v"; fi
   v=$(override_value index.keep)
   if [[ -n $v ]]; then printf '%s\n' --keep "$v"; fi
+  # The job builds and saves the ScaNN searcher into each version, so the
+  # trainer only loads it (every shipped config searches with ScaNN).
+  v=$(override_value index.searcher)
+  printf '%s\n' --searcher "${v:-scann}"
   # Deterministic refresh waits for every export's index in turn: skipping
   # any would stall the trainer.
   v=$(override_value index.deterministic)

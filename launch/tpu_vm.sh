@@ -78,7 +78,7 @@ Options:
   -h, --help           this text
 
 Every --config.KEY=VALUE is passed to the trainer (and to the data
-preparation); --config.index.{embed_batch_size,embed_dtype,keep,deterministic}
+preparation); --config.index.{embed_batch_size,embed_dtype,keep,searcher,deterministic}
 and --config.data.block_store also set the embedding job's flags.
 EOF
 }

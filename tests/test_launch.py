@@ -115,7 +115,7 @@ def test_tpu_dry_run_prints_every_step_in_order():
   assert len(embed) == 1 and _flag(embed[0], "--worker") == "all"
   assert _python_argv(_flag(embed[0], "--command"), "realm_jax.index.embed") == [
       "--watch", "--workdir", MOUNTED, "--block_store", MOUNTED + "/blocks",
-      "--no_progress"]
+      "--no_progress", "--searcher", "scann"]
 
   train = [c for c in _ssh(cmds, "realm-train")
            if "realm_jax.main" in _flag(c, "--command")]
@@ -158,6 +158,7 @@ def test_tpu_overrides_set_the_embedding_job_flags():
   _, cmds = _tpu_dry("--config.index.embed_dtype=bfloat16",
                      "--config.index.embed_batch_size=1024",
                      "--config.index.keep=2", "--config.index.deterministic=True",
+                     "--config.index.searcher=exact",
                      "--config.data.block_store=/mnt/blocks")
   embed = [c for c in _ssh(cmds, "realm-embed")
            if "realm_jax.index.embed" in _flag(c, "--command")][0]
@@ -166,6 +167,7 @@ def test_tpu_overrides_set_the_embedding_job_flags():
   assert _flag(argv, "--dtype") == "bfloat16"
   assert _flag(argv, "--batch_size") == "1024"
   assert _flag(argv, "--keep") == "2"
+  assert _flag(argv, "--searcher") == "exact"
   assert "--every_export" in argv
 
 

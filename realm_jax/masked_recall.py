@@ -9,8 +9,9 @@ that export's index (never the sentence's own block, as in training) and
 count the queries whose top k blocks contain the masked span's text
 (normalized whole-token match, `qa.has_answer`).
 
-    recall = masked_recall(store, tok, heldout_records, index_path,
-                           export_path, k=5)
+    queries = masked_queries(heldout_records, tokenizer, query_len=96,
+                             max_masks=10)
+    recall = masked_recall(store, queries, index_path, export_path, k=5)
 
 The demo reports it for the initial retriever (index 0, export 0) and for
 the REALM-pretrained one (the newest committed index and its export).

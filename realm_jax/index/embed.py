@@ -15,13 +15,13 @@ committed index; exports that were superseded while a build ran are skipped
 One build writes W/index/<step>.tmp/ one shard at a time (each shard file plus
 a .sha256 sidecar, both renamed into place when complete), then the manifest,
 then renames the directory to W/index/<step>/ and keeps the last `keep`
-versions. With a searcher kind (--searcher scann) the job also builds and
-serializes the ScaNN searcher into the version before the rename, so the
-trainer's IndexWatcher only loads it (~0.2 s of CPU instead of ~18 s to train
-the tree and codebooks at 200k rows): the expensive part of a refresh stays
-on the embedding job's host. A killed job leaves only the .tmp directory, which readers never
-open; on restart the job keeps every shard whose checksum still matches its
-sidecar and redoes the rest. Embedding is data parallel over the local devices
+versions. With --searcher scann the job also builds and serializes the ScaNN
+searcher into the version before the rename, so the trainer's IndexWatcher
+only loads it (~0.2 s of CPU instead of ~18 s to train the tree and codebooks
+at 200k rows): the expensive part of a refresh stays on the embedding job's
+host. A killed job leaves only the .tmp directory, which readers never open;
+on restart the job keeps every shard whose checksum still matches its sidecar
+and redoes the rest. Embedding is data parallel over the local devices
 (jit over a 1-D Mesh); with several processes each takes a contiguous range of
 shards by jax.process_index(), and process 0 commits (the workdir must then be
 on a shared filesystem).

@@ -296,6 +296,13 @@ def test_the_job_ships_a_scann_searcher_that_the_watcher_loads(tmp_path, demo):
   want, _ = search.ExactSearcher(emb).search(queries, 3,
                                              exclude=np.arange(5)[:, None])
   np.testing.assert_array_equal(ids, want)   # brute force at this size
+  # Fine-tuning and eval open the version the same way: nothing rebuilt.
+  from realm_jax.train import qa_setup
+  cache = tmp_path / "cache"
+  _, searcher = qa_setup.open_index(path, blocks, "scann", str(cache))
+  assert not cache.exists() and os.stat(meta).st_mtime_ns == before
+  np.testing.assert_array_equal(searcher.search(queries, 3)[0],
+                                watcher.searcher.search(queries, 3)[0])
 
 
 def test_two_processes_embed_their_shards_and_one_commits(tmp_path, demo):

@@ -208,12 +208,17 @@ def _identity(shape, settings) -> str:
                      settings.get("calibration_queries")])
 
 
+def saved_path(emb_shape, cache_dir: str, **overrides) -> str:
+  """Where `cached` keeps the searcher of these settings under cache_dir."""
+  identity = _identity(emb_shape, scann_settings(*emb_shape, **overrides))
+  key = hashlib.sha256(identity.encode()).hexdigest()[:12]
+  return os.path.join(cache_dir, f"scann-{key}")
+
+
 def cached(emb, cache_dir: str, **overrides) -> ScannSearcher:
   """Loads the searcher saved under cache_dir for these settings, or builds
   and saves it there (a stale or broken save is rebuilt and overwritten)."""
-  identity = _identity(emb.shape, scann_settings(*emb.shape, **overrides))
-  key = hashlib.sha256(identity.encode()).hexdigest()[:12]
-  path = os.path.join(cache_dir, f"scann-{key}")
+  path = saved_path(emb.shape, cache_dir, **overrides)
   if os.path.isdir(path):
     try:
       return ScannSearcher.load(path, emb, **overrides)

@@ -35,6 +35,7 @@ from realm_jax.data import catalog
 from realm_jax.data import corpus
 from realm_jax.index import embed
 from realm_jax.index import export as export_lib
+from realm_jax.index import scann_searcher
 from realm_jax.index import search
 from realm_jax.index import store as index_store
 from realm_jax.models import convert
@@ -99,7 +100,8 @@ def open_index(path: str, store: corpus.BlockStore, searcher_kind: str,
 
   verify=True reads every byte to check the checksums (fine-tuning and eval
   do it once); False checks only the manifest and the corpus fingerprint, so
-  `answer` starts fast. A ScaNN searcher is serialized under
+  `answer` starts fast. A ScaNN searcher that the embedding job saved in the
+  version is loaded; otherwise one is serialized under
   <cache_root>/<content key>/ the first time and loaded afterwards.
   """
   if verify:
@@ -110,7 +112,10 @@ def open_index(path: str, store: corpus.BlockStore, searcher_kind: str,
                             f"the index at {path}")
   emb = index_store.load(path)
   cache_dir = None
-  if cache_root and searcher_kind == "scann":
+  if searcher_kind == "scann" and os.path.isdir(
+      scann_searcher.saved_path(emb.shape, path)):
+    cache_dir = path   # the embedding job saved one with the version
+  elif cache_root and searcher_kind == "scann":
     # Keyed by content (the shard checksums), not by path: two runs can have
     # an index/<step> of the same name with different embeddings.
     key = hashlib.sha256(json.dumps([s["sha256"] for s in manifest["shards"]])

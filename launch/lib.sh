@@ -111,6 +111,13 @@ embed_flags() {
   # trainer only loads it (every shipped config searches with ScaNN).
   v=$(override_value index.searcher)
   printf '%s\n' --searcher "${v:-scann}"
+  local o
+  for o in ${OVERRIDES[@]+"${OVERRIDES[@]}"}; do
+    if [[ $o == --config.index.scann.*=* ]]; then
+      o=${o#--config.index.scann.}
+      printf '%s\n' --scann "$o"
+    fi
+  done
   # Deterministic refresh waits for every export's index in turn: skipping
   # any would stall the trainer.
   v=$(override_value index.deterministic)

@@ -88,6 +88,14 @@ def default_config() -> ml_collections.ConfigDict:
   c.index = ml_collections.ConfigDict()
   c.index.refresh_every = 500      # export the retriever every N steps
   c.index.searcher = "scann"       # scann | exact | device
+  # ScaNN settings; 0 or "" = ScaNN's rule of thumb for the index size
+  # (realm_jax/index/scann_searcher.py: scann_settings). The embedding job
+  # gets the same values, so the searcher it saves is the one loaded.
+  c.index.scann = ml_collections.ConfigDict(dict(
+      mode="",                    # brute_force | ah | tree
+      num_leaves=0, num_leaves_to_search=0, reorder_num_neighbors=0,
+      dims_per_block=0, training_sample_size=0, num_threads=0,
+      target_recall=0.0))
   c.index.keep = 3                 # committed index versions kept on disk
   c.index.spawn_embed_job = True   # locally, the trainer starts `task=embed`
   c.index.embed_batch_size = 256

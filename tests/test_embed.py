@@ -270,39 +270,45 @@ def test_dispatcher_entry_bootstraps_the_first_index(tmp_path, demo):
   assert m["export"]["path"] == os.path.abspath(export_path)
 
 
-def test_the_job_ships_a_scann_searcher_that_the_watcher_loads(tmp_path, demo):
-  """searcher="scann": the version is committed with its serialized ScaNN
-  searcher, and the trainer's IndexWatcher loads it instead of building."""
+def test_the_job_ships_the_configured_scann_searcher_and_readers_load_it(
+    tmp_path, demo):
+  """The job (its CLI, as the trainer and launch/ start it) builds the ScaNN
+  searcher with the config's index.scann settings and commits it with the
+  version; the trainer's IndexWatcher and fine-tuning/eval load it instead of
+  building. A reader configured differently builds its own."""
+  import functools
+  from realm_jax import config as config_lib
+  from realm_jax.train import qa_setup
   blocks, export_path, _ = demo
-  index_dir = str(tmp_path / "index")
-  path = embed.embed_export(export_path, blocks, index_dir, batch_size=64,
-                            progress=False, searcher="scann")
+  workdir = str(tmp_path / "w")
+  embed.main(["--workdir", workdir, "--block_store", blocks.path, "--once",
+              "--export", export_path, "--no_progress", "--searcher", "scann",
+              "--scann", "mode=ah", "--scann", "reorder_num_neighbors=64"])
+  index_dir = os.path.join(workdir, "index")
+  path = store.version_path(index_dir, 0)
   saved = [n for n in os.listdir(path) if n.startswith("scann-")]
   assert len(saved) == 1
   meta = os.path.join(path, saved[0], "realm_searcher.json")
   before = os.stat(meta).st_mtime_ns
-  built = []
-
-  def make(emb, cache_dir):
-    built.append(cache_dir)
-    return search.make_searcher(emb, kind="scann", cache_dir=cache_dir)
-  watcher = refresh.IndexWatcher(index_dir, blocks.fingerprint, make,
-                                 poll_interval=None)
+  index_config = config_lib.default_config().index
+  index_config.scann.mode, index_config.scann.reorder_num_neighbors = "ah", 64
+  options = search.searcher_options(index_config)
+  assert options == {"kind": "scann", "mode": "ah", "reorder_num_neighbors": 64}
+  watcher = refresh.IndexWatcher(
+      index_dir, blocks.fingerprint,
+      functools.partial(search.make_searcher, **options), poll_interval=None)
   watcher.wait_for(0)
-  assert built == [path] and os.stat(meta).st_mtime_ns == before  # loaded
-  emb = np.asarray(store.load(path))
-  queries = emb[:5]
-  ids, _ = watcher.searcher.search(queries, 3, exclude=np.arange(5)[:, None])
-  want, _ = search.ExactSearcher(emb).search(queries, 3,
-                                             exclude=np.arange(5)[:, None])
-  np.testing.assert_array_equal(ids, want)   # brute force at this size
-  # Fine-tuning and eval open the version the same way: nothing rebuilt.
-  from realm_jax.train import qa_setup
+  assert watcher.searcher.settings["mode"] == "ah"
+  assert os.stat(meta).st_mtime_ns == before          # loaded, not rebuilt
+  queries = np.asarray(store.load(path))[:5]
   cache = tmp_path / "cache"
-  _, searcher = qa_setup.open_index(path, blocks, "scann", str(cache))
+  _, searcher = qa_setup.open_index(path, blocks, index_config, str(cache))
   assert not cache.exists() and os.stat(meta).st_mtime_ns == before
   np.testing.assert_array_equal(searcher.search(queries, 3)[0],
                                 watcher.searcher.search(queries, 3)[0])
+  _, other = qa_setup.open_index(path, blocks, config_lib.default_config().index,
+                                 str(cache))
+  assert other.settings["mode"] == "brute_force" and cache.exists()
 
 
 def test_two_processes_embed_their_shards_and_one_commits(tmp_path, demo):

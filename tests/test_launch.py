@@ -159,6 +159,8 @@ def test_tpu_overrides_set_the_embedding_job_flags():
                      "--config.index.embed_batch_size=1024",
                      "--config.index.keep=2", "--config.index.deterministic=True",
                      "--config.index.searcher=exact",
+                     "--config.index.scann.num_leaves=2000",
+                     "--config.index.scann.mode=tree",
                      "--config.data.block_store=/mnt/blocks")
   embed = [c for c in _ssh(cmds, "realm-embed")
            if "realm_jax.index.embed" in _flag(c, "--command")][0]
@@ -168,6 +170,8 @@ def test_tpu_overrides_set_the_embedding_job_flags():
   assert _flag(argv, "--batch_size") == "1024"
   assert _flag(argv, "--keep") == "2"
   assert _flag(argv, "--searcher") == "exact"
+  scann = [argv[i + 1] for i, a in enumerate(argv) if a == "--scann"]
+  assert scann == ["num_leaves=2000", "mode=tree"]
   assert "--every_export" in argv
 
 

@@ -150,11 +150,13 @@ def build_index(embed_fn: Callable, params, source: BlockSource, index_dir: str,
                 step: int, *, batch_size: int = 256, shard_rows: int = 16384,
                 dtype: str = "float32", keep: int = 3, export: dict | None = None,
                 progress: bool = True, devices=None,
-                searcher: str | None = None) -> str:
+                searcher: str | None = None,
+                scann_overrides: dict | None = None) -> str:
   """Embeds every block of `source` into index version `step`; returns its path.
 
   searcher: a `search.make_searcher` kind to build and serialize into the
-  version before it is committed (only "scann" has anything to serialize).
+  version before it is committed (only "scann" has anything to serialize),
+  with `scann_overrides` (the trainer's config.index.scann settings).
 
   Resumes a previous attempt's <step>.tmp/ when it was for the same job
   (same export, corpus, shard size, dtype); otherwise starts over.
@@ -215,7 +217,8 @@ def build_index(embed_fn: Callable, params, source: BlockSource, index_dir: str,
     emb = np.concatenate([np.load(os.path.join(tmp, s["file"]), mmap_mode="r")
                           for s in shards if s["rows"]])
     start = time.perf_counter()
-    search.make_searcher(emb, kind="scann", cache_dir=tmp)
+    search.make_searcher(emb, kind="scann", cache_dir=tmp,
+                         **(scann_overrides or {}))
     logging.info("index %d: ScaNN searcher built and saved in %.1f s", step,
                  time.perf_counter() - start)
   for i in range(len(ranges)):
@@ -359,14 +362,28 @@ def run(config):
   """
   source = _open_block_store(config.data.block_store or
                              os.path.join(config.workdir, "blocks"))
+  options = search.searcher_options(config.index)
   kwargs = dict(batch_size=config.index.embed_batch_size,
                 dtype=config.index.embed_dtype, keep=config.index.keep,
-                searcher=config.index.searcher)
+                searcher=options.pop("kind"), scann_overrides=options)
   index_dir = os.path.join(config.workdir, "index")
   if config.index.bootstrap:
     embed_export(config.index.bootstrap, source, index_dir, **kwargs)
   else:
     watch(config.workdir, source, index_dir, **kwargs)
+
+
+def _setting(text: str, parser) -> tuple[str, object]:
+  """"num_leaves=2000" -> ("num_leaves", 2000): int, else float, else str."""
+  key, sep, value = text.partition("=")
+  if not sep or not key:
+    parser.error(f"--scann {text!r}: expected KEY=VALUE")
+  for parse in (int, float):
+    try:
+      return key, parse(value)
+    except ValueError:
+      pass
+  return key, value
 
 
 def main(argv=None):
@@ -391,6 +408,8 @@ def main(argv=None):
                  choices=["none", "scann", "exact", "device"],
                  help="the searcher the trainer uses; scann is built and saved "
                       "into each version here, so the trainer only loads it")
+  p.add_argument("--scann", action="append", default=[], metavar="KEY=VALUE",
+                 help="a ScaNN setting (config.index.scann), repeatable")
   p.add_argument("--no_progress", action="store_true")
   p.add_argument("--every_export", action="store_true",
                  help="--watch: embed every new export in order, skipping none")
@@ -405,7 +424,8 @@ def main(argv=None):
   index_dir = os.path.join(args.workdir, "index")
   kwargs = dict(batch_size=args.batch_size, shard_rows=args.shard_rows,
                 dtype=args.dtype, keep=args.keep, progress=not args.no_progress,
-                searcher=None if args.searcher == "none" else args.searcher)
+                searcher=None if args.searcher == "none" else args.searcher,
+                scann_overrides=dict(_setting(s, p) for s in args.scann))
   if args.once:
     embed_export(args.export, source, index_dir, **kwargs)
   else:

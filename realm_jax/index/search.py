@@ -234,6 +234,16 @@ class DeviceSearcher:
     return finalize(self.emb, queries, cand, k, exclude)
 
 
+def searcher_options(index_config) -> dict:
+  """`make_searcher` keyword arguments from config.index: the kind, plus the
+  index.scann settings that are set (0 or "" keeps ScaNN's rule of thumb)."""
+  options = {"kind": index_config.searcher}
+  if index_config.searcher == "scann":
+    options.update({k: v for k, v in index_config.scann.items()
+                    if v not in (0, "")})
+  return options
+
+
 def make_searcher(emb, kind: str = "scann", cache_dir: str | None = None,
                   **overrides) -> Searcher:
   """Builds a searcher over emb [N, D]; kind is scann | exact | device.

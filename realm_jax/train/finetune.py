@@ -219,7 +219,7 @@ def run(config):
                                           store)
   if not recorded and jax.process_index() == 0:
     qa_setup.write_record(c.workdir, index_path, store, cfg)
-  emb, searcher = qa_setup.open_index(index_path, store, c.index.searcher,
+  emb, searcher = qa_setup.open_index(index_path, store, c.index,
                                       qa_setup.searcher_cache(c))
   beam = min(f.retriever_beam, store.num_blocks)
   logging.info("Open-QA fine-tuning: %d blocks, index %s (version %s), "

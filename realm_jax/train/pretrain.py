@@ -123,6 +123,10 @@ def spawn_embed_job(config, store_path: str, deterministic: bool):
          "--searcher", config.index.searcher,
          "--poll_interval", "0.2", "--parent_pid", str(os.getpid()),
          "--no_progress"]
+  options = search.searcher_options(config.index)
+  for key, value in options.items():
+    if key != "kind":
+      cmd += ["--scann", f"{key}={value}"]
   if deterministic:
     cmd.append("--every_export")
   log = open(os.path.join(config.workdir, "embed_job.log"), "ab")
@@ -212,7 +216,8 @@ class BatchMaker:
 # ----------------------------------------------------------------- the run
 
 def _make_searcher_fn(config):
-  return functools.partial(search.make_searcher, kind=config.index.searcher)
+  return functools.partial(search.make_searcher,
+                           **search.searcher_options(config.index))
 
 
 def run(config):

@@ -94,7 +94,7 @@ def find_index(config) -> str | None:
                                                                version)
 
 
-def open_index(path: str, store: corpus.BlockStore, searcher_kind: str,
+def open_index(path: str, store: corpus.BlockStore, index_config,
                cache_root: str | None, verify: bool = True):
   """(emb [N, D] memory-mapped, searcher) of one committed index version.
 
@@ -111,18 +111,20 @@ def open_index(path: str, store: corpus.BlockStore, searcher_kind: str,
     store.check_fingerprint(manifest["corpus_fingerprint"],
                             f"the index at {path}")
   emb = index_store.load(path)
+  options = search.searcher_options(index_config)
+  scann_overrides = {k: v for k, v in options.items() if k != "kind"}
   cache_dir = None
-  if searcher_kind == "scann" and os.path.isdir(
-      scann_searcher.saved_path(emb.shape, path)):
+  if options["kind"] == "scann" and os.path.isdir(
+      scann_searcher.saved_path(emb.shape, path, **scann_overrides)):
     cache_dir = path   # the embedding job saved one with the version
-  elif cache_root and searcher_kind == "scann":
+  elif cache_root and options["kind"] == "scann":
     # Keyed by content (the shard checksums), not by path: two runs can have
     # an index/<step> of the same name with different embeddings.
     key = hashlib.sha256(json.dumps([s["sha256"] for s in manifest["shards"]])
                          .encode()).hexdigest()[:16]
     cache_dir = os.path.join(cache_root, key)
     os.makedirs(cache_dir, exist_ok=True)
-  return emb, search.make_searcher(emb, kind=searcher_kind, cache_dir=cache_dir)
+  return emb, search.make_searcher(emb, cache_dir=cache_dir, **options)
 
 
 def searcher_cache(config) -> str:
@@ -253,7 +255,7 @@ def load_finetuned(config, verify: bool = True) -> FineTuned:
         f"{record_path(config.workdir)} not found: {config.workdir} is not a "
         "fine-tuning workdir; run task=finetune with this workdir first")
   store = corpus.BlockStore(record["block_store"])
-  emb, searcher = open_index(record["index_path"], store, config.index.searcher,
+  emb, searcher = open_index(record["index_path"], store, config.index,
                              searcher_cache(config), verify=verify)
   step, params = ckpt_lib.restore_params(config.workdir)
   cfg = record["model"]

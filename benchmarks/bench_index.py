@@ -389,7 +389,7 @@ def bench_demo(workdir):
       p = jax.jit(RetrieverEmbedder(c).init)(jax.random.PRNGKey(0), ids, ids, ids)["params"]
     job = embed._Embedder(embed.make_embed_fn(c), p, 32, "float32")  # pylint: disable=protected-access
     rows = min(blocks.num_blocks, ARGS.bert_base_blocks if p is not params else 256)
-    job(blocks, 0, job.batch_size, lambda _: None)       # compile
+    job(blocks, 0, min(job.batch_size, blocks.num_blocks), lambda _: None)  # compile
     t = time.perf_counter()
     job(blocks, 0, rows, lambda _: None)
     throughput.append([name, "288", str(rows), f"{rows / (time.perf_counter() - t):.1f}"])
@@ -404,7 +404,7 @@ def compare_real(index_path, fn=None, params=None, tok=None):
   with the demo QA test questions embedded by the index's own export (or by
   fn/params when given)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from realm_jax.data import demo  # pylint: disable=g-import-not-at-top
+  from realm_jax.data import demo, pipeline  # pylint: disable=g-import-not-at-top
   from realm_jax.data import tokenizer as tk  # pylint: disable=g-import-not-at-top
   from realm_jax.index import embed, export  # pylint: disable=g-import-not-at-top
   tok = tok or tk.minilm_tokenizer()
@@ -414,12 +414,10 @@ def compare_real(index_path, fn=None, params=None, tok=None):
     fn = embed.make_embed_fn(cfg)
   emb = np.asarray(store.load(index_path))
   questions = [qa["question"] for qa in demo.demo_qa("test")][:ARGS.queries]
-  q_ids = np.full((len(questions), 32), tok.pad_id, np.int32)
-  for i, e in enumerate(tok.encode_batch(questions)):
-    seq = [tok.cls_id] + list(e.ids[:30]) + [tok.sep_id]
-    q_ids[i, :len(seq)] = seq
-  queries = np.asarray(jax.jit(fn)(params, q_ids, np.zeros_like(q_ids),
-                                   (q_ids != tok.pad_id).astype(np.int32)))
+  q_ids, q_mask = map(np.stack, zip(*[pipeline.pad_or_truncate(
+      e.ids, 32, tok.cls_id, tok.sep_id, tok.pad_id)
+      for e in tok.encode_batch(questions)]))
+  queries = np.asarray(jax.jit(fn)(params, q_ids, np.zeros_like(q_ids), q_mask))
   print(f"\nreal embeddings: {index_path} {emb.shape}; {len(questions)} demo "
         "test questions as queries")
   rows = compare(emb, queries, ARGS.k, f"Demo corpus, MiniLM embeddings {emb.shape}",

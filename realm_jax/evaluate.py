@@ -53,6 +53,7 @@ from realm_jax.data import pipeline
 from realm_jax.data import qa
 from realm_jax.models.bert import MASK_VALUE
 from realm_jax.models.reader import SpanReader, span_candidates
+from realm_jax.models.retriever import embed_queries
 from realm_jax.train import finetune
 from realm_jax.train import qa_retrieval
 from realm_jax.train import qa_setup
@@ -86,7 +87,7 @@ def span_text(tokenizer, text: str, body_ids: np.ndarray, start: int,
 def _jitted(cfg):
   """(embed, read) jitted once per model config, so that several
   evaluations in one process (e.g. the demo's comparisons) compile once."""
-  embed = jax.jit(functools.partial(finetune.embed_questions, cfg=cfg))
+  embed = jax.jit(functools.partial(embed_queries, config=cfg))
   read = jax.jit(lambda params, batch: finetune.read(params, batch, cfg)[:2])
   return embed, read
 

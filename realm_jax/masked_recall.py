@@ -11,13 +11,13 @@ count the queries whose top k blocks contain the masked span's text
 
     queries = masked_queries(heldout_records, tokenizer, query_len=96,
                              max_masks=10)
-    recall = masked_recall(store, queries, index_path, export_path, k=5)
+    recall = masked_recall(store, queries, pretrain_workdir, version, k=5)
 
 The demo reports it for the initial retriever (index 0, export 0) and for
 the REALM-pretrained one (the newest committed index and its export).
 """
-import jax
-import jax.numpy as jnp
+import os
+
 import numpy as np
 
 from realm_jax.data import masking
@@ -25,7 +25,7 @@ from realm_jax.data import qa
 from realm_jax.index import export as export_lib
 from realm_jax.index import search
 from realm_jax.index import store as index_store
-from realm_jax.models.retriever import Retriever
+from realm_jax.train.pretrain import QueryEmbedder
 
 
 def masked_queries(records, tokenizer, query_len: int, max_masks: int,
@@ -39,14 +39,15 @@ def masked_queries(records, tokenizer, query_len: int, max_masks: int,
     if len(ids) >= limit:
       break
     record = records[i]
-    ex = masking.mask_record(tokenizer, record, rng, "salient", query_len,
-                             max_masks)
+    encoding = tokenizer.encode(record["text"])
+    ex = masking.mask_salient_span(tokenizer, record, rng, query_len,
+                                   max_masks, encoding=encoding)
     if ex is None:
       continue
     # The answer is the masked span as written in the sentence (decoding the
     # wordpieces would respace punctuation: "ISO/IEC" -> "iso / iec").
     tokens = np.flatnonzero(ex["query_ids"] == tokenizer.mask_id) - 1
-    offsets = tokenizer.encode(record["text"]).offsets
+    offsets = encoding.offsets
     ids.append(ex["query_ids"])
     masks.append(ex["query_mask"])
     answers.append(record["text"][offsets[tokens[0], 0]:offsets[tokens[-1], 1]])
@@ -58,23 +59,19 @@ def masked_queries(records, tokenizer, query_len: int, max_masks: int,
           "answers": answers, "source_uids": uids}
 
 
-def masked_recall(store, queries: dict, index_path: str, export_path: str,
+def masked_recall(store, queries: dict, workdir: str, version: int,
                   k: int = 5, batch_size: int = 64) -> float:
-  """Fraction of `queries` with the masked span in one of the top k blocks."""
+  """Fraction of `queries` with the masked span in one of the top k blocks of
+  `workdir`'s index version `version`, queries embedded by its export."""
+  index_path = index_store.version_path(os.path.join(workdir, "index"), version)
   index_store.verify(index_path, store.fingerprint)
-  _, doc_params, cfg = export_lib.load_export(export_path)
-  if not cfg.share_embedder:
-    raise ValueError(f"{export_path}: masked recall needs a shared embedder "
-                     "(the export holds only the document embedder)")
-  retriever = Retriever(cfg)
-  embed = jax.jit(lambda p, ids, mask: retriever.apply(
-      {"params": p}, ids, jnp.zeros_like(ids), mask, True,
-      method=Retriever.embed_query))
-  params = {"embedder": doc_params}
+  _, _, cfg = export_lib.load_export(export_lib.export_path(workdir, version))
+  embedder = QueryEmbedder(cfg, workdir)
+  params = embedder.params_of_export(version)
   n = len(queries["answers"])
-  q_emb = np.concatenate([np.asarray(embed(
+  q_emb = np.concatenate([embedder(
       params, queries["query_ids"][s:s + batch_size],
-      queries["query_mask"][s:s + batch_size])) for s in range(0, n, batch_size)])
+      queries["query_mask"][s:s + batch_size]) for s in range(0, n, batch_size)])
   source = store.rows_for_uids(queries["source_uids"])
   searcher = search.ExactSearcher(np.asarray(index_store.load(index_path)))
   rows, _ = searcher.search(q_emb.astype(np.float32), k,
@@ -89,15 +86,13 @@ def before_after(store, tokenizer, records, pretrain_workdir: str, k: int,
                  query_len: int, max_masks: int, limit: int = 500) -> dict:
   """Masked recall@k of the initial retriever (version 0) and of the newest
   committed index of a pretraining workdir, on the same held-out queries."""
-  index_dir = f"{pretrain_workdir}/index"
+  index_dir = os.path.join(pretrain_workdir, "index")
   versions = index_store.list_versions(index_dir)
   if not versions or versions[0] != 0:
     raise ValueError(f"{index_dir} has no index 0 to compare against")
   queries = masked_queries(records, tokenizer, query_len, max_masks, limit)
   out = {"num_queries": len(queries["answers"]), "k": k}
   for name, v in (("initial", versions[0]), ("pretrained", versions[-1])):
-    out[name] = masked_recall(
-        store, queries, index_store.version_path(index_dir, v),
-        export_lib.export_path(pretrain_workdir, v), k)
+    out[name] = masked_recall(store, queries, pretrain_workdir, v, k)
     out[f"{name}_version"] = v
   return out

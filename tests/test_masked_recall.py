@@ -5,8 +5,6 @@ import pytest
 from realm_jax import masked_recall
 from realm_jax.data import catalog
 from realm_jax.data import qa
-from realm_jax.index import export as export_lib
-from realm_jax.index import store as index_store
 from openqa_workdir import make_pretrain_workdir, tiny_config
 
 
@@ -49,9 +47,8 @@ def test_recall_over_every_other_block_matches_a_hand_count(workdir):
   expected = np.mean([
       any(qa.has_answer(blocks[j], [a]) for j in range(store.num_blocks)
           if j != source[q]) for q, a in enumerate(queries["answers"])])
-  got = masked_recall.masked_recall(
-      store, queries, index_store.version_path(f"{path}/index", 0),
-      export_lib.export_path(path, 0), k=store.num_blocks - 1)
+  got = masked_recall.masked_recall(store, queries, path, 0,
+                                    k=store.num_blocks - 1)
   assert got == pytest.approx(expected)
   # The masked span is really what was masked: it occurs in its own sentence.
   held = catalog.query_records(c, store, split="heldout")
@@ -60,9 +57,7 @@ def test_recall_over_every_other_block_matches_a_hand_count(workdir):
     sentences[r["source_uid"]].append(r["text"])
   for a, uid in zip(queries["answers"], queries["source_uids"]):
     assert any(qa.has_answer(t, [a]) for t in sentences[uid]), a
-  one = masked_recall.masked_recall(
-      store, queries, index_store.version_path(f"{path}/index", 0),
-      export_lib.export_path(path, 0), k=1)
+  one = masked_recall.masked_recall(store, queries, path, 0, k=1)
   assert 0.0 <= one <= got
 
 

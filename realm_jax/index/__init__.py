@@ -2,7 +2,7 @@
 
   trainer --export.write_export--> <workdir>/exports/<step>/
   embed job (embed.py, own process) --> <workdir>/index/<step>.tmp/ --rename--> <step>/
-  IndexWatcher (refresh.py, trainer thread) --verify, memmap, build--> searcher
+  IndexWatcher (refresh.py, trainer thread) --verify, memmap, load (or build)--> searcher
   search.py: search(queries [Q, D], k, exclude [Q, E]) -> (ids [Q, k], scores [Q, k])
 
 store.py owns the on-disk index format; every step that publishes something

@@ -163,9 +163,6 @@ def example_inputs(module, seq=8):
   raise ValueError(f"no example inputs for {type(module).__name__}")
 
 
-_example_inputs = example_inputs  # the name other modules first used
-
-
 def _sub(state, prefix):
   """The entries of state under `prefix`, with the prefix removed."""
   return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}

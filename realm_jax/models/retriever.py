@@ -94,6 +94,16 @@ class Retriever(nn.Module):
     return relevance_scores(query_emb, cand_emb)
 
 
+def embed_queries(retriever_params, query_ids, query_mask, config: RealmConfig,
+                  deterministic: bool = True, rng=None):
+  """Query embeddings [..., proj_size] of `[CLS] text [SEP]` inputs (one
+  segment) with the Retriever's query embedder; rng feeds dropout."""
+  return Retriever(config).apply(
+      {"params": retriever_params}, query_ids, jnp.zeros_like(query_ids),
+      query_mask, deterministic, method=Retriever.embed_query,
+      rngs=None if rng is None else {"dropout": rng})
+
+
 def doc_embedder_params(retriever_params, config: RealmConfig):
   """The RetrieverEmbedder params used for DOCUMENTS (what the index needs)."""
   key = "embedder" if config.share_embedder else "doc_embedder"

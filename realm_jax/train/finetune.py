@@ -36,7 +36,7 @@ from realm_jax.data import pipeline
 from realm_jax.index import store as index_store
 from realm_jax.models import losses
 from realm_jax.models.reader import SpanReader
-from realm_jax.models.retriever import Retriever, relevance_scores
+from realm_jax.models.retriever import Retriever, embed_queries, relevance_scores
 from realm_jax.train import checkpoint as ckpt_lib
 from realm_jax.train import loop
 from realm_jax.train import partition
@@ -51,16 +51,6 @@ DEVICE_KEYS = ("question_ids", "question_mask", "cand_emb", "retriever_correct",
 
 # ----------------------------------------------------------------- the step
 
-def embed_questions(retriever_params, question_ids, question_mask, cfg,
-                    deterministic=True, rng=None):
-  """Query embeddings [B, proj] of `[CLS] question [SEP]` inputs [B, Lq]."""
-  return Retriever(cfg).apply(
-      {"params": retriever_params}, question_ids,
-      jnp.zeros_like(question_ids), question_mask, deterministic,
-      method=Retriever.embed_query,
-      rngs=None if rng is None else {"dropout": rng})
-
-
 def read(params, batch, cfg, deterministic=True, rng=None):
   """Retriever scores and span logits of one batch.
 
@@ -70,8 +60,8 @@ def read(params, batch, cfg, deterministic=True, rng=None):
   with scores[:, :K] added, span starts [num_spans], span ends [num_spans]).
   """
   q_rng, r_rng = (None, None) if rng is None else jax.random.split(rng)
-  q_emb = embed_questions(params["retriever"], batch["question_ids"],
-                          batch["question_mask"], cfg, deterministic, q_rng)
+  q_emb = embed_queries(params["retriever"], batch["question_ids"],
+                        batch["question_mask"], cfg, deterministic, q_rng)
   scores = relevance_scores(q_emb, batch["cand_emb"])
   k = batch["reader_ids"].shape[1]
   logits, starts, ends = SpanReader(cfg).apply(
@@ -145,7 +135,7 @@ def _optimizer(settings: tuple) -> optax.GradientTransformation:
 
 @functools.lru_cache(maxsize=4)
 def _jit_embed(cfg, mesh):
-  return jax.jit(functools.partial(embed_questions, cfg=cfg),
+  return jax.jit(functools.partial(embed_queries, config=cfg),
                  out_shardings=partition.data_sharded(mesh))
 
 

@@ -17,7 +17,7 @@ import optax
 from absl import logging
 
 from realm_jax.data import pipeline
-from realm_jax.models.retriever import Retriever
+from realm_jax.models.retriever import Retriever, embed_queries
 from realm_jax.train import checkpoint as ckpt_lib
 from realm_jax.train import loop
 from realm_jax.train import metrics as metrics_lib
@@ -31,12 +31,9 @@ def ict_loss(params, batch, rng, cfg, deterministic=False):
   """In-batch softmax: query i's positive is block i. Returns (loss, aux)."""
   retriever = Retriever(cfg)
   q_rng, d_rng = jax.random.split(rng)
-  variables = {"params": params["retriever"]}
-  q = retriever.apply(variables, batch["query_ids"],
-                      jnp.zeros_like(batch["query_ids"]), batch["query_mask"],
-                      deterministic, method=Retriever.embed_query,
-                      rngs={"dropout": q_rng})
-  d = retriever.apply(variables, batch["block_ids"],
+  q = embed_queries(params["retriever"], batch["query_ids"],
+                    batch["query_mask"], cfg, deterministic, q_rng)
+  d = retriever.apply({"params": params["retriever"]}, batch["block_ids"],
                       batch["block_segment_ids"], batch["block_mask"],
                       deterministic, method=Retriever.embed_doc,
                       rngs={"dropout": d_rng})

@@ -39,7 +39,7 @@ from realm_jax.index import search
 from realm_jax.index import store as index_store
 from realm_jax.models import losses
 from realm_jax.models.reader import MLMEncoder
-from realm_jax.models.retriever import Retriever, relevance_scores
+from realm_jax.models.retriever import Retriever, embed_queries, relevance_scores
 from realm_jax.train import checkpoint as ckpt_lib
 from realm_jax.train import loop
 from realm_jax.train import metrics as metrics_lib
@@ -64,13 +64,10 @@ def pretrain_loss(params, batch, rng, cfg, per_token=True, deterministic=False):
   """
   retriever, reader = Retriever(cfg), MLMEncoder(cfg)
   q_rng, d_rng, r_rng = jax.random.split(rng, 3)
-  r_vars = {"params": params["retriever"]}
-  q_emb = retriever.apply(
-      r_vars, batch["query_ids"], jnp.zeros_like(batch["query_ids"]),
-      batch["query_mask"], deterministic, method=Retriever.embed_query,
-      rngs={"dropout": q_rng})
+  q_emb = embed_queries(params["retriever"], batch["query_ids"],
+                        batch["query_mask"], cfg, deterministic, q_rng)
   d_emb = retriever.apply(
-      r_vars, batch["cand_ids"], batch["cand_segments"], batch["cand_mask"],
+      {"params": params["retriever"]}, batch["cand_ids"], batch["cand_segments"], batch["cand_mask"],
       deterministic, method=Retriever.embed_doc, rngs={"dropout": d_rng})
   log_pz = losses.candidate_log_probs(relevance_scores(q_emb, d_emb))
   logits = reader.apply(
@@ -141,23 +138,19 @@ class QueryEmbedder:
 
   def __init__(self, cfg, workdir):
     self.cfg, self.workdir = cfg, workdir
-    retriever = Retriever(cfg)
-    self._embed = jax.jit(lambda p, ids, mask: retriever.apply(
-        {"params": p}, ids, jnp.zeros_like(ids), mask, True,
-        method=Retriever.embed_query))
+    self._embed = jax.jit(functools.partial(embed_queries, config=cfg))
     self._cache = (None, None)   # (version, params)
     self.latest = None           # published by the trainer ("latest" mode)
 
   def params_of_export(self, version: int):
     if self._cache[0] != version:
-      _, doc_params, _ = export_lib.load_export(
-          export_lib.export_path(self.workdir, version))
-      key = "embedder" if self.cfg.share_embedder else "query_embedder"
       if not self.cfg.share_embedder:
         raise ValueError("index.query_params=index needs share_embedder: the "
                          "export holds only the document embedder")
+      _, doc_params, _ = export_lib.load_export(
+          export_lib.export_path(self.workdir, version))
       # On the device once per version, not copied with every batch.
-      self._cache = (version, jax.device_put({key: doc_params}))
+      self._cache = (version, jax.device_put({"embedder": doc_params}))
     return self._cache[1]
 
   def __call__(self, retriever_params, query_ids, query_mask):

@@ -160,7 +160,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval.recall_k = 5
   # index: the fine-tuned retriever; random: reader_beam uniformly random
   # blocks (chance retrieval); null: no evidence at all (the reader reads
-  # `[CLS] q [SEP][SEP]` and, being extractive, cannot answer: EM 0).
+  # `[CLS] q [SEP][SEP]` and, being extractive, cannot answer: EM 0);
+  # bm25: BM25 over the blocks' titles and texts (pip install
+  # realm_jax[baselines]); dense_zero_shot: the retriever where fine-tuning
+  # started, not the fine-tuned one. These two also run in a workdir with no
+  # fine-tuned reader: recall@k only, EM None (see realm_jax/evaluate.py).
   c.eval.retrieval = "index"
   c.eval.predictions = ""          # default: <workdir>/predictions.jsonl
 

@@ -138,6 +138,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.finetune.retriever_beam = 5000 # blocks in the retriever loss (<= corpus)
   c.finetune.max_answer_len = 10
   c.finetune.max_gold_spans = 32   # gold spans kept per block (earliest)
+  # The reader's answer spans are whole words: a span starts on a word start
+  # and ends right before one, so "Serfdom" (ser ##f ##dom) never yields
+  # "Ser". The original ORQA/REALM code allows any wordpiece span (False);
+  # ours defaults to whole words. Recorded with the model (openqa.json), so
+  # eval and answer decode as fine-tuning trained.
+  c.finetune.whole_word_spans = True
   # Which retrieved blocks count as correct for the retriever loss and
   # recall@k: normalized (SQuAD-normalized whole-token match, case-blind;
   # agrees with the reader's token-matched gold spans) or raw (ORQA's

@@ -1,5 +1,5 @@
-"""Host side of Open-QA: answer-bearing blocks, reader inputs, gold spans and
-the mapping of predicted spans back to text."""
+"""Host side of Open-QA: answer-bearing blocks, reader inputs, whole-word
+spans, gold spans and the mapping of predicted spans back to text."""
 import numpy as np
 import pytest
 
@@ -9,8 +9,15 @@ from realm_jax.data import pipeline
 from realm_jax.data import qa
 from realm_jax.data import tokenizer as tokenizer_lib
 from realm_jax.evaluate import span_text
+from realm_jax.models import config as config_lib
+from realm_jax.models import convert
+from realm_jax.models.bert import MASK_VALUE
+from realm_jax.models.reader import SpanReader
+from realm_jax.models.retriever import Retriever
+from realm_jax.train import finetune
 from realm_jax.train import qa_retrieval
 import openqa_workdir as ow
+from random_params import random_params
 
 
 @pytest.fixture(scope="module")
@@ -111,3 +118,92 @@ def test_span_text_keeps_the_original_case_or_decodes(store, tok):
   # Ids that the text does not re-tokenize to: fall back to decoding them.
   other = np.array(tok.encode("copa america wins").ids)
   assert span_text(tok, text, other, 0, 1) == ("copa america", None)
+
+
+class TextStore:
+  """A block store stand-in over hand-made texts (body ids, text by row)."""
+
+  def __init__(self, tok, texts):
+    self.texts, self.ids = texts, [tok.encode(t).ids for t in texts]
+
+  def body_ids(self, row):
+    return self.ids[row]
+
+  def text(self, row):
+    return self.texts[row]
+
+
+SERFDOM = "Serfdom was abolished."   # ser ##f ##dom was abolished .
+
+
+def _serfdom_batch(tok, answers, reader_len=16):
+  # [CLS] when was ser ##f ##dom abolished [SEP] = 8 tokens; block from 8.
+  examples = [{"question": "when was serfdom abolished", "answer": answers}]
+  q = next(iter(pipeline.qa_dataset(examples, tok, 0, 1, 16, train=False,
+                                    read_threads=0)))
+  assert q["question_mask"].sum() == 8
+  return q, qa_retrieval.reader_batch(q["question_ids"], q["question_mask"],
+                                      TextStore(tok, [SERFDOM]),
+                                      np.zeros((1, 1), np.int64), reader_len,
+                                      tok)
+
+
+def test_whole_word_span_masks(tok):
+  _, batch = _serfdom_batch(tok, ["x"])
+  off = [False] * 8
+  # A span starts at ser/was/abolished/. and ends at ##dom/was/abolished/.
+  assert batch["span_start_mask"][0, 0].tolist() == (
+      off + [True, False, False, True, True, True] + [False] * 2)
+  assert batch["span_end_mask"][0, 0].tolist() == (
+      off + [False, False, True, True, True, True] + [False] * 2)
+  # A block cut mid-word (ser ##f [SEP]) may end where it was cut.
+  _, cut = _serfdom_batch(tok, ["x"], reader_len=11)
+  assert cut["span_start_mask"][0, 0].tolist() == off + [True, False, False]
+  assert cut["span_end_mask"][0, 0].tolist() == off + [False, True, False]
+
+
+@pytest.mark.parametrize("whole_words", [True, False])
+def test_no_span_inside_a_word_unless_the_option_is_off(tok, whole_words):
+  cfg = config_lib.RealmConfig(
+      bert=config_lib.tiny(num_layers=1, vocab_size=tok.vocab_size),
+      proj_size=8, span_hidden_size=8, max_span_width=4,
+      whole_word_spans=whole_words)
+  params = {m: random_params(module, *convert.example_inputs(module))
+            for m, module in (("retriever", Retriever(cfg)),
+                              ("reader", SpanReader(cfg)))}
+  q, batch = _serfdom_batch(tok, ["x"])
+  batch.update(question_ids=q["question_ids"],
+               question_mask=q["question_mask"],
+               cand_emb=np.zeros((1, 1, 8), np.float32))
+  _, logits, starts, ends = finetune.read(params, batch, cfg)
+  valid = np.asarray(logits)[0, 0] > MASK_VALUE / 2
+  body = batch["reader_ids"][0, 0, 8:14]
+  spans = {span_text(tok, SERFDOM, body, s - 8, e - 8)[0]
+           for s, e in zip(starts[valid], ends[valid])}
+  if whole_words:   # at most 4 wordpieces wide
+    assert spans == {"Serfdom", "Serfdom was", "was", "was abolished",
+                     "was abolished.", "abolished", "abolished.", "."}
+  else:   # any wordpiece span, as in ORQA/REALM: all 6 + 5 + 4 + 3
+    assert {"Ser", "Serf", "fdom", "dom was"} <= spans and len(spans) == 18
+
+
+def test_gold_spans_are_whole_words(tok):
+  q, _ = _serfdom_batch(tok, ["Ser", "serfdom was"])
+  kwargs = dict(reader_beam=1, reader_len=16, max_span_width=4,
+                max_gold_spans=4)
+  gold = lambda batch: [(int(s), int(e)) for s, e in zip(
+      batch["gold_starts"][0, 0], batch["gold_ends"][0, 0]) if s >= 0]
+  args = (q, np.zeros((1, 1), np.int64), np.zeros((1, 1, 8), np.float32),
+          TextStore(tok, [SERFDOM]), tok)
+  # "Ser" (ser of ser ##f ##dom) is no whole-word span: the reader could
+  # never give it, so it is no gold span either.
+  assert gold(qa_retrieval.training_batch(*args, **kwargs)) == [(8, 11)]
+  assert gold(qa_retrieval.training_batch(
+      *args, whole_word_spans=False, **kwargs)) == [(8, 8), (8, 11)]
+  # The same for regex answers (CuratedTREC).
+  q["answers"] = (("ser", r"serfdom\s+was"),)
+  assert gold(qa_retrieval.training_batch(*args, regex_answers=True,
+                                          **kwargs)) == [(8, 11)]
+  assert gold(qa_retrieval.training_batch(
+      *args, regex_answers=True, whole_word_spans=False, **kwargs)) == [
+          (8, 8), (8, 11)]

@@ -1,4 +1,5 @@
-"""MLMEncoder and SpanReader: parity with HF's REALM port, span rules, bf16."""
+"""MLMEncoder and SpanReader: parity with HF's REALM port, span rules
+(block, start/end masks), bf16."""
 import dataclasses
 
 import jax
@@ -193,6 +194,23 @@ def test_spans_must_lie_inside_the_block(tiny_reader):
   shift = np.asarray(logits - plain)
   for z in range(3):
     np.testing.assert_allclose(shift[z][inside[z]], SCORES[z], atol=1e-5)
+
+
+def test_span_masks_forbid_starts_and_ends(tiny_reader):
+  _, params, (ids, seg, mask, block), apply, (logits, starts, ends) = tiny_reader
+  rng = np.random.default_rng(3)
+  start_ok, end_ok = rng.random((2,) + block.shape) < 0.5
+  masked, s2, e2 = apply({"params": params}, ids, seg, mask, block, SCORES,
+                         span_start_mask=start_ok, span_end_mask=end_ok)
+  assert masked.shape == logits.shape and masked.dtype == jnp.float32
+  np.testing.assert_array_equal(s2, starts)
+  np.testing.assert_array_equal(e2, ends)
+  allowed = (block[:, starts] & block[:, ends]
+             & start_ok[:, starts] & end_ok[:, ends])
+  np.testing.assert_array_equal(np.asarray(masked) > MASK_VALUE / 2, allowed)
+  # The masks only remove spans: the others keep their logits.
+  np.testing.assert_allclose(np.asarray(masked)[allowed],
+                             np.asarray(logits)[allowed], atol=1e-6)
 
 
 def test_bf16_reader_and_mlm_track_float32(tiny_reader):

@@ -137,3 +137,25 @@ def test_missing_files_name_the_path(tmp_path):
     tk.WordPieceTokenizer(str(tmp_path / "nope.txt"))
   with pytest.raises(FileNotFoundError, match="nope.model"):
     tk.SentencePieceTokenizer(str(tmp_path / "nope.model"))
+
+
+def test_word_start_mask(minilm, sentencepiece):
+  # WordPiece: "##" continues a word (ser ##f ##dom); punctuation and
+  # special tokens start one. Any id shape works.
+  ids = minilm.encode("Serfdom was abolished.").ids
+  assert [minilm.id_to_token(i) for i in ids] == [
+      "ser", "##f", "##dom", "was", "abolished", "."]
+  assert minilm.word_start_mask(ids).tolist() == [
+      True, False, False, True, True, True]
+  assert minilm.word_start_mask(np.array([[minilm.cls_id, minilm.sep_id]])
+                                ).tolist() == [[True, True]]
+  # SentencePiece: "▁" starts a word, and so do punctuation and the piece
+  # after it, as BERT's pre-tokenizer splits punctuation off (else no span
+  # could end before the "." of "Paris.", nor start at "geometry").
+  tok = sentencepiece
+  ids = tok.encode("Point (geometry), Paris.").ids
+  starts = [tok.id_to_token(i) for i, m in zip(ids, tok.word_start_mask(ids))
+            if m]
+  # 800 pieces learnt from 120 summaries: "Point" is ▁P o in t.
+  assert starts == ["\u2581P", "\u2581", "(", "ge", ")", ",", "\u2581P", "."]
+  assert tok.word_start_mask(np.array([tok.cls_id, tok.sep_id])).all()

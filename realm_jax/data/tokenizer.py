@@ -94,6 +94,25 @@ class Tokenizer(abc.ABC):
     kind = "wordpiece" if s["kind"] == "minilm" else s["kind"]
     return f"{kind}:lowercase={s.get('lowercase')}:sha256={s['sha256']}"
 
+  def word_start_mask(self, ids) -> np.ndarray:
+    """bool, the shape of `ids`: True where a token begins a word.
+
+    The span reader's whole-word rule uses it (a span starts on a word start
+    and ends right before one), so that no answer cuts a word in two.
+    """
+    ids = np.asarray(ids)
+    return self._word_start_table[ids]
+
+  @functools.cached_property
+  def _word_start_table(self) -> np.ndarray:
+    """bool [vocab_size], looked up by id: built once per tokenizer."""
+    return np.array([self._begins_word(self.id_to_token(i))
+                     for i in range(self.vocab_size)], dtype=bool)
+
+  @abc.abstractmethod
+  def _begins_word(self, token: str) -> bool:
+    """Whether a token of this string starts a word wherever it occurs."""
+
   def _lookup_specials(self):
     ids = {}
     for tok in SPECIAL_TOKENS:
@@ -157,6 +176,9 @@ class WordPieceTokenizer(Tokenizer):
 
   def token_to_id(self, s: str) -> int | None:
     return self._tok.token_to_id(s)
+
+  def _begins_word(self, token: str) -> bool:
+    return not token.startswith("##")   # "##" marks a word's continuation
 
   def spec(self) -> dict:
     return {"kind": self._kind, "path": self.vocab_path,
@@ -222,6 +244,24 @@ class SentencePieceTokenizer(Tokenizer):
     if i == self._sp.unk_id() and s != self._sp.id_to_piece(i):
       return None
     return i
+
+  def _begins_word(self, piece: str) -> bool:
+    # "▁" marks a piece that follows whitespace. Punctuation counts as a word
+    # of its own, as BERT's pre-tokenizer splits it off: otherwise no span
+    # could end before the "." of "Paris." (special tokens start with "[").
+    return piece.startswith("▁") or not piece[:1].isalnum()
+
+  def word_start_mask(self, ids) -> np.ndarray:
+    # Also a piece right after punctuation: "geometry" in "(geometry".
+    ids = np.asarray(ids)
+    start = self._word_start_table[ids]
+    start[..., 1:] |= self._ends_in_punctuation[ids[..., :-1]]
+    return start
+
+  @functools.cached_property
+  def _ends_in_punctuation(self) -> np.ndarray:
+    return np.array([not self.id_to_token(i)[-1:].isalnum()
+                     for i in range(self.vocab_size)], dtype=bool)
 
   def spec(self) -> dict:
     return {"kind": "sentencepiece", "path": self.model_path, "lowercase": None,

@@ -51,6 +51,9 @@ class RealmConfig:
   span_hidden_size: int = 256          # reader span head: Dense(H -> 2*256)
   span_layer_norm_eps: float = 1e-3
   max_span_width: int = 10
+  # Reader spans of whole words only (finetune.whole_word_spans): the
+  # fine-tuning record keeps it, so eval and answer decode as training did.
+  whole_word_spans: bool = True
 
 
 def bert_base(**overrides) -> BertConfig:

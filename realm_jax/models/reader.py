@@ -75,20 +75,26 @@ class SpanReader(nn.Module):
   [W_s; W_e] is one Dense(H -> 2*span_hidden_size).
 
   __call__(input_ids, segment_ids, input_mask, block_mask,
-           retriever_scores=None, deterministic=True):
+           retriever_scores=None, deterministic=True, span_start_mask=None,
+           span_end_mask=None):
     input_ids, segment_ids, input_mask: int [..., seq] (e.g. [batch, k, seq]);
     block_mask: bool [..., seq], True on the evidence block's tokens;
     retriever_scores: float [...] f(x, z), added to every span of that block
-      (None: nothing added).
+      (None: nothing added);
+    span_start_mask, span_end_mask: bool [..., seq], where a span may start
+      and end (e.g. whole words only, train.qa_retrieval.span_masks); None:
+      anywhere, i.e. any wordpiece span, as in ORQA/REALM and HF's port.
     Returns (logits float32 [..., num_spans], starts int32 [num_spans],
-    ends int32 [num_spans]). Spans with an end outside the block get
-    MASK_VALUE (-1e9) so they vanish from any softmax.
+    ends int32 [num_spans]). Spans with an end outside the block, or a start
+    or end the masks forbid, get MASK_VALUE (-1e9) so they vanish from any
+    softmax.
   """
   config: RealmConfig
 
   @nn.compact
   def __call__(self, input_ids, segment_ids, input_mask, block_mask,
-               retriever_scores=None, deterministic: bool = True):
+               retriever_scores=None, deterministic: bool = True,
+               span_start_mask=None, span_end_mask=None):
     cfg = self.config
     seq_out, _ = BertEncoder(cfg.bert, name="bert")(
         input_ids, segment_ids, input_mask, deterministic)
@@ -109,5 +115,9 @@ class SpanReader(nn.Module):
     block_mask = block_mask.astype(bool)
     valid = (jnp.take(block_mask, starts, axis=-1)
              & jnp.take(block_mask, ends, axis=-1))
+    if span_start_mask is not None:
+      valid &= jnp.take(span_start_mask.astype(bool), starts, axis=-1)
+    if span_end_mask is not None:
+      valid &= jnp.take(span_end_mask.astype(bool), ends, axis=-1)
     logits = jnp.where(valid, logits, MASK_VALUE)
     return logits, jnp.asarray(starts), jnp.asarray(ends)

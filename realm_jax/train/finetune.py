@@ -11,7 +11,8 @@ reader train. One step, for a batch of questions:
   3. `train_step` (pure, jitted over the data mesh, state donated) recomputes
      f(x, z) = q . d for the S blocks with the current query params, so the
      gradient reaches the query embedder; the reader scores every span of the
-     K blocks with f(x, z) added; the loss is losses.openqa_loss: the
+     K blocks (of whole words, unless finetune.whole_word_spans=False) with
+     f(x, z) added; the loss is losses.openqa_loss: the
      retriever's marginal log loss over the S blocks (correct = contains an
      answer) plus the reader's over one joint softmax of (block, span).
 
@@ -46,7 +47,7 @@ from realm_jax.train import state as state_lib
 
 DEVICE_KEYS = ("question_ids", "question_mask", "cand_emb", "retriever_correct",
                "reader_ids", "reader_segments", "reader_mask", "block_mask",
-               "gold_starts", "gold_ends")
+               "span_start_mask", "span_end_mask", "gold_starts", "gold_ends")
 
 
 # ----------------------------------------------------------------- the step
@@ -55,7 +56,8 @@ def read(params, batch, cfg, deterministic=True, rng=None):
   """Retriever scores and span logits of one batch.
 
   batch: question_ids/question_mask [B, Lq], cand_emb [B, S, D] (frozen),
-  reader_ids/reader_segments/reader_mask/block_mask [B, K, Lr].
+  reader_ids/reader_segments/reader_mask/block_mask [B, K, Lr], and
+  span_start_mask/span_end_mask [B, K, Lr], used if cfg.whole_word_spans.
   Returns (scores float32 [B, S], span logits float32 [B, K, num_spans]
   with scores[:, :K] added, span starts [num_spans], span ends [num_spans]).
   """
@@ -64,10 +66,13 @@ def read(params, batch, cfg, deterministic=True, rng=None):
                         batch["question_mask"], cfg, deterministic, q_rng)
   scores = relevance_scores(q_emb, batch["cand_emb"])
   k = batch["reader_ids"].shape[1]
+  whole_words = ({"span_start_mask": batch["span_start_mask"],
+                  "span_end_mask": batch["span_end_mask"]}
+                 if cfg.whole_word_spans else {})
   logits, starts, ends = SpanReader(cfg).apply(
       {"params": params["reader"]}, batch["reader_ids"],
       batch["reader_segments"], batch["reader_mask"], batch["block_mask"],
-      scores[:, :k], deterministic,
+      scores[:, :k], deterministic, **whole_words,
       rngs=None if r_rng is None else {"dropout": r_rng})
   return scores, logits, starts, ends
 
@@ -237,7 +242,7 @@ def run(config):
         qa_batch, rows, cand_emb, store, tok, reader_beam=f.reader_beam,
         reader_len=f.reader_len, max_span_width=cfg.max_span_width,
         max_gold_spans=f.max_gold_spans, answer_match=f.answer_match,
-        regex_answers=f.regex_answers)
+        regex_answers=f.regex_answers, whole_word_spans=cfg.whole_word_spans)
 
   try:
     state = _train_loop(c, cfg, mesh, state, data_iter, make_batch,

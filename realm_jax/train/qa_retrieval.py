@@ -10,8 +10,9 @@ embeddings were computed on the device:
      "correct" blocks of the retriever loss and of recall@k;
   4. build the reader inputs `[CLS] question [SEP] block body [SEP]` of the
      top K blocks (K = reader_beam) and their gold answer spans, found by
-     token matching (`qa.gold_span_arrays`) or, for CuratedTREC's regex
-     answers, by regex matches mapped to tokens through char offsets.
+     token matching (`qa.answer_token_spans`) or, for CuratedTREC's regex
+     answers, by regex matches mapped to tokens through char offsets; with
+     whole-word spans (the default) only gold spans the reader can score.
 
 Blocks are referred to by their row in the block store (= row in the index).
 """
@@ -81,6 +82,19 @@ def reader_block_mask(segment_ids: np.ndarray, input_mask: np.ndarray
   return (segment_ids == 1) & (positions < last)
 
 
+def span_masks(tokenizer, reader_ids: np.ndarray, block_mask: np.ndarray):
+  """(span_start_mask, span_end_mask) bool [..., seq]: whole-word spans.
+
+  A span may start on a block token that begins a word, and end on a block
+  token followed by a word start or by the end of the block: "Ser" of
+  "Serfdom" (ser ##f ##dom) is no span, "Serfdom" is.
+  """
+  word_start = tokenizer.word_start_mask(reader_ids)
+  ends_word = np.ones_like(block_mask, dtype=bool)
+  ends_word[..., :-1] = word_start[..., 1:] | ~block_mask[..., 1:]
+  return word_start & block_mask, ends_word & block_mask
+
+
 def body_char_offsets(tokenizer, text: str, body_ids: np.ndarray):
   """int [len(body_ids), 2] char offsets of the block's body tokens in `text`.
 
@@ -142,12 +156,17 @@ def search(searcher, emb, query_emb: np.ndarray, beam: int):
 
 def reader_batch(question_ids: np.ndarray, question_mask: np.ndarray, store,
                  rows: np.ndarray, reader_len: int, tokenizer) -> dict:
-  """Reader inputs of rows [B, K]: reader_ids/segments/mask, block_mask."""
+  """Reader inputs of rows [B, K]: reader_ids/segments/mask, block_mask and
+  the whole-word span_start_mask/span_end_mask (`span_masks`; the reader
+  uses them when its config has whole_word_spans)."""
   ids, segments, mask = retrieval.reader_inputs(
       question_ids, question_mask, store, rows, reader_len, tokenizer.sep_id,
       tokenizer.pad_id)
+  block_mask = reader_block_mask(segments, mask)
+  span_start_mask, span_end_mask = span_masks(tokenizer, ids, block_mask)
   return {"reader_ids": ids, "reader_segments": segments, "reader_mask": mask,
-          "block_mask": reader_block_mask(segments, mask)}
+          "block_mask": block_mask, "span_start_mask": span_start_mask,
+          "span_end_mask": span_end_mask}
 
 
 def answer_token_lists(answer_ids: np.ndarray, answer_len: np.ndarray):
@@ -159,7 +178,8 @@ def training_batch(qa_batch: dict, rows: np.ndarray, cand_emb: np.ndarray,
                    store, tokenizer, *, reader_beam: int, reader_len: int,
                    max_span_width: int, max_gold_spans: int,
                    answer_match: str = "normalized",
-                   regex_answers: bool = False) -> dict:
+                   regex_answers: bool = False,
+                   whole_word_spans: bool = True) -> dict:
   """The arrays of one fine-tuning step.
 
   Args:
@@ -168,12 +188,16 @@ def training_batch(qa_batch: dict, rows: np.ndarray, cand_emb: np.ndarray,
     rows, cand_emb: `search` output for these questions, [B, S], [B, S, D].
     answer_match: has_answer mode for the retriever's correct blocks.
     regex_answers: answers are regexes (CuratedTREC).
+    whole_word_spans: keep only gold spans of whole words (the reader then
+      scores no other span: a gold span it masks would be a correct answer
+      it can never give, and its loss term would be -log(0)).
 
   Returns:
     question_ids, question_mask [B, Lq]; cand_emb [B, S, D];
     retriever_correct bool [B, S]; reader_ids, reader_segments, reader_mask
-    int32 and block_mask bool [B, K, Lr]; gold_starts, gold_ends int32
-    [B, K, max_gold_spans] (-1 padded).
+    int32 and block_mask, span_start_mask, span_end_mask bool [B, K, Lr];
+    gold_starts, gold_ends int32 [B, K, max_gold_spans] (-1 padded, the
+    earliest spans kept).
   """
   b, s = rows.shape
   k = min(reader_beam, s)
@@ -191,22 +215,26 @@ def training_batch(qa_batch: dict, rows: np.ndarray, cand_emb: np.ndarray,
   starts = np.full((b, k, max_gold_spans), -1, np.int32)
   ends = np.full((b, k, max_gold_spans), -1, np.int32)
   for i in range(b):
-    if regex_answers:
-      first = int(qa_batch["question_mask"][i].sum())
-      for j in range(k):
+    first = int(qa_batch["question_mask"][i].sum())
+    answer_ids = answer_token_lists(qa_batch["answer_ids"][i],
+                                    qa_batch["answer_len"][i])
+    for j in range(k):
+      if regex_answers:
         n = int(out["block_mask"][i, j].sum())
         body = out["reader_ids"][i, j, first:first + n]
         spans = regex_gold_spans(
             qa_batch["answers"][i], texts[i][j],
             body_char_offsets(tokenizer, texts[i][j], body), first,
-            max_span_width)[:max_gold_spans]
-        for g, (st, en) in enumerate(spans):
-          starts[i, j, g], ends[i, j, g] = st, en
-    else:
-      starts[i], ends[i] = qa.gold_span_arrays(
-          out["reader_ids"][i], out["block_mask"][i],
-          answer_token_lists(qa_batch["answer_ids"][i],
-                             qa_batch["answer_len"][i]),
-          max_gold_spans, max_width=max_span_width)
+            max_span_width)
+      else:
+        spans = qa.answer_token_spans(out["reader_ids"][i, j],
+                                      out["block_mask"][i, j], answer_ids,
+                                      max_width=max_span_width)
+      if whole_word_spans:
+        spans = [(st, en) for st, en in spans
+                 if out["span_start_mask"][i, j, st]
+                 and out["span_end_mask"][i, j, en]]
+      for g, (st, en) in enumerate(spans[:max_gold_spans]):
+        starts[i, j, g], ends[i, j, g] = st, en
   out.update(gold_starts=starts, gold_ends=ends)
   return out

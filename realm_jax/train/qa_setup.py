@@ -134,11 +134,14 @@ def searcher_cache(config) -> str:
 # ------------------------------------------------------------ model, params
 
 def model_config(config, vocab_size: int) -> RealmConfig:
-  """The RealmConfig: <init_from>'s export model.json, else config.model."""
+  """The RealmConfig: <init_from>'s export model.json, else config.model;
+  whole_word_spans from finetune.whole_word_spans."""
   latest = (export_lib.latest_export(config.finetune.init_from)
             if config.finetune.init_from else None)
+  whole_words = config.finetune.whole_word_spans
   if latest is None:
-    return model_init.realm_config(config, vocab_size)
+    return dataclasses.replace(model_init.realm_config(config, vocab_size),
+                               whole_word_spans=whole_words)
   _, _, cfg = export_lib.load_export(latest)
   m = config.model
   bert = dataclasses.replace(
@@ -149,7 +152,7 @@ def model_config(config, vocab_size: int) -> RealmConfig:
     raise ValueError(f"{latest}/model.json has a {bert.vocab_size}-token "
                      f"vocabulary but the block store's tokenizer has "
                      f"{vocab_size}")
-  return dataclasses.replace(cfg, bert=bert)
+  return dataclasses.replace(cfg, bert=bert, whole_word_spans=whole_words)
 
 
 def check_shapes(params, module, what: str):

@@ -6,6 +6,8 @@ import sys
 import pytest
 
 from realm_jax.data import demo
+from realm_jax.data import qa as qa_lib
+from realm_jax.train import qa_retrieval
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +52,8 @@ def test_qa_splits_are_disjoint_and_about_80_10_10(raw):
   assert 0.08 < len(splits["test"]) / total < 0.12
   for qa in splits.values():
     for q in qa:
-      (title,) = q["answer"]
+      title = q["answer"][0]
+      assert q["answer"] == demo.answers_of(title)
       assert raw[title]["description"].strip() == q["question"]
       assert title.lower() not in q["question"].lower()
   assert {"question": "Chinese novelist and essayist (1881–1936)",
@@ -63,3 +66,22 @@ def test_qa_limit_keeps_answers_inside_the_small_corpus():
   assert qa and all(q["answer"][0] in titles for q in qa)
   with pytest.raises(ValueError, match="unknown split 'validation'"):
     demo.demo_qa("validation")
+
+
+def test_answers_drop_the_disambiguation_suffix():
+  assert demo.answers_of("Point (geometry)") == ["Point (geometry)", "Point"]
+  assert demo.answers_of("Lu Xun") == ["Lu Xun"]
+  assert demo.answers_of("Gothic War (535–554)") == [
+      "Gothic War (535–554)", "Gothic War"]
+  all_qa = [q for s in ("train", "dev", "test") for q in demo.demo_qa(s)]
+  (point,) = [q for q in all_qa if q["answer"][0] == "Point (geometry)"]
+  assert point["answer"] == ["Point (geometry)", "Point"]
+  assert 300 < sum(len(q["answer"]) == 2 for q in all_qa) < 400
+  # "Point" is what the text says: the block is an answer-bearing block, the
+  # prediction "Point" is correct (EM), and both come from the short answer.
+  text = dict(demo.demo_documents())["Point (geometry)"]
+  assert not qa_lib.has_answer(text, ["Point (geometry)"])
+  assert qa_retrieval.blocks_with_answer([text], point["answer"]).all()
+  assert qa_lib.exact_match("Point", point["answer"])
+  assert qa_lib.exact_match("point", ["Point (geometry)", "Point"])
+  assert not qa_lib.exact_match("Point", ["Point (geometry)"])

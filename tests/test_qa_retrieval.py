@@ -207,3 +207,23 @@ def test_gold_spans_are_whole_words(tok):
   assert gold(qa_retrieval.training_batch(
       *args, regex_answers=True, whole_word_spans=False, **kwargs)) == [
           (8, 8), (8, 11)]
+
+
+def test_every_answer_gives_gold_spans(tok):
+  # Demo answers: "Point (geometry)" never occurs in the text, "Point" does.
+  text = "A point is a location. Points have no size."
+  examples = [{"question": "fundamental object of geometry",
+               "answer": demo.answers_of("Point (geometry)")}]
+  q = next(iter(pipeline.qa_dataset(examples, tok, 0, 1, 16, train=False,
+                                    read_threads=0)))
+  batch = qa_retrieval.training_batch(
+      q, np.zeros((1, 1), np.int64), np.zeros((1, 1, 8), np.float32),
+      TextStore(tok, [text]), tok, reader_beam=1, reader_len=32,
+      max_span_width=10, max_gold_spans=4)
+  assert batch["retriever_correct"].tolist() == [[True]]
+  first = int(q["question_mask"].sum())
+  spans = [(s - first, e - first) for s, e in zip(
+      batch["gold_starts"][0, 0], batch["gold_ends"][0, 0]) if s >= 0]
+  # "point" (token 1); "points" is another word, not a gold span.
+  assert [span_text(tok, text, tok.encode(text).ids, s, e)[0]
+          for s, e in spans] == ["point"]

@@ -197,7 +197,8 @@ def test_spans_must_lie_inside_the_block(tiny_reader):
 
 
 def test_span_masks_forbid_starts_and_ends(tiny_reader):
-  _, params, (ids, seg, mask, block), apply, (logits, starts, ends) = tiny_reader
+  _, params, inputs, apply, (logits, starts, ends) = tiny_reader
+  ids, seg, mask, block = inputs
   rng = np.random.default_rng(3)
   start_ok, end_ok = rng.random((2,) + block.shape) < 0.5
   masked, s2, e2 = apply({"params": params}, ids, seg, mask, block, SCORES,

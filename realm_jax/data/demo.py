@@ -7,8 +7,10 @@ topic} (CC BY-SA). The package is located with importlib and never imported
 
 - Knowledge corpus and pretraining text: the `extract` only.
 - Open-QA pairs: the Wikidata `description` as the question, the title as the
-  answer ("Chinese novelist and essayist (1881–1936)" -> "Lu Xun"). The
-  descriptions never enter the corpus, so the questions are not in the text.
+  answer ("Chinese novelist and essayist (1881–1936)" -> "Lu Xun"), and the
+  title without its disambiguation suffix ("Point (geometry)" -> also
+  "Point"), the form the text uses. The descriptions never enter the corpus,
+  so the questions are not in the text.
 
 Order and splits are deterministic: documents are ordered by sha1 of their
 title, so `demo_documents(limit=N)` is a fixed pseudo-random subset, and the QA
@@ -19,12 +21,14 @@ import hashlib
 import json
 import logging
 import os
+import re
 
 from realm_jax import packaged
 
 log = logging.getLogger(__name__)
 
 SPLITS = {"train": (0, 80), "dev": (80, 90), "test": (90, 100)}
+_SUFFIX = re.compile(r"\s+\([^()]*\)$")   # Wikipedia's " (geometry)"
 
 
 def summaries_path() -> str:
@@ -70,8 +74,17 @@ def split_of(title: str) -> str:
   raise AssertionError(bucket)
 
 
+def answers_of(title: str) -> list[str]:
+  """[title], or [title, title less a trailing " (...)"] for titles such as
+  "Point (geometry)": the text says "point", so the full title alone could
+  never be matched in a block, nor be a gold span."""
+  short = _SUFFIX.sub("", title)
+  return [title, short] if short and short != title else [title]
+
+
 def demo_qa(split: str, limit: int | None = None) -> list[dict]:
-  """Question/answer pairs {"question": description, "answer": [title]}.
+  """Question/answer pairs {"question": description,
+  "answer": answers_of(title)}.
 
   Args:
     split: "train", "dev" or "test" (80/10/10 by hash of the title).
@@ -97,7 +110,7 @@ def demo_qa(split: str, limit: int | None = None) -> list[dict]:
     elif by_desc[desc.lower()] > 1:
       skipped["ambiguous"] += 1
     elif split_of(title) == split:
-      out.append({"question": desc, "answer": [title]})
+      out.append({"question": desc, "answer": answers_of(title)})
   log.info("demo QA %s: %d pairs; skipped (all splits) %s", split, len(out),
            skipped)
   return out

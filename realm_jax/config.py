@@ -32,6 +32,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.hidden_act = "gelu"     # gelu (original TF code) | gelu_new (HF port)
   c.model.dropout_rate = 0.1
   c.model.proj_size = 128
+  # How the retriever's projection starts (realm_jax/train/model_init.py:
+  # init_projection): random (REALM, for BERT checkpoints) | identity
+  # (proj_size = hidden size; keeps a retrieval-trained encoder's geometry).
+  c.model.proj_init = "random"
+  c.model.identity_score_scale = 20.0  # identity: score = scale x correlation
   c.model.share_embedder = True   # the original shares one query/doc embedder
   # cls (REALM) | mean: mean pooling, for encoders trained that way (MiniLM).
   c.model.retriever_pooling = "cls"
@@ -75,6 +80,9 @@ def default_config() -> ml_collections.ConfigDict:
   # reader whose MLM head starts untrained (MiniLM) first sends the retriever
   # only noise, which Adam turns into full-size steps that wreck it.
   c.train.retriever_frozen_steps = 0
+  # The retriever's learning rate as a multiple of the reader's (1 = REALM).
+  # A strong initial retriever (MiniLM) keeps more of what it knows below 1.
+  c.train.retriever_lr_scale = 1.0
   c.train.loss = "per_token"       # per_token (original code) | per_sequence (paper)
   c.train.log_every = 50
   c.train.checkpoint_every = 1000
@@ -123,6 +131,10 @@ def default_config() -> ml_collections.ConfigDict:
   # Default: <init_from>/index, else <workdir>/index. With no committed
   # version there, the initial document embedder builds <workdir>/index/0.
   c.finetune.index_dir = ""
+  # Which committed version of that directory: -1 the newest; e.g. 0 to
+  # fine-tune against a pretraining run's initial index (the demo's
+  # no-pretraining baseline reuses it instead of embedding the corpus again).
+  c.finetune.index_version = -1
   # demo | natural_questions_open | web_questions | jsonl:<path>; a jsonl path
   # may hold "{split}", e.g. jsonl:CuratedTrec.resplit.{split}.jsonl.
   c.finetune.dataset = "demo"
@@ -131,6 +143,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.finetune.batch_size = 1        # questions per step (ORQA/REALM: 1)
   c.finetune.num_steps = 2000
   c.finetune.learning_rate = 1e-5  # other optimizer fields come from train.*
+  # The query embedder's learning rate as a multiple of the reader's (1 =
+  # ORQA/REALM). Below 1 it keeps more of the initial retriever.
+  c.finetune.retriever_lr_scale = 1.0
   c.finetune.warmup_steps = -1     # -1: min(10000, max(100, num_steps // 10))
   c.finetune.question_len = 64     # [CLS] question [SEP]
   c.finetune.reader_len = 320      # [CLS] question [SEP] block [SEP]

@@ -128,7 +128,8 @@ def optimizer(config) -> optax.GradientTransformation:
       ("adam_b1", t.adam_b1), ("adam_b2", t.adam_b2),
       ("adam_eps", t.adam_eps),
       ("adam_bias_correction", t.adam_bias_correction),
-      ("clip_norm", t.clip_norm)))
+      ("clip_norm", t.clip_norm),
+      ("retriever_lr_scale", f.retriever_lr_scale)))
 
 
 @functools.lru_cache(maxsize=8)

@@ -5,10 +5,13 @@ Fine-tuning keeps the document embeddings frozen, so one committed index
 version serves the whole run. Where things come from:
 
   block store  data.block_store, else <finetune.init_from>/blocks (the corpus
-               the pretraining index was built over), else <workdir>/blocks
-               (built from data.corpus if missing).
-  index        the newest committed version in finetune.index_dir, else in
-               <init_from>/index, else in <workdir>/index. If there is none,
+               the pretraining index was built over), else <workdir>/blocks.
+               data.block_store and <workdir>/blocks are built from
+               data.corpus if missing, as pretraining builds them, so
+               fine-tuning needs no pretraining run.
+  index        the newest committed version (or finetune.index_version) in
+               finetune.index_dir, else in <init_from>/index, else in
+               <workdir>/index. If there is none,
                the initial document embedder builds <workdir>/index/0.
   model shape  <init_from>'s newest export model.json (so a fine-tuning config
                need not repeat the pretraining model settings), else
@@ -58,8 +61,10 @@ def block_store(config) -> corpus.BlockStore:
     candidate = os.path.join(init_from, "blocks")
     if os.path.isfile(os.path.join(candidate, "manifest.json")):
       path = candidate
-  if path:
+  if path and os.path.isfile(os.path.join(path, "manifest.json")):
     return corpus.BlockStore(path)
+  # Missing: built (or a killed build resumed) from data.corpus at
+  # data.block_store or <workdir>/blocks, exactly as pretraining does.
   return catalog.block_store(config)
 
 
@@ -87,9 +92,18 @@ def bootstrap_index(config, cfg: RealmConfig, retriever_params,
 
 
 def find_index(config) -> str | None:
-  """Path of the newest committed version in `index_dir(config)`, or None."""
+  """Path of the committed version finetune.index_version (-1: the newest)
+  in `index_dir(config)`, or None when there is none."""
   directory = index_dir(config)
-  version = index_store.latest_version(directory)
+  wanted = config.finetune.index_version
+  if wanted < 0:
+    version = index_store.latest_version(directory)
+  elif wanted in index_store.list_versions(directory):
+    version = wanted
+  else:
+    raise FileNotFoundError(
+        f"finetune.index_version={wanted}: no committed version {wanted} in "
+        f"{directory} (committed: {index_store.list_versions(directory)})")
   return None if version is None else index_store.version_path(directory,
                                                                version)
 

@@ -68,11 +68,25 @@ def _scale_by_adam_no_bias_correction(b1, b2, eps):
   return optax.GradientTransformation(init, update)
 
 
+def scale_retriever_updates(factor: float) -> optax.GradientTransformation:
+  """Multiplies the updates of params["retriever"] by `factor` when the
+  params also hold a "reader" (REALM pretraining and fine-tuning; ICT trains
+  the retriever alone and is left as it is)."""
+  def update(updates, state, params=None):
+    del params
+    if factor == 1.0 or "reader" not in updates:
+      return updates, state
+    return dict(updates, retriever=jax.tree.map(lambda u: u * factor,
+                                                updates["retriever"])), state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def bert_adamw(train_config) -> optax.GradientTransformation:
   """Global-norm clip, Adam, decoupled weight decay, scheduled learning rate.
 
   `train_config` is the `config.train` section (or a finetune section with
-  the same optimizer fields).
+  the same optimizer fields). Its optional `retriever_lr_scale` gives the
+  retriever a learning rate of that multiple of the reader's.
   """
   c = train_config
   schedule = learning_rate_schedule(c.learning_rate, c.num_steps,
@@ -86,4 +100,5 @@ def bert_adamw(train_config) -> optax.GradientTransformation:
       adam,
       optax.add_decayed_weights(c.weight_decay, mask=decay_mask),
       optax.scale_by_learning_rate(schedule),
+      scale_retriever_updates(c.get("retriever_lr_scale", 1.0)),
   )

@@ -104,6 +104,9 @@ def _finished_shard(tmp: str, i: int, rows: int) -> dict | None:
   return {"file": store.shard_file(i), "rows": rows, "sha256": digest}
 
 
+_WIDTH_STEP = 16
+
+
 class _Embedder:
   """Data-parallel embedding of row batches over the local devices."""
 
@@ -124,26 +127,49 @@ class _Embedder:
         out_shardings=self.data)
 
   def __call__(self, source, lo, hi, on_batch):
-    """Embeddings of blocks lo..hi-1 -> float32 [hi - lo, dim]."""
-    out, pending = [], None
-    for b0 in range(lo, hi, self.batch_size):
-      rows = np.arange(b0, min(b0 + self.batch_size, hi))
-      inputs = [np.asarray(x) for x in source.doc_inputs(rows)]
-      if len(rows) < self.batch_size:  # pad: one compiled shape for all
-        inputs = [np.concatenate([x, np.repeat(x[-1:], self.batch_size -
-                                               len(rows), 0)]) for x in inputs]
+    """Embeddings of blocks lo..hi-1 -> float32 [hi - lo, dim].
+
+    Blocks are embedded shortest first, each batch cut to its longest block
+    rounded up to a multiple of _WIDTH_STEP tokens: padding is masked out of
+    attention and pooling, so only the float summation order can change, and
+    demo blocks (mean 67 of 96 tokens) embed about a third faster. At most
+    block_len / _WIDTH_STEP programs compile.
+    """
+    if hi <= lo:
+      return None
+    inputs = [np.asarray(x) for x in source.doc_inputs(np.arange(lo, hi))]
+    lengths = inputs[2].sum(axis=1)
+    order = np.argsort(lengths, kind="stable")
+    full = inputs[0].shape[1]
+    out = np.zeros((hi - lo, 0), np.float32)
+    pending = None
+
+    def collect(result, batch_rows):
+      nonlocal out
+      emb = np.asarray(result)[:len(batch_rows)]
+      if out.shape[1] == 0:
+        out = np.zeros((hi - lo, emb.shape[1]), np.float32)
+      out[batch_rows] = emb
+      on_batch(len(batch_rows))
+
+    for b0 in range(0, hi - lo, self.batch_size):
+      batch_rows = order[b0:b0 + self.batch_size]
+      width = min(full, -(-int(lengths[batch_rows].max()) // _WIDTH_STEP)
+                  * _WIDTH_STEP)
+      batch = [x[batch_rows, :width] for x in inputs]
+      if len(batch_rows) < self.batch_size:  # pad: one shape per width
+        batch = [np.concatenate([x, np.repeat(x[-1:], self.batch_size -
+                                              len(batch_rows), 0)])
+                 for x in batch]
       # Dispatch is asynchronous: the next batch is prepared on the host while
       # this one runs; fetching lags one batch behind.
       result = (self.fn(self.params, *[jax.device_put(x, self.data)
-                                       for x in inputs]), len(rows))
+                                       for x in batch]), batch_rows)
       if pending is not None:
-        out.append(np.asarray(pending[0])[:pending[1]])
-        on_batch(pending[1])
+        collect(*pending)
       pending = result
-    if pending is not None:
-      out.append(np.asarray(pending[0])[:pending[1]])
-      on_batch(pending[1])
-    return np.concatenate(out) if out else None
+    collect(*pending)
+    return out
 
 
 def build_index(embed_fn: Callable, params, source: BlockSource, index_dir: str,

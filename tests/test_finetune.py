@@ -3,7 +3,8 @@
 One small fine-tuning run (tiny BERT, demo corpus, 4 answerable questions)
 is shared by the tests: the loss falls, the reader started from the MLM
 encoder's BERT and the index stayed the pretraining run's, and `eval`
-reports exactly the EM one computes by hand from its predictions.
+reports exactly the EM one computes by hand from its predictions. Without
+a pretraining run, fine-tuning builds its block store itself.
 """
 import json
 import os
@@ -14,6 +15,8 @@ import numpy as np
 import pytest
 
 from realm_jax import evaluate
+from realm_jax.data import corpus
+from realm_jax.data import demo
 from realm_jax.data import qa
 from realm_jax.train import checkpoint as ckpt_lib
 from realm_jax.train import finetune
@@ -161,3 +164,28 @@ def test_eval_refuses_params_that_are_not_a_span_reader(run):
   # The pretraining params hold an MLM encoder where a span reader belongs.
   with pytest.raises(ValueError, match=r"reader: .*parameter .*mlm"):
     evaluate.evaluate(run["config"], params=run["pre_params"])
+
+
+@pytest.mark.parametrize("explicit_store", [False, True])
+def test_finetune_builds_a_missing_block_store(tmp_path, explicit_store):
+  # No pretraining run: fine-tuning builds the block store from data.corpus,
+  # as pretraining does, at <workdir>/blocks or a data.block_store not yet
+  # built.
+  docs = demo.demo_documents(6)
+  corpus_file = ow.write_jsonl(str(tmp_path / "corpus.jsonl"),
+                               [{"title": t, "text": x} for t, x in docs])
+  qa_file = ow.write_jsonl(str(tmp_path / "qa.jsonl"), [
+      {"question": f"what is {t}", "answer": [t]} for t, _ in docs[:2]])
+  work = str(tmp_path / "work")
+  blocks = os.path.join(work, "blocks")
+  config = ow.tiny_config(work, **{
+      "data.corpus": "jsonl:" + corpus_file,
+      "data.block_store": blocks if explicit_store else "",
+      "finetune.dataset": "jsonl:" + qa_file, "finetune.batch_size": 2,
+      "finetune.retriever_beam": 4, "finetune.num_steps": 2})
+  finetune.run(config)
+  store = corpus.BlockStore(blocks)
+  assert store.num_blocks >= len(docs)
+  assert store.title(0) == docs[0][0]
+  assert qa_setup.read_record(work)["block_store"] == blocks
+  assert ckpt_lib.restore_params(work)[0] == 2

@@ -101,6 +101,13 @@ def _enable_compilation_cache(workdir: str):
   if jax.config.jax_compilation_cache_dir is None:
     jax.config.update("jax_compilation_cache_dir",
                       os.path.join(os.path.abspath(workdir), "jax_cache"))
+  # JAX only persists a program that took longer than
+  # jax_persistent_cache_min_compile_time_secs (default 1 s) to compile, and
+  # may skip small entries: on a fast or idle machine the programs a second
+  # start needs would then never be written. Cache every program, whatever
+  # its compile time or size (-1: no size threshold and no backend override).
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
 def run(config):

@@ -47,18 +47,20 @@ def workdir(tmp_path_factory):
   return work
 
 
-def _answer(workdir, *flags):
+def _answer(workdir, *flags, env=None):
   return subprocess.run(
       [sys.executable, "-m", "realm_jax.main", "--config=configs/tiny_cpu.py",
        f"--config.workdir={workdir}", "--config.task=answer", *FLAGS, *flags],
-      cwd=ow.ROOT, capture_output=True, text=True, timeout=600)
+      cwd=ow.ROOT, capture_output=True, text=True, timeout=600,
+      env=None if env is None else dict(os.environ, **env))
 
 
 def test_prints_answer_evidence_and_highlight(workdir, tmp_path):
   questions = tmp_path / "questions.txt"
   questions.write_text("Chinese novelist and essayist\n\n" + "word " * 30 + "\n")
-  r = _answer(workdir, f"--config.answer.questions_file={questions}",
-              "--config.index.searcher=scann", "--config.answer.num_evidence=2")
+  flags = (f"--config.answer.questions_file={questions}",
+           "--config.index.searcher=scann", "--config.answer.num_evidence=2")
+  r = _answer(workdir, *flags)
   assert r.returncode == 1, r.stderr[-3000:]   # two of the three were refused
   assert "error (line 2): the question is empty" in r.stderr
   assert ("error (line 3): the question is 30 tokens long; at most 22 fit "
@@ -79,6 +81,16 @@ def test_prints_answer_evidence_and_highlight(workdir, tmp_path):
   assert any(name.startswith("scann-") for sub in os.listdir(cache)
              for name in os.listdir(os.path.join(cache, sub)))
   assert os.listdir(os.path.join(workdir, "jax_cache"))
+  # Every program the second start runs comes from <workdir>/jax_cache,
+  # whatever the machine's speed (JAX logs each persistent-cache miss when
+  # asked to; how long a start takes is not asserted anywhere).
+  again = _answer(workdir, *flags, env={"JAX_EXPLAIN_CACHE_MISSES": "true"})
+  assert again.returncode == 1, again.stderr[-3000:]
+  assert again.stdout == out
+  misses = [line for line in again.stderr.splitlines()
+            if "PERSISTENT COMPILATION CACHE MISS" in line]
+  assert not misses, "\n".join(misses)
+  assert "TRACING CACHE MISS" in again.stderr   # (misses would be logged)
 
 
 @pytest.mark.parametrize("question,message", [

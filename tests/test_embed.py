@@ -6,7 +6,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 
 from realm_jax.index import embed, export, refresh, search, store
+import stopping_child
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -169,11 +169,18 @@ def export_random_embedder(workdir, bert):
   return export.write_export(workdir, 0, params["params"], cfg), cfg
 
 
-def run_job(workdir, block_store, export_path, shard_rows, batch_size):
-  cmd = [sys.executable, "-m", "realm_jax.index.embed", "--workdir", workdir,
-         "--block_store", block_store, "--once", "--export", export_path,
-         "--shard_rows", str(shard_rows), "--batch_size", str(batch_size),
-         "--no_progress"]
+def run_job(workdir, block_store, export_path, shard_rows, batch_size,
+            stop_in_shard=None):
+  """The job's CLI in a subprocess; stop_in_shard=N: it stops itself (SIGSTOP)
+  in the middle of writing shard N (tests/stopping_child.py)."""
+  args = ["--workdir", workdir, "--block_store", block_store, "--once",
+          "--export", export_path, "--shard_rows", str(shard_rows),
+          "--batch_size", str(batch_size), "--no_progress"]
+  if stop_in_shard is None:
+    cmd = [sys.executable, "-m", "realm_jax.index.embed", *args]
+  else:
+    cmd = stopping_child.command(f"shard:{stop_in_shard}",
+                                 "realm_jax.index.embed", *args)
   return subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True)
@@ -186,15 +193,17 @@ def kill_mid_write_then_resume(workdir, blocks, export_path, cfg, shard_rows,
   num_shards = -(-blocks.num_blocks // shard_rows)
   assert num_shards > kill_after_shards + 5
 
-  job = run_job(workdir, blocks.path, export_path, shard_rows, batch_size)
+  # The job stops itself halfway through shard `kill_after_shards` (written
+  # to its .partial file, not renamed); it is SIGKILLed there, so exactly
+  # kill_after_shards shards are finished and the rest still to do, however
+  # fast the job runs.
+  job = run_job(workdir, blocks.path, export_path, shard_rows, batch_size,
+                stop_in_shard=kill_after_shards)
   try:
-    # A shard is finished once its checksum sidecar is in place.
-    target = os.path.join(tmp, store.shard_file(kill_after_shards - 1) + ".sha256")
-    deadline = time.monotonic() + 600
-    while not os.path.exists(target):
-      assert job.poll() is None, job.stdout.read()
-      assert time.monotonic() < deadline, "the job wrote no shard in time"
-      time.sleep(0.001)
+    stopping_child.wait_until_stopped(job)
+  except AssertionError as e:
+    job.kill()
+    raise AssertionError(f"{e}\n{job.communicate()[0][-3000:]}") from None
   finally:
     job.send_signal(signal.SIGKILL)
     job.wait()
@@ -202,7 +211,10 @@ def kill_mid_write_then_resume(workdir, blocks, export_path, cfg, shard_rows,
   # What a killed job leaves: a .tmp dir with some shards, and nothing loadable.
   assert os.listdir(index_dir) == ["0.tmp"]
   finished = len([n for n in os.listdir(tmp) if n.endswith(".npy.sha256")])
-  assert kill_after_shards <= finished < num_shards
+  assert finished == kill_after_shards < num_shards
+  torn = store.shard_file(kill_after_shards)
+  assert os.path.exists(os.path.join(tmp, torn + ".partial"))
+  assert not os.path.exists(os.path.join(tmp, torn))
   watcher = refresh.IndexWatcher(index_dir, blocks.fingerprint,
                                  lambda emb, cache_dir: search.ExactSearcher(emb),
                                  poll_interval=None)
@@ -217,7 +229,7 @@ def kill_mid_write_then_resume(workdir, blocks, export_path, cfg, shard_rows,
   reused = int(re.search(r"(\d+) already finished and verified", log).group(1))
   assert reused == finished
   assert os.listdir(index_dir) == ["0"]
-  watcher.wait_for(0, timeout=5)
+  watcher.wait_for(0, timeout=120)     # committed: returns at once
   # Row i is block i, embedded by the real RetrieverEmbedder with the export's
   # params (batch shapes differ from the job's, hence allclose).
   _, params, _ = export.load_export(export_path)
@@ -246,8 +258,8 @@ def demo(tmp_path_factory):
 
 def test_killed_embedding_process_leaves_nothing_loadable_and_resumes(
     tmp_path, demo):
-  # One tiny batch per shard: the kill lands while most shards are still to
-  # be written.
+  # One tiny batch per shard, killed in the middle of the third: most shards
+  # are still to be written.
   kill_mid_write_then_resume(str(tmp_path), *demo, shard_rows=4, batch_size=4,
                              kill_after_shards=2)
 
@@ -289,6 +301,8 @@ def test_the_job_ships_the_configured_scann_searcher_and_readers_load_it(
   saved = [n for n in os.listdir(path) if n.startswith("scann-")]
   assert len(saved) == 1
   meta = os.path.join(path, saved[0], "realm_searcher.json")
+  # An mtime far in the past: a rewrite shows even on coarse file timestamps.
+  os.utime(meta, ns=(10**18, 10**18))
   before = os.stat(meta).st_mtime_ns
   index_config = config_lib.default_config().index
   index_config.scann.mode, index_config.scann.reorder_num_neighbors = "ah", 64
@@ -330,7 +344,7 @@ def test_two_processes_embed_their_shards_and_one_commits(tmp_path, demo):
                             text=True) for i in range(2)]
   logs = []
   for p in procs:
-    out, err = p.communicate(timeout=300)
+    out, err = p.communicate(timeout=600)   # a hang guard
     assert p.returncode == 0, err[-3000:]
     logs.append(err)
   shards = (blocks.num_blocks + 31) // 32

@@ -247,7 +247,10 @@ def test_tpu_remote_job_start_and_stop(tmp_path):
   (home / "realm_jax").mkdir(parents=True)
   (home / "realm_venv" / "bin").mkdir(parents=True)
   py = home / "realm_venv" / "bin" / "python"
-  py.write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$HOME/args.txt"\nexec sleep 60\n')
+  # Writes its arguments whole (to a temporary file, then renamed), then
+  # waits until it is stopped: the stop step below is what ends it.
+  py.write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$HOME/args.tmp"\n'
+                'mv "$HOME/args.tmp" "$HOME/args.txt"\nexec sleep 100000\n')
   py.chmod(0o755)
   _, cmds = _tpu_dry("--steps=train", "--config.model.init_path=/a b")
   start = _flag(cmds[0], "--command")
@@ -255,10 +258,9 @@ def test_tpu_remote_job_start_and_stop(tmp_path):
   assert subprocess.run([BASH, "-c", start], env=env, timeout=30).returncode == 0
   pid = int((home / "realm_logs" / "train.pid").read_text())
   try:
-    for _ in range(100):
-      if (home / "args.txt").exists() and (home / "args.txt").read_text():
-        break
-      time.sleep(0.05)
+    _wait_until(lambda: (home / "args.txt").exists(),
+                "the started job never wrote its arguments")
+    assert _alive(pid)
     args = (home / "args.txt").read_text().splitlines()
     assert args[:2] == ["-m", "realm_jax.main"]
     assert "--config.model.init_path=/a b" in args
@@ -268,15 +270,19 @@ def test_tpu_remote_job_start_and_stop(tmp_path):
     _, stop = _tpu_dry("--steps=stop")
     assert subprocess.run([BASH, "-c", _flag(stop[0], "--command")], env=env,
                           timeout=30).returncode == 0
-    for _ in range(100):
-      if not _alive(pid):
-        break
-      time.sleep(0.05)
-    assert not _alive(pid)
+    _wait_until(lambda: not _alive(pid), "the stop step left the job running")
     assert not (home / "realm_logs" / "train.pid").exists()
   finally:
     if _alive(pid):
       os.kill(pid, signal.SIGKILL)
+
+
+def _wait_until(condition, message, deadline_s=120):
+  """Polls `condition` until true; the deadline is a hang guard only."""
+  deadline = time.monotonic() + deadline_s
+  while not condition():
+    assert time.monotonic() < deadline, message
+    time.sleep(0.05)
 
 
 def _alive(pid):
@@ -472,7 +478,7 @@ def test_gpu_multi_node_env_joins_jax_distributed(tmp_path):
   outs = []
   for p in procs:
     try:
-      outs.append(p.communicate(timeout=120)[0])
+      outs.append(p.communicate(timeout=600)[0])   # a hang guard
     except subprocess.TimeoutExpired:
       for q in procs:
         q.kill()

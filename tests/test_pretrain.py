@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ from realm_jax.data import corpus
 from realm_jax.data import demo
 from realm_jax.data import tokenizer as tokenizer_lib
 from realm_jax.train import retrieval
+import stopping_child
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORPUS_DOCS = 60
@@ -90,19 +90,22 @@ def test_reader_inputs_put_query_then_body_and_null_first(shared, tmp_path):
 
 
 def _kill_after(shared, workdir, overrides, lines):
-  """Starts a trainer, SIGKILLs it once it has logged `lines` steps; returns
-  the metrics rows it wrote."""
-  proc = subprocess.Popen(_args(shared, workdir, *overrides), cwd=ROOT,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  """Starts a trainer that stops itself (SIGSTOP) once it has logged step
+  `lines` (tests/stopping_child.py), SIGKILLs it there, and returns the
+  metrics rows it wrote: the kill lands mid-run however fast the machine."""
+  args = _args(shared, workdir, *overrides)
+  assert args[1:3] == ["-m", "realm_jax.main"]
+  proc = subprocess.Popen(
+      stopping_child.command(f"metrics:{lines}", "realm_jax.main", *args[3:]),
+      cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  try:
+    stopping_child.wait_until_stopped(proc)   # fails if the trainer finished
+  finally:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+  assert proc.returncode == -signal.SIGKILL
   metrics = workdir / "pretrain_metrics.jsonl"
-  deadline = time.time() + 300
-  while time.time() < deadline and proc.poll() is None:
-    if metrics.exists() and len(metrics.read_text().splitlines()) >= lines:
-      break
-    time.sleep(0.05)
-  assert proc.poll() is None, "the trainer finished before it could be killed"
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
   return [json.loads(line) for line in metrics.read_text().splitlines()]
 
 
@@ -114,7 +117,8 @@ def test_kill_minus_nine_then_resume_is_bitwise_identical(shared, tmp_path):
   expected = _metrics(ref)
 
   work = tmp_path / "killed"
-  assert len(_kill_after(shared, work, DETERMINISTIC, 12)) < 20
+  killed = _kill_after(shared, work, DETERMINISTIC, 12)
+  assert [r["step"] for r in killed] == list(range(1, 13))
   _run(shared, work, *DETERMINISTIC)
   got = _metrics(work)
   assert sorted(got) == sorted(expected) == list(range(1, 21))
@@ -132,7 +136,7 @@ def test_asynchronous_resume_continues_from_the_checkpoint(shared, tmp_path):
   work = tmp_path / "async"
   before = _kill_after(shared, work, overrides, 12)
   logged = max(r["step"] for r in before)
-  assert logged < 20
+  assert logged == 12
   _run(shared, work, *overrides)
   rows = [json.loads(line) for line in
           (work / "pretrain_metrics.jsonl").read_text().splitlines()]

@@ -54,12 +54,24 @@ def exact(emb, cache_dir=None):
   return search.ExactSearcher(emb)
 
 
+# A hang guard only: nothing below depends on how fast the machine is.
+DEADLINE = 120
+PER_VERSION = 10   # answers the searching thread gives at each version
+
+
 def test_hot_swap_under_a_searching_thread(tmp_path):
+  """A thread searches non-stop while versions are committed, torn versions
+  among them. After each commit the test waits (on a condition, not a clock)
+  until the watcher's own thread has that version in service AND the searching
+  thread has answered PER_VERSION queries with it, so every version is seen
+  mid-search however the threads are scheduled."""
   index_dir = str(tmp_path)
   write(index_dir, 1)
   watcher = refresh.IndexWatcher(index_dir, FP, exact, poll_interval=0.005)
-  watcher.wait_for(1, timeout=10)
+  watcher.wait_for(1, timeout=DEADLINE)
   issued, answers, errors, done = [0], [], [], threading.Event()
+  answered = threading.Condition()
+  seen = {}                                       # version -> answers given
 
   def searching():
     while not done.is_set():
@@ -68,35 +80,49 @@ def test_hot_swap_under_a_searching_thread(tmp_path):
         version, searcher, _ = watcher.current
         ids, scores = searcher.search(QUERY, 5)
         answers.append((version, ids, scores))
+        with answered:
+          seen[version] = seen.get(version, 0) + 1
+          answered.notify_all()
       except Exception as e:  # pylint: disable=broad-except
         errors.append(e)
+        with answered:
+          answered.notify_all()
+
+  def served(version):
+    """Blocks until `version` answered PER_VERSION queries (or an error)."""
+    with answered:
+      ok = answered.wait_for(
+          lambda: errors or seen.get(version, 0) >= PER_VERSION, DEADLINE)
+    assert ok and not errors, (version, watcher.version, errors)
 
   thread = threading.Thread(target=searching)
   thread.start()
   bad = set()
-  for v in range(2, 12):
-    write(index_dir, 1000 + v, commit=False)      # a build still in progress
-    if v % 3 == 0:                                # a torn committed version
-      write(index_dir, 100 + v, torn=True)
-      bad.add(100 + v)
-    write(index_dir, v if v < 11 else 200)
-    time.sleep(0.03)
-  deadline = time.monotonic() + 60
-  while watcher.version != 200 and time.monotonic() < deadline:
-    time.sleep(0.01)
-  time.sleep(0.05)
-  done.set()
-  thread.join()
-  watcher.close()
+  try:
+    served(1)
+    for v in range(2, 12):
+      write(index_dir, 1000 + v, commit=False)    # a build still in progress
+      if v % 3 == 0:                              # a torn committed version
+        write(index_dir, 100 + v, torn=True)
+        bad.add(100 + v)
+      good = v if v < 11 else 200
+      write(index_dir, good)
+      served(good)
+  finally:
+    done.set()
+    thread.join()
+    watcher.close()
   assert watcher.version == 200 and not errors
-  assert len(answers) == issued[0] > 100          # no query lost
+  assert len(answers) == issued[0] >= 11 * PER_VERSION   # no query lost
   versions = [v for v, _, _ in answers]
   assert versions == sorted(versions)             # never back to an older one
-  assert set(versions) <= set(range(1, 11)) | {200}
-  assert len(set(versions)) >= 3                  # swaps happened mid-search
+  # Every good version went into service while the thread was searching; no
+  # torn or uncommitted one ever did.
+  assert set(versions) == set(range(1, 11)) | {200}
   for version, ids, scores in answers:            # every answer from ONE index
     assert (scores == version).all() and ids.tolist() == [[0, 1, 2, 3, 4]]
   assert bad & set(versions) == set()
+  assert sorted(watcher.refused) == sorted(bad)
 
 
 def test_bad_versions_are_refused_once_and_the_old_index_stays(tmp_path, caplog):
@@ -117,7 +143,7 @@ def test_bad_versions_are_refused_once_and_the_old_index_stays(tmp_path, caplog)
   ids, scores = watcher.searcher.search(QUERY, 3)
   assert (scores == 1).all()
   with pytest.raises(store.CorruptIndexError, match="sha256"):
-    watcher.wait_for(2, timeout=1)
+    watcher.wait_for(2, timeout=DEADLINE)     # refused: raises at once
 
 
 def test_wait_for_loads_exactly_the_requested_version(tmp_path):
@@ -129,7 +155,7 @@ def test_wait_for_loads_exactly_the_requested_version(tmp_path):
       poll_interval=None)
   assert watcher.version is None and watcher.staleness(5) is None
   before = time.time()
-  version, searcher, loaded_at = watcher.wait_for(10, timeout=5)
+  version, searcher, loaded_at = watcher.wait_for(10, timeout=DEADLINE)
   assert version == 10 and watcher.version == 10 and loaded_at >= before
   assert (searcher.search(QUERY, 2)[1] == 10).all()
   assert watcher.staleness(25) == 15

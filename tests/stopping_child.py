@@ -1,0 +1,89 @@
+"""Runs `python -m MODULE ARGS...`, but the process stops itself (SIGSTOP) at
+a chosen point, so a test can SIGKILL it exactly there however fast or busy
+the machine is (a parent that polls and then kills races the child):
+
+  python tests/stopping_child.py shard:N MODULE ARGS...
+      stops in the middle of writing embedding shard N: its rows are in the
+      shard's *.partial file, fsynced, not yet renamed into place.
+  python tests/stopping_child.py metrics:N MODULE ARGS...
+      stops right after a MetricsWriter wrote the row of step N (or the first
+      step after it).
+
+The test side: `wait_until_stopped(proc)`, then SIGKILL.
+"""
+import os
+import runpy
+import signal
+import sys
+import time
+
+
+def _stop():
+  os.kill(os.getpid(), signal.SIGSTOP)
+
+
+def _stop_in_shard(n: int):
+  from realm_jax.index import store
+  real_write_shard, real_fsync = store.write_shard, os.fsync
+
+  def write_shard(directory, i, rows):
+    if i != n:
+      return real_write_shard(directory, i, rows)
+
+    def fsync(fd):   # the first fsync of write_shard: the *.partial file
+      real_fsync(fd)
+      os.fsync = real_fsync
+      _stop()
+
+    os.fsync = fsync
+    try:
+      return real_write_shard(directory, i, rows)
+    finally:
+      os.fsync = real_fsync
+
+  store.write_shard = write_shard
+
+
+def _stop_after_metrics(n: int):
+  from realm_jax.train import metrics
+  real_write = metrics.MetricsWriter.write
+  stopped = [False]
+
+  def write(self, step, values):
+    real_write(self, step, values)
+    if self.enabled and int(step) >= n and not stopped[0]:
+      stopped[0] = True
+      _stop()
+
+  metrics.MetricsWriter.write = write
+
+
+def _state(pid: int) -> str | None:
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().rsplit(")", 1)[1].split()[0]
+  except (FileNotFoundError, ProcessLookupError):
+    return None
+
+
+def wait_until_stopped(proc, deadline_s: float = 600):
+  """Blocks until `proc` (a Popen of this script) has stopped itself; fails
+  if it exited first. The deadline is a hang guard only."""
+  deadline = time.monotonic() + deadline_s
+  while _state(proc.pid) != "T":
+    assert proc.poll() is None, (
+        f"the child exited (status {proc.returncode}) before its stop point")
+    assert time.monotonic() < deadline, "the child never reached its stop point"
+    time.sleep(0.01)
+
+
+def command(where: str, module: str, *args) -> list[str]:
+  return [sys.executable, os.path.abspath(__file__), where, module, *args]
+
+
+if __name__ == "__main__":
+  where, module, args = sys.argv[1], sys.argv[2], sys.argv[3:]
+  kind, n = where.split(":")
+  {"shard": _stop_in_shard, "metrics": _stop_after_metrics}[kind](int(n))
+  sys.argv = [module, *args]
+  runpy.run_module(module, run_name="__main__", alter_sys=True)

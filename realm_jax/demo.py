@@ -6,11 +6,16 @@
   3. build the first index (the embedding job, a subprocess);
   4. REALM pretraining with asynchronous refreshes and hot swaps;
   5. fine-tune on the demo QA train split (Wikidata description -> title),
-     once from the initial model and once from the REALM-pretrained one;
-  6. evaluate both on the test split, plus the reader with no retrieval;
-     and measure retrieval recall@k on held-out masked sentences before and
-     after REALM pretraining (realm_jax.masked_recall);
-  7. answer three test questions with evidence;
+     with the same budget once from the initial model (against the
+     pretraining run's initial index, version 0: nothing is embedded twice)
+     and once from the REALM-pretrained one;
+  6. evaluate five systems on the test split with 95% bootstrap CIs: no
+     retrieval, BM25 and zero-shot dense retrieval (both read by the reader
+     fine-tuned without pretraining), fine-tuned without REALM pretraining,
+     REALM-pretrained + fine-tuned; the paired bootstrap CI of REALM's
+     difference; and retrieval recall@k on held-out masked sentences before
+     and after REALM pretraining (realm_jax.masked_recall);
+  7. answer three test questions with evidence, each marked right or wrong;
   8. print a summary table and write PNG plots of the training curves.
 
 Every stage keeps its output under config.workdir and is skipped when a run
@@ -25,8 +30,13 @@ import ml_collections
 from realm_jax import answer as answer_lib
 from realm_jax import evaluate as evaluate_lib
 from realm_jax import masked_recall
+from realm_jax import stats
 from realm_jax.data import catalog
 from realm_jax.data import demo as demo_data
+from realm_jax.data import qa
+from realm_jax.index import embed
+from realm_jax.index import export as export_lib
+from realm_jax.index import store as index_store
 from realm_jax.train import checkpoint as ckpt_lib
 from realm_jax.train import finetune
 from realm_jax.train import metrics as metrics_lib
@@ -65,6 +75,17 @@ def _stage(name, fn):
   return out, seconds
 
 
+# Keys of summary.json's "results" map, in table order, with their labels.
+SYSTEMS = {
+    "no_retrieval": "no retrieval (null document only)",
+    "bm25": "BM25 (bm25s) + reader",
+    "dense_zero_shot": "zero-shot dense (initial retriever) + reader",
+    "no_realm_pretraining": "fine-tuned, no REALM pretraining",
+    "realm": "REALM-pretrained + fine-tuned",
+}
+METRICS = ("exact_match", "recall@1", "recall@5")
+
+
 def run(config):
   w = os.path.abspath(config.workdir)
   blocks = os.path.join(w, "blocks")
@@ -84,7 +105,14 @@ def run(config):
     _, timings["REALM pretraining"] = _stage(
         "2-4. MiniLM init, first index, REALM pretraining with refreshes",
         lambda: pretrain.run(pre))
-  initial = _derive(base, os.path.join(w, "finetune_initial"), task="finetune")
+  _, timings["index of the pretrained retriever"] = _stage(
+      "4b. index of the final pretrained retriever",
+      lambda: final_index(pre, store))
+  # The baseline fine-tunes against the pretraining run's first index, built
+  # by the same initial document embedder: the corpus is embedded once.
+  initial = _derive(base, os.path.join(w, "finetune_initial"), task="finetune",
+                    **{"finetune.index_dir": os.path.join(pre.workdir, "index"),
+                       "finetune.index_version": 0})
   realm = _derive(base, os.path.join(w, "finetune_realm"), task="finetune",
                   **{"finetune.init_from": pre.workdir})
   for name, c in (("initial", initial), ("realm", realm)):
@@ -94,14 +122,22 @@ def run(config):
           lambda c=c: finetune.run(c))
 
   def evaluate_all():
-    return {
-        "no retrieval (null document only)": evaluate_lib.evaluate(
-            realm, retrieval="null"),
-        "initial retriever, no REALM pretraining": evaluate_lib.evaluate(initial),
-        "REALM-pretrained": evaluate_lib.evaluate(realm),
-    }
+    runs = {"no_retrieval": (realm, "null"), "bm25": (initial, "bm25"),
+            "dense_zero_shot": (initial, "dense_zero_shot"),
+            "no_realm_pretraining": (initial, "index"),
+            "realm": (realm, "index")}
+    out = {}
+    for key, (c, mode) in runs.items():
+      r = evaluate_lib.evaluate(c, retrieval=mode, predictions_path=os.path.join(
+          w, "predictions", f"{key}.jsonl"))
+      out[key] = dict({m: r[m] for m in METRICS}, ci95=r["ci95"],
+                      num_questions=r["num_questions"],
+                      predictions=r["predictions"], workdir=c.workdir)
+    return out
   results, timings["evaluation"] = _stage("6. evaluate on demo QA test",
                                           evaluate_all)
+  comparison = realm_vs_baseline(results["realm"]["predictions"],
+                                 results["no_realm_pretraining"]["predictions"])
   masked, timings["masked recall"] = _stage(
       "6b. retrieval recall on held-out masked sentences",
       lambda: masked_recall.before_after(
@@ -109,13 +145,13 @@ def run(config):
           catalog.query_records(base, store, split="heldout"), pre.workdir,
           config.eval.recall_k, config.data.query_len, config.data.max_masks))
 
-  questions = [ex["question"] for ex in demo_data.demo_qa(
-      "test", limit=config.data.corpus_limit or None)[:3]]
+  examples = demo_data.demo_qa("test", limit=config.data.corpus_limit or None)[:3]
   ask = _derive(realm, realm.workdir, task="answer",
                 **{"answer.question": "", "answer.questions_file":
-                   _write_questions(w, questions)})
-  _, timings["answers"] = _stage("7. answer three test questions",
-                                 lambda: answer_lib.run(ask))
+                   _write_questions(w, [ex["question"] for ex in examples])})
+  answers, timings["answers"] = _stage("7. answer three test questions",
+                                       lambda: answer_lib.run(ask))
+  print(mark_answers(examples, answers))
 
   plots = []
   for name in ("pretrain/pretrain", "finetune_realm/finetune",
@@ -127,14 +163,56 @@ def run(config):
           w, "plots", name.split("/")[0]), keys=[
           k for k in ("loss", "retrieval_utility", "p_null", "mlm_accuracy",
                       "retriever_loss", "reader_loss")])
-  print(summary_table(results, masked, timings, store.num_blocks,
-                      config.eval.recall_k))
+  print(summary_table(results, comparison, masked, timings, store.num_blocks))
   print(f"plots: {os.path.join(w, 'plots')} ({len(plots)} PNG files)")
   with open(os.path.join(w, "summary.json"), "w") as f:
-    json.dump({"results": {k: {m: v for m, v in r.items() if m != "predictions"}
-                           for k, r in results.items()},
+    json.dump({"results": results, "realm_minus_no_realm": comparison,
                "masked_recall": masked, "timings_s": timings}, f, indent=1)
   return results
+
+
+def final_index(pre, store) -> str:
+  """The pretraining run's index built by its last export, built here if the
+  run ended before its embedding job finished it: REALM fine-tunes against
+  the corpus embedded by the final pretrained retriever."""
+  index_dir = os.path.join(pre.workdir, "index")
+  last = export_lib.list_exports(pre.workdir)[-1]
+  if last in index_store.list_versions(index_dir):
+    return index_store.version_path(index_dir, last)
+  return embed.embed_export(
+      export_lib.export_path(pre.workdir, last), store, index_dir,
+      batch_size=pre.index.embed_batch_size, dtype=pre.index.embed_dtype,
+      keep=pre.index.keep)
+
+
+def _read_predictions(path):
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f]
+
+
+def realm_vs_baseline(realm_path: str, baseline_path: str) -> dict:
+  """Paired bootstrap of REALM minus the no-pretraining baseline, per metric,
+  from the two predictions files (same questions, same order)."""
+  a, b = _read_predictions(realm_path), _read_predictions(baseline_path)
+  if [p["question"] for p in a] != [p["question"] for p in b]:
+    raise ValueError(f"{realm_path} and {baseline_path} hold other questions")
+  per = {"exact_match": lambda p: float(p["correct"]),
+         "recall@1": lambda p: float(p["answer_rank"] == 1),
+         "recall@5": lambda p: float(p["answer_rank"] is not None
+                                     and p["answer_rank"] <= 5)}
+  return {m: stats.paired_bootstrap([fn(p) for p in a], [fn(p) for p in b])
+          for m, fn in per.items()}
+
+
+def mark_answers(examples, predictions) -> str:
+  """One line per example question: right or wrong against its gold answers."""
+  lines = []
+  for ex, pred in zip(examples, predictions):
+    right = qa.exact_match(pred["prediction"], ex["answer"])
+    lines.append(f"{'RIGHT' if right else 'WRONG'}: {ex['question']!r} -> "
+                 f"{pred['prediction']!r} (gold: "
+                 f"{' / '.join(repr(a) for a in ex['answer'])})")
+  return "\n".join(lines)
 
 
 def _write_questions(w, questions):
@@ -144,13 +222,26 @@ def _write_questions(w, questions):
   return path
 
 
-def summary_table(results, masked, timings, num_blocks, k) -> str:
-  lines = ["", f"demo QA test split ({num_blocks} blocks)",
-           f"| system | test EM | recall@{k} | questions |",
-           "|---|---|---|---|"]
-  for name, r in results.items():
-    lines.append(f"| {name} | {100 * r['exact_match']:.1f} | "
-                 f"{100 * r[f'recall@{k}']:.1f} | {r['num_questions']} |")
+def _pct(value, ci=None) -> str:
+  if value is None:
+    return "–"
+  text = f"{100 * value:.1f}"
+  return text if ci is None else f"{text} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
+def summary_table(results, comparison, masked, timings, num_blocks) -> str:
+  n = next(iter(results.values()))["num_questions"]
+  lines = ["", f"demo QA test split: {n} questions, {num_blocks} blocks "
+           "(95% bootstrap CI in brackets)",
+           "| system | EM | recall@1 | recall@5 |", "|---|---|---|---|"]
+  for key, r in results.items():
+    cells = [_pct(r[m], r["ci95"].get(m)) for m in METRICS]
+    lines.append(f"| {SYSTEMS[key]} | " + " | ".join(cells) + " |")
+  lines += ["", "REALM pretraining minus none, same fine-tuning budget "
+            "(paired bootstrap 95% CI):"]
+  lines += [f"  {m}: {100 * d['difference']:+.1f} points "
+            f"[{100 * d['ci95'][0]:+.1f}, {100 * d['ci95'][1]:+.1f}]"
+            for m, d in comparison.items()]
   lines += ["", f"held-out masked sentences ({masked['num_queries']}): "
             f"recall@{masked['k']} of the masked span",
             "| retriever | index version | recall |", "|---|---|---|"]

@@ -69,6 +69,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from realm_jax import stats
 from realm_jax.data import catalog
 from realm_jax.data import pipeline
 from realm_jax.data import qa
@@ -358,6 +359,9 @@ def evaluate(config, params=None, *, model: qa_setup.FineTuned | None = None,
         hit = qa_retrieval.blocks_with_answer(
             [model.store.text(r) for r in rows], pred["answers"], match)
         hits.append(np.pad(hit, (0, max(ks) - len(hit))))
+        # 1-based rank of the first answer-bearing block (None: not in the
+        # top max(ks)); recall@k and its CI can be recomputed from it.
+        pred["answer_rank"] = int(np.argmax(hit)) + 1 if hit.any() else None
         for block in pred["top_blocks"]:
           block["has_answer"] = bool(hit[rows.index(block["row"])]) if (
               block["row"] in rows) else None
@@ -372,6 +376,12 @@ def evaluate(config, params=None, *, model: qa_setup.FineTuned | None = None,
   if f.regex_answers:
     result["regex_match"] = result["exact_match"]
   result.update({f"recall@{k}": v for k, v in recall.items()})
+  per_question = {f"recall@{k}": np.stack(hits)[:, :k].any(axis=1)
+                  for k in ks}
+  if read:
+    per_question["exact_match"] = np.asarray(correct, np.float64)
+  result["ci95"] = {name: list(stats.bootstrap_ci(v))
+                    for name, v in per_question.items()}
   em = result["exact_match"]
   logging.info("eval (%s retrieval, %d questions, step %s): EM %s %s",
                retrieval, len(correct), model.step,

@@ -16,6 +16,7 @@ from realm_jax.data import pipeline
 from realm_jax.index import embed
 from realm_jax.models.bert import BertEncoder
 from realm_jax.train import model_init
+from realm_jax.train import qa_setup
 from realm_jax.train.qa_retrieval import blocks_with_answer
 import openqa_workdir as ow
 
@@ -103,6 +104,12 @@ def test_random_projection_stays_the_default_for_bert_checkpoints(tmp_path):
                                   with_reader=False)["retriever"]["embedder"]
   kernel = np.asarray(params["projection"]["kernel"])
   assert kernel.shape == (384, 128) and kernel.std() > 0.005
+  # Fine-tuning from model.init draws the same projection as pretraining
+  # does, so a baseline fine-tuned against a pretraining run's index 0 (the
+  # demo's) searches documents embedded by its own initial retriever.
+  tuned = qa_setup.initial_params(config, cfg, jax.random.PRNGKey(0))
+  np.testing.assert_array_equal(
+      tuned["retriever"]["embedder"]["projection"]["kernel"], kernel)
 
 
 def test_identity_needs_proj_size_equal_to_hidden(tmp_path):

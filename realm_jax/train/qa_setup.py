@@ -211,7 +211,10 @@ def initial_params(config, cfg: RealmConfig, rng) -> dict:
         r_rng, *convert.example_inputs(Retriever(cfg)))["params"]
     bert = None
   else:
-    params = model_init.init_params(config, cfg, r_rng, with_reader=True)
+    # The unsplit rng, as pretraining's init uses: a random projection is then
+    # the same as in a pretraining run of this config, whose index 0 (built
+    # by that projection) the demo's baseline fine-tunes against.
+    params = model_init.init_params(config, cfg, rng, with_reader=True)
     retriever, bert = params["retriever"], params["reader"]["bert"]
   if bert is None:
     reader_params = jax.jit(reader.init)(

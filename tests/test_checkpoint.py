@@ -74,3 +74,15 @@ def test_two_processes_each_get_their_own_data_state_back(tmp_path):
   for i, got in enumerate(outs):
     assert got["data"] == {"next_index": 10 + i, "name": "é" * (i + 1)}
     assert got["meta"] == {"index_version": 2} and got["w"] == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("keep", [0, -1])
+def test_keep_below_one_is_refused_and_deletes_nothing(tmp_path, keep):
+  cp = ckpt_lib.Checkpointer(str(tmp_path), keep=2)
+  cp.save(1, {"w": jnp.ones(3)})
+  cp.close()
+  with pytest.raises(ValueError, match="keep at least 1"):
+    ckpt_lib.Checkpointer(str(tmp_path), keep=keep)
+  cp = ckpt_lib.Checkpointer(str(tmp_path), keep=2)
+  assert cp.manager.all_steps() == [1]
+  cp.close()

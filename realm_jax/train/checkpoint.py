@@ -78,6 +78,12 @@ class Checkpointer:
   """Keeps the last `keep` checkpoints of a run under `<workdir>/checkpoints`."""
 
   def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
+    if keep < 1:
+      # orbax reads max_to_keep=0 as "keep none" and deletes every
+      # checkpoint in the workdir, old ones included.
+      raise ValueError(f"train.keep_checkpoints={keep}: keep at least 1 "
+                       "checkpoint (0 would delete every checkpoint of this "
+                       "run)")
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True, enable_async_checkpointing=async_save)

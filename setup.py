@@ -42,8 +42,9 @@ setuptools.setup(
         # transformers that ships the REALM port.
         "parity": ["torch==2.13.0", "transformers==4.57.6"],
         "bench": ["faiss-cpu>=1.8"],
-        # The BM25 baseline of eval (eval.retrieval=bm25).
-        "baselines": ["bm25s>=0.2"],
+        # The BM25 baseline of eval (eval.retrieval=bm25), as a user would
+        # run it: bm25s with Snowball stemming (PyStemmer).
+        "baselines": ["bm25s>=0.2", "PyStemmer>=2.2"],
         "test": ["pytest>=8", "pytest-xdist>=3.5"],
         "tpu": ["jax[tpu]"],
         "gpu": ["jax[cuda12]"],

@@ -33,6 +33,9 @@ def test_non_finite_loss_stops_with_clear_message():
   ckpt_lib.check_finite(5, {"loss": 1.25})
   with pytest.raises(ckpt_lib.NonFiniteLossError, match="step 7"):
     ckpt_lib.check_finite(7, {"loss": float("nan")})
+  # A finite loss with an update that overflowed: the saved state is checked.
+  with pytest.raises(ckpt_lib.NonFiniteLossError, match="params' norm is inf"):
+    ckpt_lib.check_finite(8, {"loss": 1.0, "param_norm": float("inf")})
 
 
 def test_restore_without_checkpoint_is_clear(tmp_path):

@@ -99,6 +99,15 @@ def test_leftovers_of_another_job_are_discarded(tmp_path, tokens):
   assert source.rows_read == 1000
 
 
+def test_a_non_finite_export_is_refused_and_nothing_is_committed(tmp_path,
+                                                                  tokens):
+  params = dict(PARAMS, scale=np.float32("nan"))
+  with pytest.raises(embed.NonFiniteEmbeddingError, match="block 0 is not finite"):
+    embed.build_index(linear_embed, params, ArraySource(tokens), str(tmp_path),
+                      step=5, batch_size=64, shard_rows=300, progress=False)
+  assert store.list_versions(str(tmp_path)) == []
+
+
 def test_bfloat16_embeddings_are_close_to_float32(tmp_path, tokens):
   path = embed.build_index(linear_embed, PARAMS, ArraySource(tokens[:100] % 64),
                            str(tmp_path), step=1, dtype="bfloat16",

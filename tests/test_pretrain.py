@@ -146,3 +146,22 @@ def test_asynchronous_resume_continues_from_the_checkpoint(shared, tmp_path):
   assert [r["step"] for r in after] == list(range(saved + 1, 21))
   saved_version = {r["step"]: r["index_version"] for r in before}[saved]
   assert all(r["index_version"] >= saved_version for r in after)
+
+
+def test_an_update_that_overflows_is_never_saved(shared, tmp_path):
+  """learning_rate=inf: step 1's loss is finite but the params it returns are
+  not; the run stops before saving them, so no checkpoint and no export of
+  that step exist (the embedding job would refuse a NaN export anyway)."""
+  work = tmp_path / "inf"
+  r = subprocess.run(_args(shared, work, *DETERMINISTIC[:3],
+                           "--config.train.learning_rate=inf",
+                           "--config.train.warmup_steps=0",
+                           "--config.train.checkpoint_every=1",
+                           "--config.train.log_every=1",
+                           "--config.train.num_steps=3"),
+                     cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert r.returncode != 0
+  assert "the updated params' norm is nan at step 1" in r.stderr, r.stderr[-3000:]
+  assert not os.path.isdir(work / "checkpoints") or not any(
+      n.isdigit() for n in os.listdir(work / "checkpoints"))
+  assert sorted(os.listdir(work / "exports")) == ["0"]

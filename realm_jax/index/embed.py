@@ -107,6 +107,10 @@ def _finished_shard(tmp: str, i: int, rows: int) -> dict | None:
 _WIDTH_STEP = 16
 
 
+class NonFiniteEmbeddingError(ValueError):
+  """An export embeds some block as NaN/inf: its index is never committed."""
+
+
 class _Embedder:
   """Data-parallel embedding of row batches over the local devices."""
 
@@ -224,6 +228,13 @@ def build_index(embed_fn: Callable, params, source: BlockSource, index_dir: str,
     emb = embedder(source, lo, hi, bar.update)
     if emb is None:  # an empty corpus: one empty shard keeps the format uniform
       emb = np.zeros((0, 0), np.float32)
+    if not np.isfinite(emb).all():
+      # A diverged export: an index of NaNs would search as id -1 / -inf.
+      bad = int(lo + np.flatnonzero(~np.isfinite(emb).all(axis=1))[0])
+      raise NonFiniteEmbeddingError(
+          f"index {step}: the embedding of block {bad} is not finite; the "
+          f"export ({(export or {}).get('path', 'params')}) is refused and "
+          "nothing is committed")
     entry = store.write_shard(tmp, i, emb)
     _write_atomic(_sidecar(tmp, i), entry["sha256"])
   bar.close()

@@ -26,13 +26,25 @@ class NonFiniteLossError(FloatingPointError):
   pass
 
 
+# What must be finite before a save: the loss the step computed and the norm
+# of the params it returned (the state that is saved: a finite loss can come
+# with an update that overflows, e.g. learning_rate=inf).
+FINITE_KEYS = ("loss", "param_norm")
+
+
 def check_finite(step: int, metrics: dict):
-  """Stops the run with a clear message on a NaN/inf loss, before any save."""
-  loss = float(metrics["loss"])
-  if not math.isfinite(loss):
-    raise NonFiniteLossError(
-        f"loss is {loss} at step {step}; stopping without saving. The last "
-        "good checkpoint is kept; lower train.learning_rate or check the data.")
+  """Stops the run with a clear message on a NaN/inf loss or updated params,
+  before any save."""
+  for key in FINITE_KEYS:
+    if key not in metrics:
+      continue
+    value = float(metrics[key])
+    if not math.isfinite(value):
+      what = "loss" if key == "loss" else "the updated params' norm"
+      raise NonFiniteLossError(
+          f"{what} is {value} at step {step}; stopping without saving. The "
+          "last good checkpoint is kept; lower train.learning_rate or check "
+          "the data.")
 
 
 def pack_states(states: list) -> tuple[np.ndarray, np.ndarray]:

@@ -98,10 +98,12 @@ def train_step(state: state_lib.TrainState, batch, cfg):
   rng = jax.random.fold_in(state.rng, state.step)
   (loss, aux), grads = jax.value_and_grad(finetune_loss, has_aux=True)(
       state.params, batch, rng, cfg)
+  new_state = state.apply_gradients(grads)
+  # param_norm of the params returned (and saved): see check_finite.
   metrics = dict(aux, loss=loss, grad_norm=optax.global_norm(grads),
-                 param_norm=optax.global_norm(state.params),
+                 param_norm=optax.global_norm(new_state.params),
                  query_grad_norm=optax.global_norm(grads["retriever"]))
-  return state.apply_gradients(grads), metrics
+  return new_state, metrics
 
 
 @functools.lru_cache(maxsize=4)
@@ -301,7 +303,8 @@ def _train_loop(c, cfg, mesh, state, data_iter, make_batch, checkpointer,
                    values["retriever_loss"], values["reader_loss"],
                    values["span_accuracy"], values["retriever_has_answer"])
     if done % c.train.checkpoint_every == 0 or last:
-      ckpt_lib.check_finite(done, loop.fetch({"loss": metrics["loss"]}))
+      ckpt_lib.check_finite(done, loop.fetch(
+          {k: metrics[k] for k in ckpt_lib.FINITE_KEYS}))
       checkpointer.save(done, loop.state_tree(state), data_state=current_state,
                         meta=meta)
     if last:

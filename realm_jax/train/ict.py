@@ -48,9 +48,12 @@ def train_step(state, batch, cfg):
   rng = jax.random.fold_in(state.rng, state.step)
   (loss, aux), grads = jax.value_and_grad(ict_loss, has_aux=True)(
       state.params, batch, rng, cfg)
+  new_state = state.apply_gradients(grads)
+  # The norm of the params the step returns (and a checkpoint saves): a NaN
+  # in them stops the run before the save (checkpoint.check_finite).
   metrics = dict(aux, loss=loss, grad_norm=optax.global_norm(grads),
-                 param_norm=optax.global_norm(state.params))
-  return state.apply_gradients(grads), metrics
+                 param_norm=optax.global_norm(new_state.params))
+  return new_state, metrics
 
 
 def run(config):
@@ -86,10 +89,14 @@ def run(config):
       writer.write(done, values)
       logging.info("ICT step %d loss %.4f accuracy %.3f", done, values["loss"],
                    values["accuracy"])
-    if done % c.index.refresh_every == 0 or done == c.train.num_steps:
+    export = done % c.index.refresh_every == 0 or done == c.train.num_steps
+    save = done % c.train.checkpoint_every == 0 or done == c.train.num_steps
+    if export or save:   # never export or save non-finite params
+      ckpt_lib.check_finite(done, loop.fetch(
+          {k: metrics[k] for k in ckpt_lib.FINITE_KEYS}))
+    if export:
       loop.export_retriever(c, cfg, state, done)
-    if done % c.train.checkpoint_every == 0 or done == c.train.num_steps:
-      ckpt_lib.check_finite(done, loop.fetch({"loss": metrics["loss"]}))
+    if save:
       checkpointer.save(done, loop.state_tree(state),
                         data_state=data_iter.get_state())
   writer.close()

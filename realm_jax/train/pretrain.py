@@ -96,7 +96,7 @@ def train_step(state: state_lib.TrainState, batch, cfg, per_token=True,
             lambda old, new: jnp.where(frozen, old, new),
             state.params["retriever"], new_state.params["retriever"])))
   metrics = dict(aux, loss=loss, grad_norm=optax.global_norm(grads),
-                 param_norm=optax.global_norm(state.params),
+                 param_norm=optax.global_norm(new_state.params),
                  retriever_grad_norm=optax.global_norm(grads["retriever"]))
   return new_state, metrics
 
@@ -315,10 +315,14 @@ def _train_loop(c, cfg, mesh, state, feeder, maker, checkpointer, exporter,
                    info["index_version"], values["index_staleness"],
                    100 * values.get("time/wait_fraction", 0))
       pending = []
-    if done % c.index.refresh_every == 0:
+    export = done % c.index.refresh_every == 0
+    save = done % c.train.checkpoint_every == 0 or done == c.train.num_steps
+    if export or save:   # never export or save non-finite params
+      ckpt_lib.check_finite(done, loop.fetch(
+          {k: metrics[k] for k in ckpt_lib.FINITE_KEYS}))
+    if export:
       exporter.submit(state, done)
-    if done % c.train.checkpoint_every == 0 or done == c.train.num_steps:
-      ckpt_lib.check_finite(done, loop.fetch({"loss": metrics["loss"]}))
+    if save:
       checkpointer.save(done, loop.state_tree(state),
                         data_state=last_info["data_state"],
                         meta={"index_version": last_info["index_version"]})

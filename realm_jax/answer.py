@@ -48,6 +48,9 @@ def read_questions(config) -> list[str]:
       if line.lstrip().startswith("{"):
         line = json.loads(line).get("question", "")
       questions.append(line)
+  if not questions:
+    sys.exit(f"error: answer.questions_file={a.questions_file} holds no "
+             "questions (one a line, or JSONL with \"question\")")
   return questions
 
 

@@ -117,3 +117,12 @@ def test_highlight_marks_the_span():
   assert answer.highlight("Lu Xun was a writer", (0, 6), False) == (
       ">>>Lu Xun<<< was a writer")
   assert answer.highlight("ab", (1, 2), True) == "a\033[1m\033[4mb\033[0m"
+
+
+def test_an_empty_questions_file_is_an_error(workdir, tmp_path, capsys):
+  empty = tmp_path / "none.txt"
+  empty.write_text("")
+  config = ow.tiny_config(workdir, **{"answer.questions_file": str(empty)})
+  with pytest.raises(SystemExit) as exit_info:
+    answer.run(config)
+  assert "holds no questions" in str(exit_info.value.code)

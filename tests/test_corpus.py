@@ -6,8 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from realm_jax.data import corpus, demo, packing
+from realm_jax.data import catalog, corpus, demo, packing
 from realm_jax.data import tokenizer as tk
+import openqa_workdir as ow
 
 BLOCK_LEN = 64  # small, so that documents span several blocks and shards
 
@@ -216,3 +217,10 @@ def test_store_pickles_by_path_and_serves_concurrent_readers(store):
   with concurrent.futures.ThreadPoolExecutor(4) as pool:
     got = list(pool.map(lambda i: clone.record(i)["uid"], rows))
   assert got == [store.uid(i) for i in rows]
+
+
+def test_a_block_len_too_short_for_any_body_is_refused(tmp_path):
+  config = ow.tiny_config(str(tmp_path), **{"data.block_len": 8})
+  with pytest.raises(ValueError, match="data.block_len=8: blocks need at least"):
+    catalog.block_store(config)
+  assert not os.path.exists(tmp_path / "blocks")

@@ -45,8 +45,17 @@ def documents(config):
   return iter(docs)
 
 
+# [CLS] title [SEP] body [SEP]: below this a block holds a few words of body
+# (block_len=8 gave 3-5-token blocks) and nothing worth retrieving.
+MIN_BLOCK_LEN = 32
+
+
 def block_store(config, progress: bool = True) -> corpus.BlockStore:
   """Opens the block store, building (or resuming) it first if needed."""
+  if config.data.block_len < MIN_BLOCK_LEN:
+    raise ValueError(f"data.block_len={config.data.block_len}: blocks need at "
+                     f"least {MIN_BLOCK_LEN} tokens ([CLS] title [SEP] body "
+                     "[SEP]); REALM uses 288")
   path = block_store_path(config)
   if not os.path.exists(os.path.join(path, "manifest.json")):
     logging.info("building the block store at %s from data.corpus=%s", path,

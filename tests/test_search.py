@@ -170,6 +170,26 @@ def test_scann_save_and_load_give_the_same_answers(data, tmp_path):
     scann_searcher.ScannSearcher.load(str(tmp_path / cache), emb[:-1], mode="tree")
 
 
+def test_a_corrupted_scann_file_is_refused_and_rebuilt(small, tmp_path):
+  emb = small[0]
+  built = search.make_searcher(emb, "scann", cache_dir=str(tmp_path),
+                               mode="brute_force", num_threads=1)
+  [cache] = os.listdir(tmp_path)
+  dataset = tmp_path / cache / "dataset.npy"
+  rng = np.random.default_rng(0)
+  np.save(dataset, rng.normal(size=np.load(dataset).shape).astype(np.float32))
+  with pytest.raises(ValueError, match="dataset.npy .* sha256"):
+    scann_searcher.ScannSearcher.load(str(tmp_path / cache), emb,
+                                      mode="brute_force")
+  rebuilt = search.make_searcher(emb, "scann", cache_dir=str(tmp_path),
+                                 mode="brute_force", num_threads=1)
+  queries = emb[:7] + 0.01
+  for a, b in zip(built.search(queries, 5), rebuilt.search(queries, 5)):
+    np.testing.assert_array_equal(a, b)
+  scann_searcher.ScannSearcher.load(str(tmp_path / cache), emb,
+                                    mode="brute_force")   # verified again
+
+
 def test_device_searcher_shards_over_four_devices():
   """Rows split over 4 (forced host) devices, N not divisible by 4."""
   code = """

@@ -13,6 +13,7 @@ import types
 import numpy as np
 from absl import logging
 
+from realm_jax.index import store
 from realm_jax.index.search import _MARGIN, ExactSearcher, _check_inputs, finalize
 
 
@@ -174,10 +175,14 @@ class ScannSearcher:
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     self._scann.serialize(tmp, relative_path=True)
-    with open(os.path.join(tmp, "realm_searcher.json"), "w") as f:
+    # Checksums of ScaNN's files: a searcher is loaded only if they match
+    # (a corrupted dataset.npy would otherwise serve wrong blocks silently).
+    files = {name: store.sha256_file(os.path.join(tmp, name))
+             for name in sorted(os.listdir(tmp))}
+    with open(os.path.join(tmp, _META), "w") as f:
       json.dump({"shape": list(self.emb.shape), "settings": self.settings,
                  "config": self.config, "leaves_to_search": self.leaves_to_search,
-                 "calibration": self.calibration}, f)
+                 "calibration": self.calibration, "files": files}, f)
     shutil.rmtree(directory, ignore_errors=True)
     os.rename(tmp, directory)
 
@@ -185,11 +190,17 @@ class ScannSearcher:
   def load(cls, directory: str, emb, **overrides):
     """Loads a searcher saved by `save` for these same embeddings.
 
-    Raises ValueError if it was built for another shape or other settings.
+    Raises ValueError if it was built for another shape or other settings,
+    or if a file differs from the checksum written by `save`.
     """
     import scann  # pylint: disable=g-import-not-at-top
-    with open(os.path.join(directory, "realm_searcher.json")) as f:
+    with open(os.path.join(directory, _META)) as f:
       meta = json.load(f)
+    for name, digest in meta.get("files", {None: None}).items():
+      if name is None or store.sha256_file(
+          os.path.join(directory, name)) != digest:
+        raise ValueError(f"{directory}: ScaNN file {name} is missing or does "
+                         "not match its sha256")
     settings = scann_settings(*emb.shape, **overrides)
     if (tuple(meta["shape"]) != tuple(emb.shape)
         or _identity(emb.shape, settings) != _identity(
@@ -198,6 +209,9 @@ class ScannSearcher:
                        f"{meta['shape']} / other settings than requested")
     return cls(emb, _scann=scann.scann_ops_pybind.load_searcher(directory),
                _leaves=meta.get("leaves_to_search"), **overrides)
+
+
+_META = "realm_searcher.json"
 
 
 def _identity(shape, settings) -> str:
@@ -222,8 +236,8 @@ def cached(emb, cache_dir: str, **overrides) -> ScannSearcher:
   if os.path.isdir(path):
     try:
       return ScannSearcher.load(path, emb, **overrides)
-    except (ValueError, RuntimeError, OSError):
-      pass
+    except (ValueError, RuntimeError, OSError) as e:
+      logging.warning("rebuilding the ScaNN searcher: %s", e)
   searcher = ScannSearcher(emb, **overrides)
   searcher.save(path)
   return searcher

@@ -78,6 +78,7 @@ from realm_jax.models.bert import MASK_VALUE
 from realm_jax.models.reader import SpanReader, span_candidates
 from realm_jax.models.retriever import embed_queries
 from realm_jax.train import finetune
+from realm_jax.train import loop
 from realm_jax.train import qa_retrieval
 from realm_jax.train import qa_setup
 from realm_jax.train import retrieval as pretrain_retrieval
@@ -261,10 +262,10 @@ def _batches(examples, tokenizer, config):
 
 def initial_retriever(config, cfg):
   """The retriever params fine-tuning starts from: qa_setup.initial_params
-  with the rng finetune.run gives it (loop.create_or_restore), so that a
+  with the key finetune.run gives it (loop.params_key), so that a
   random model.init reproduces the same draw."""
-  rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
-  return qa_setup.initial_params(config, cfg, rng)["retriever"]
+  return qa_setup.initial_params(config, cfg, loop.params_key(config.seed)
+                                 )["retriever"]
 
 
 def retrieval_model(config, retrieval: str) -> qa_setup.FineTuned:
@@ -368,7 +369,8 @@ def evaluate(config, params=None, *, model: qa_setup.FineTuned | None = None,
         correct.append(pred["correct"])
         out.write(json.dumps(pred, ensure_ascii=False) + "\n")
   os.replace(path + ".tmp", path)
-  recall = qa.recall_at_k(np.stack(hits), ks)
+  hits = np.stack(hits)
+  recall = qa.recall_at_k(hits, ks)
   result = {"exact_match": float(np.mean(correct)) if read else None,
             "metric": "regex_match" if f.regex_answers else "exact_match",
             "num_questions": len(correct), "retrieval": retrieval,
@@ -376,7 +378,7 @@ def evaluate(config, params=None, *, model: qa_setup.FineTuned | None = None,
   if f.regex_answers:
     result["regex_match"] = result["exact_match"]
   result.update({f"recall@{k}": v for k, v in recall.items()})
-  per_question = {f"recall@{k}": np.stack(hits)[:, :k].any(axis=1)
+  per_question = {f"recall@{k}": hits[:, :k].any(axis=1)
                   for k in ks}
   if read:
     per_question["exact_match"] = np.asarray(correct, np.float64)

@@ -25,6 +25,12 @@ def state_tree(state: state_lib.TrainState) -> dict:
           "step": state.step, "rng": state.rng}
 
 
+def params_key(seed: int) -> jax.Array:
+  """The key every run of `seed` initialises its params with (eval's
+  dense_zero_shot redraws fine-tuning's initial retriever from it)."""
+  return jax.random.fold_in(jax.random.PRNGKey(seed), 1)
+
+
 def create_or_restore(checkpointer: ckpt_lib.Checkpointer, init_params: Callable,
                       tx, seed: int, mesh):
   """Returns (state, data_state, meta): resumed from the latest checkpoint if
@@ -32,11 +38,11 @@ def create_or_restore(checkpointer: ckpt_lib.Checkpointer, init_params: Callable
   rng = jax.random.PRNGKey(seed)
   latest = checkpointer.latest_step()
   if latest is None:
-    params = init_params(jax.random.fold_in(rng, 1))
+    params = init_params(params_key(seed))
     state = state_lib.TrainState.create(params, tx, jax.random.fold_in(rng, 2))
     data_state, meta = None, {}
   else:
-    abstract_params = jax.eval_shape(init_params, jax.random.fold_in(rng, 1))
+    abstract_params = jax.eval_shape(init_params, params_key(seed))
     template = state_lib.TrainState.create(
         jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), abstract_params),
         tx, jax.random.fold_in(rng, 2))

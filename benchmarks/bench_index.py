@@ -77,7 +77,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from realm_jax.index import refresh, scann_searcher, search, store  # noqa: E402
+from realm_jax.index import refresh, scann_searcher, search, searchers, store  # noqa: E402
 
 
 def rss_mb():
@@ -235,7 +235,7 @@ def bench_swap(workdir):
   # into the version (embed --searcher scann): the watcher only loads it.
   built_by_watcher = list(range(2, rounds + 2))
   prebuilt_by_job = list(range(rounds + 2, 2 * rounds + 2))
-  make = functools.partial(search.make_searcher, kind="scann",
+  make = functools.partial(searchers.make_searcher, kind="scann",
                            num_threads=ARGS.threads, training_threads=1)
   for v in [1] + built_by_watcher + prebuilt_by_job:
     # Written ahead; committed one per round during the run.
@@ -364,13 +364,13 @@ def bench_demo(workdir):
   """Real embeddings: demo corpus with MiniLM weights; embedding throughput."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from realm_jax.data import corpus, demo  # pylint: disable=g-import-not-at-top
+  from realm_jax.data import block_builder, demo  # pylint: disable=g-import-not-at-top
   from realm_jax.data import tokenizer as tk  # pylint: disable=g-import-not-at-top
   from realm_jax.index import embed  # pylint: disable=g-import-not-at-top
   from realm_jax.models import config as config_lib, convert  # pylint: disable=g-import-not-at-top
   from realm_jax.models.retriever import RetrieverEmbedder  # pylint: disable=g-import-not-at-top
   tok = tk.minilm_tokenizer()
-  blocks = corpus.build_block_store(demo.demo_documents(limit=ARGS.demo_docs), tok,
+  blocks = block_builder.build_block_store(demo.demo_documents(limit=ARGS.demo_docs), tok,
                                     os.path.join(workdir, "blocks"), block_len=288,
                                     progress=False)
   bert_cfg, bert_params = convert.load_minilm()

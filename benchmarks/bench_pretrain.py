@@ -19,7 +19,7 @@ CPU-time columns (this process's CPU seconds, all threads) beside them, and
 raise --steps for tighter medians.
 
 Everything is the trainer's own code (realm_jax.train.pretrain): a block store
-built by corpus.build_block_store from the first --docs demo documents with
+built by block_builder.build_block_store from the first --docs demo documents with
 the MiniLM WordPiece tokenizer (vocab 30522); query records tagged by the
 regex tagger (spaCy would only slow the setup down); pretrain.BatchMaker in a
 prefetch.Prefetcher (depth 2) embeds the queries with the exported params of
@@ -93,12 +93,13 @@ import jax
 import numpy as np
 
 from realm_jax import config as config_lib
-from realm_jax.data import corpus, demo, ner, pipeline
+from realm_jax.data import block_builder, corpus, demo, ner, pipeline
 from realm_jax.data import tokenizer as tokenizer_lib
-from realm_jax.index import refresh, search
+from realm_jax.index import refresh, searchers
 from realm_jax.index import store as index_store
 from realm_jax.models.retriever import doc_embedder_params
-from realm_jax.train import loop, model_init, partition, prefetch, pretrain
+from realm_jax.retrieval import model_init
+from realm_jax.train import loop, partition, prefetch, pretrain
 from realm_jax.train import state as state_lib
 
 K, MASKS = 8, 10
@@ -255,7 +256,7 @@ def block_store(tok, workdir, block_len, docs):
   if os.path.exists(os.path.join(path, "manifest.json")):
     blocks = corpus.BlockStore(path)
   else:
-    blocks = corpus.build_block_store(docs, tok, path, block_len=block_len,
+    blocks = block_builder.build_block_store(docs, tok, path, block_len=block_len,
                                       progress=False)
   tagger = ner.make_tagger("regex", gazetteer=sorted({t for t, _ in docs}))
   return blocks, ner.QueryRecords(blocks, tagger=tagger, progress=False)
@@ -297,7 +298,7 @@ def run_config(name, spec, args, tok, docs, workdir, gpu):
   versions.commit(0)
   watcher = refresh.IndexWatcher(
       versions.index_dir, blocks.fingerprint,
-      functools.partial(search.make_searcher, kind=args.searcher),
+      functools.partial(searchers.make_searcher, kind=args.searcher),
       poll_interval=0.5)
   watcher.wait_for(0)
   dataset = pipeline.pretraining_dataset(

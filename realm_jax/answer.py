@@ -28,8 +28,9 @@ from absl import logging
 
 from realm_jax.data import corpus
 from realm_jax.data import pipeline
-from realm_jax.evaluate import Predictor
-from realm_jax.train import qa_setup
+from realm_jax.qa import model as qa_model
+from realm_jax.qa import predictor as predictor_lib
+from realm_jax.retrieval import openqa
 
 _BOLD, _RESET = "\033[1m\033[4m", "\033[0m"
 
@@ -115,9 +116,9 @@ def _enable_compilation_cache(workdir: str):
 
 def run(config):
   questions = read_questions(config)
-  record = qa_setup.read_record(config.workdir)
+  record = openqa.read_record(config.workdir)
   if record is None:
-    sys.exit(f"error: {qa_setup.record_path(config.workdir)} not found: "
+    sys.exit(f"error: {openqa.record_path(config.workdir)} not found: "
              f"{config.workdir} is not a fine-tuning workdir (run "
              "task=finetune first)")
   tok = corpus.BlockStore(record["block_store"]).tokenizer()
@@ -132,9 +133,9 @@ def run(config):
   if todo:
     start = time.perf_counter()
     _enable_compilation_cache(config.workdir)
-    model = qa_setup.load_finetuned(config, verify=False)
+    model = qa_model.load_finetuned(config, verify=False)
     f = config.finetune
-    predictor = Predictor(model, tok, reader_len=f.reader_len,
+    predictor = predictor_lib.Predictor(model, tok, reader_len=f.reader_len,
                           reader_beam=f.reader_beam)
     logging.info("loaded step %d and index %s in %.1f s", model.step,
                  model.index_path, time.perf_counter() - start)

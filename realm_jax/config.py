@@ -32,7 +32,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.hidden_act = "gelu"     # gelu (original TF code) | gelu_new (HF port)
   c.model.dropout_rate = 0.1
   c.model.proj_size = 128
-  # How the retriever's projection starts (realm_jax/train/model_init.py:
+  # How the retriever's projection starts (realm_jax/retrieval/model_init.py:
   # init_projection): random (REALM, for BERT checkpoints) | identity
   # (proj_size = hidden size; keeps a retrieval-trained encoder's geometry).
   c.model.proj_init = "random"

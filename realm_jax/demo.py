@@ -28,6 +28,7 @@ import time
 import ml_collections
 
 from realm_jax import answer as answer_lib
+from realm_jax import checkpoint as ckpt_lib
 from realm_jax import evaluate as evaluate_lib
 from realm_jax import masked_recall
 from realm_jax import stats
@@ -37,7 +38,6 @@ from realm_jax.data import qa
 from realm_jax.index import embed
 from realm_jax.index import export as export_lib
 from realm_jax.index import store as index_store
-from realm_jax.train import checkpoint as ckpt_lib
 from realm_jax.train import finetune
 from realm_jax.train import metrics as metrics_lib
 from realm_jax.train import pretrain

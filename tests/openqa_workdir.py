@@ -15,6 +15,7 @@ import flax.traverse_util as traverse_util
 import jax
 import numpy as np
 
+from realm_jax import checkpoint as ckpt_lib
 from realm_jax.data import catalog
 from realm_jax.data import demo
 from realm_jax.index import embed
@@ -22,10 +23,9 @@ from realm_jax.index import export as export_lib
 from realm_jax.models import convert
 from realm_jax.models.reader import MLMEncoder
 from realm_jax.models.retriever import Retriever, doc_embedder_params
-from realm_jax.train import checkpoint as ckpt_lib
+from realm_jax.retrieval import model_init
+from realm_jax.retrieval import qa_inputs
 from realm_jax.train import loop
-from realm_jax.train import model_init
-from realm_jax.train import qa_retrieval
 from realm_jax.train import state as state_lib
 from random_params import random_params
 
@@ -104,7 +104,7 @@ def answerable_questions(store, n: int) -> list[dict]:
   out = []
   for split in ("train", "dev", "test"):
     for ex in demo.demo_qa(split, limit=CORPUS_LIMIT):
-      if qa_retrieval.blocks_with_answer(texts, ex["answer"]).any():
+      if qa_inputs.blocks_with_answer(texts, ex["answer"]).any():
         out.append(ex)
   if len(out) < n:
     raise AssertionError(f"only {len(out)} answerable demo questions")

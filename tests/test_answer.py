@@ -9,13 +9,13 @@ import jax
 import pytest
 
 from realm_jax import answer
+from realm_jax import checkpoint as ckpt_lib
 from realm_jax.data import corpus
 from realm_jax.models import convert
 from realm_jax.models.reader import SpanReader
-from realm_jax.train import checkpoint as ckpt_lib
+from realm_jax.retrieval import openqa
 from realm_jax.train import finetune
 from realm_jax.train import loop
-from realm_jax.train import qa_setup
 from realm_jax.train import state as state_lib
 from random_params import random_params
 import openqa_workdir as ow
@@ -33,7 +33,7 @@ def workdir(tmp_path_factory):
   store, pre_params = ow.make_pretrain_workdir(pre)
   work = str(tmp_path_factory.mktemp("finetuned"))
   config = ow.tiny_config(work, **{"finetune.init_from": pre})
-  cfg = qa_setup.model_config(config, store.tokenizer().vocab_size)
+  cfg = openqa.model_config(config, store.tokenizer().vocab_size)
   reader = SpanReader(cfg)
   params = {"retriever": pre_params["retriever"],
             "reader": random_params(reader, *convert.example_inputs(reader),
@@ -43,7 +43,7 @@ def workdir(tmp_path_factory):
   checkpointer = ckpt_lib.Checkpointer(work)
   checkpointer.save(1, loop.state_tree(state))
   checkpointer.close()
-  qa_setup.write_record(work, os.path.join(pre, "index", "0"), store, cfg)
+  openqa.write_record(work, os.path.join(pre, "index", "0"), store, cfg)
   return work
 
 
@@ -72,7 +72,7 @@ def test_prints_answer_evidence_and_highlight(workdir, tmp_path):
   evidence = re.findall(r"^  (\d)\. p=(\d\.\d+)  (.+)  \[block (\d+)\]$", out,
                         re.M)
   assert [e[0] for e in evidence] == ["1", "2"]
-  store = corpus.BlockStore(qa_setup.read_record(workdir)["block_store"])
+  store = corpus.BlockStore(openqa.read_record(workdir)["block_store"])
   assert [e[2] for e in evidence] == [store.title(int(e[3])) for e in evidence]
   assert sum(float(e[1]) for e in evidence) <= 1.0 + 1e-3
   assert f">>>{answer_text}<<<" in out   # not a tty: no ANSI codes
@@ -107,7 +107,7 @@ def test_bad_question_is_refused_before_loading(workdir, capsys, question,
 
 
 def test_question_of_exactly_the_limit_is_accepted(workdir):
-  tok = corpus.BlockStore(qa_setup.read_record(workdir)["block_store"]
+  tok = corpus.BlockStore(openqa.read_record(workdir)["block_store"]
                           ).tokenizer()
   assert answer.check_question("why " * 22, tok, 24) is None
   assert answer.check_question("why " * 23, tok, 24) is not None

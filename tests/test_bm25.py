@@ -10,16 +10,17 @@ import jax
 import numpy as np
 import pytest
 
+from realm_jax import checkpoint as ckpt_lib
 from realm_jax import evaluate
 from realm_jax.index import bm25
 from realm_jax.models import convert
 from realm_jax.models.reader import SpanReader
 from realm_jax.models.retriever import Retriever
-from realm_jax.train import checkpoint as ckpt_lib
+from realm_jax.qa import model as qa_model
+from realm_jax.retrieval import openqa
+from realm_jax.retrieval import qa_inputs
 from realm_jax.train import finetune
 from realm_jax.train import loop
-from realm_jax.train import qa_retrieval
-from realm_jax.train import qa_setup
 from realm_jax.train import state as state_lib
 from random_params import random_params
 import openqa_workdir as ow
@@ -37,7 +38,7 @@ def setup(tmp_path_factory):
   qa_file = ow.write_jsonl(str(tmp / "qa.jsonl"), questions)
   config = ow.tiny_config(str(tmp / "work"), **{
       "finetune.init_from": pre, "eval.file": qa_file})
-  cfg = qa_setup.model_config(config, store.tokenizer().vocab_size)
+  cfg = openqa.model_config(config, store.tokenizer().vocab_size)
   retriever, reader = Retriever(cfg), SpanReader(cfg)
   params = {"retriever": ow.content_sensitive(random_params(
                 retriever, *convert.example_inputs(retriever), seed=7)),
@@ -48,7 +49,7 @@ def setup(tmp_path_factory):
   checkpointer = ckpt_lib.Checkpointer(config.workdir)
   checkpointer.save(1, loop.state_tree(state))
   checkpointer.close()
-  qa_setup.write_record(config.workdir, os.path.join(pre, "index", "0"),
+  openqa.write_record(config.workdir, os.path.join(pre, "index", "0"),
                         store, cfg)
   return {"config": config, "pre": pre, "pre_params": pre_params,
           "params": params, "store": store, "questions": questions,
@@ -60,7 +61,7 @@ def _recall_by_hand(store, index, predictions, ks):
   hits = {k: [] for k in ks}
   for p in predictions:
     rows, _ = index.search([p["question"]], max(ks))
-    found = qa_retrieval.blocks_with_answer(
+    found = qa_inputs.blocks_with_answer(
         [store.text(int(r)) for r in rows[0]], p["answers"])
     for k in ks:
       hits[k].append(found[:k].any())
@@ -87,7 +88,7 @@ def test_bm25_finds_the_block_with_the_answer_words(setup):
 def test_eval_bm25_predictions_recall_and_cache(setup, monkeypatch):
   pytest.importorskip("bm25s")
   config, store, tmp = setup["config"], setup["store"], setup["tmp"]
-  model = qa_setup.load_finetuned(config)
+  model = qa_model.load_finetuned(config)
   dense = evaluate.evaluate(config, model=model,
                             predictions_path=str(tmp / "index.jsonl"))
   result = evaluate.evaluate(config, model=model, retrieval="bm25",
@@ -136,7 +137,7 @@ def test_eval_bm25_predictions_recall_and_cache(setup, monkeypatch):
 
 def test_dense_zero_shot_searches_with_the_initial_retriever(setup):
   config, tmp = setup["config"], setup["tmp"]
-  model = qa_setup.load_finetuned(config)
+  model = qa_model.load_finetuned(config)
   zero = evaluate.evaluate(config, model=model, retrieval="dense_zero_shot",
                            predictions_path=str(tmp / "zero.jsonl"))
   # The same blocks as index retrieval with the pretraining run's retriever

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from realm_jax.train import checkpoint as ckpt_lib
+from realm_jax import checkpoint as ckpt_lib
 
 
 def test_round_trip_keeps_last_n(tmp_path):

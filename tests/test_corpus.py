@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from realm_jax.data import catalog, corpus, demo, packing
+from realm_jax.data import block_builder, catalog, corpus, demo, packing, sources
 from realm_jax.data import tokenizer as tk
 import openqa_workdir as ow
 
@@ -26,7 +26,7 @@ def docs():
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, tok, docs):
   path = str(tmp_path_factory.mktemp("stores") / "demo150")
-  return corpus.build_block_store(docs, tok, path, block_len=BLOCK_LEN,
+  return block_builder.build_block_store(docs, tok, path, block_len=BLOCK_LEN,
                                   shard_rows=50, progress=False)
 
 
@@ -123,7 +123,7 @@ def test_manifest_records_format_and_fingerprint(store, tok):
     m = json.load(f)
   assert m["num_blocks"] == store.num_blocks and m["block_len"] == BLOCK_LEN
   assert m["tokenizer"]["sha256"] == tok.spec()["sha256"]
-  assert m["fingerprint"] == corpus.corpus_fingerprint(
+  assert m["fingerprint"] == block_builder.corpus_fingerprint(
       [store.uid(i) for i in range(store.num_blocks)], tok.identity, BLOCK_LEN)
   assert store.tokenizer().identity == tok.identity
   assert not os.path.exists(store.path + ".tmp")
@@ -149,7 +149,7 @@ def test_resume_after_kill_gives_identical_store(tmp_path, tok, docs, store, kil
   with pytest.raises(_Killed):
     # Small tokenization batches, so the kill lands after some shards were
     # written; the batch size must not change the result.
-    corpus.build_block_store(_killed_after(docs, kill_at), tok, path,
+    block_builder.build_block_store(_killed_after(docs, kill_at), tok, path,
                              block_len=BLOCK_LEN, shard_rows=50, batch_docs=16,
                              progress=False)
   with open(path + ".tmp/progress.json") as f:
@@ -158,7 +158,7 @@ def test_resume_after_kill_gives_identical_store(tmp_path, tok, docs, store, kil
   # boundary: the resume must re-pack it and skip its already written blocks.
   assert state["shards"] >= 2 and state["skip_blocks"] > 0
   assert not os.path.exists(path)
-  resumed = corpus.build_block_store(docs, tok, path, block_len=BLOCK_LEN,
+  resumed = block_builder.build_block_store(docs, tok, path, block_len=BLOCK_LEN,
                                      shard_rows=50, progress=False)
   assert resumed.fingerprint == store.fingerprint
   assert resumed.manifest["skipped"] == store.manifest["skipped"]
@@ -182,23 +182,41 @@ def test_bad_documents_are_counted_not_fatal(tmp_path, tok, docs):
       (title, text),                    # duplicate of the previous document
       {"title": "Dict", "text": "Dicts work too."},
   ]
-  st = corpus.build_block_store(bad, tok, str(tmp_path / "bad"), block_len=288,
+  st = block_builder.build_block_store(bad, tok, str(tmp_path / "bad"), block_len=288,
                                 progress=False)
   assert st.manifest["skipped"] == {
-      "empty_text": 2, "empty_title": 1, "undecodable": 2, "long_title": 1,
-      "list_page": 2, "duplicate": 1}
-  assert st.num_blocks == 2 and [st.title(0), st.title(1)] == [title, "Dict"]
+      "empty_text": 2, "undecodable": 2, "long_title": 1, "list_page": 2,
+      "duplicate": 1}
+  # A document without a title is kept: its block is the body alone.
+  assert st.num_blocks == 3
+  assert [st.title(0), st.title(1), st.title(2)] == ["", title, "Dict"]
+  assert st.text(0) == "No title here."
+
+
+def test_a_corpus_without_titles_keeps_every_document(tmp_path, tok):
+  """JSONL documents with no title field at all: every one becomes blocks
+  of its body ([CLS] [SEP] body [SEP]), none is skipped."""
+  path = tmp_path / "notes.jsonl"
+  notes = [f"Note {i}: the meeting moved to room {i}." for i in range(5)]
+  path.write_text("".join(json.dumps({"text": t}) + "\n" for t in notes))
+  st = block_builder.build_block_store(sources.JsonlDocuments(path), tok,
+                                       str(tmp_path / "blocks"), block_len=32,
+                                       progress=False)
+  assert st.num_blocks == 5 and sum(st.manifest["skipped"].values()) == 0
+  assert [st.text(i) for i in range(5)] == notes
+  ids = st.tokens[0]
+  assert ids[0] == tok.cls_id and ids[1] == tok.sep_id   # no title tokens
 
 
 def test_clear_errors(tmp_path, tok, docs, store):
   with pytest.raises(TypeError, match=r"\(title, text\) pairs"):
-    corpus.build_block_store(["just a string"], tok, str(tmp_path / "a"),
+    block_builder.build_block_store(["just a string"], tok, str(tmp_path / "a"),
                              progress=False)
   with pytest.raises(ValueError, match="no blocks were produced.*empty_text=1"):
-    corpus.build_block_store([("Empty", "")], tok, str(tmp_path / "b"),
+    block_builder.build_block_store([("Empty", "")], tok, str(tmp_path / "b"),
                              progress=False)
   with pytest.raises(FileExistsError, match="already exists"):
-    corpus.build_block_store(docs, tok, store.path, block_len=BLOCK_LEN,
+    block_builder.build_block_store(docs, tok, store.path, block_len=BLOCK_LEN,
                              progress=False)
   with pytest.raises(FileNotFoundError, match="manifest.json missing"):
     corpus.BlockStore(str(tmp_path / "nowhere"))

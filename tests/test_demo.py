@@ -7,7 +7,7 @@ import pytest
 
 from realm_jax.data import demo
 from realm_jax.data import qa as qa_lib
-from realm_jax.train import qa_retrieval
+from realm_jax.retrieval import qa_inputs
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_answers_drop_the_disambiguation_suffix():
   # prediction "Point" is correct (EM), and both come from the short answer.
   text = dict(demo.demo_documents())["Point (geometry)"]
   assert not qa_lib.has_answer(text, ["Point (geometry)"])
-  assert qa_retrieval.blocks_with_answer([text], point["answer"]).all()
+  assert qa_inputs.blocks_with_answer([text], point["answer"]).all()
   assert qa_lib.exact_match("Point", point["answer"])
   assert qa_lib.exact_match("point", ["Point (geometry)", "Point"])
   assert not qa_lib.exact_match("Point", ["Point (geometry)"])

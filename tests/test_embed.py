@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from realm_jax.index import embed, export, refresh, search, store
+from realm_jax.index import embed, export, refresh, search, searchers, store
 import stopping_child
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -162,9 +162,9 @@ def test_watch_every_export_builds_each_in_order(tmp_path, tokens):
 
 
 def build_demo_store(path, num_docs):
-  from realm_jax.data import corpus, demo
+  from realm_jax.data import block_builder, demo
   from realm_jax.data import tokenizer as tk
-  return corpus.build_block_store(demo.demo_documents(limit=num_docs),
+  return block_builder.build_block_store(demo.demo_documents(limit=num_docs),
                                   tk.minilm_tokenizer(), path, block_len=64,
                                   shard_rows=256, progress=False)
 
@@ -299,7 +299,7 @@ def test_the_job_ships_the_configured_scann_searcher_and_readers_load_it(
   building. A reader configured differently builds its own."""
   import functools
   from realm_jax import config as config_lib
-  from realm_jax.train import qa_setup
+  from realm_jax.retrieval import openqa
   blocks, export_path, _ = demo
   workdir = str(tmp_path / "w")
   embed.main(["--workdir", workdir, "--block_store", blocks.path, "--once",
@@ -315,21 +315,21 @@ def test_the_job_ships_the_configured_scann_searcher_and_readers_load_it(
   before = os.stat(meta).st_mtime_ns
   index_config = config_lib.default_config().index
   index_config.scann.mode, index_config.scann.reorder_num_neighbors = "ah", 64
-  options = search.searcher_options(index_config)
+  options = searchers.searcher_options(index_config)
   assert options == {"kind": "scann", "mode": "ah", "reorder_num_neighbors": 64}
   watcher = refresh.IndexWatcher(
       index_dir, blocks.fingerprint,
-      functools.partial(search.make_searcher, **options), poll_interval=None)
+      functools.partial(searchers.make_searcher, **options), poll_interval=None)
   watcher.wait_for(0)
   assert watcher.searcher.settings["mode"] == "ah"
   assert os.stat(meta).st_mtime_ns == before          # loaded, not rebuilt
   queries = np.asarray(store.load(path))[:5]
   cache = tmp_path / "cache"
-  _, searcher = qa_setup.open_index(path, blocks, index_config, str(cache))
+  _, searcher = openqa.open_index(path, blocks, index_config, str(cache))
   assert not cache.exists() and os.stat(meta).st_mtime_ns == before
   np.testing.assert_array_equal(searcher.search(queries, 3)[0],
                                 watcher.searcher.search(queries, 3)[0])
-  _, other = qa_setup.open_index(path, blocks, config_lib.default_config().index,
+  _, other = openqa.open_index(path, blocks, config_lib.default_config().index,
                                  str(cache))
   assert other.settings["mode"] == "brute_force" and cache.exists()
 

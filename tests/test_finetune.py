@@ -14,13 +14,14 @@ import jax
 import numpy as np
 import pytest
 
+from realm_jax import checkpoint as ckpt_lib
 from realm_jax import evaluate
 from realm_jax.data import corpus
 from realm_jax.data import demo
 from realm_jax.data import qa
-from realm_jax.train import checkpoint as ckpt_lib
+from realm_jax.qa import model as qa_model
+from realm_jax.retrieval import openqa
 from realm_jax.train import finetune
-from realm_jax.train import qa_setup
 import openqa_workdir as ow
 
 
@@ -72,14 +73,14 @@ def test_starts_from_pretraining_and_keeps_its_index(run):
     assert 0.9 < same.mean() < 1.0
   assert "span_projection" in params["reader"]   # a fresh span head
   assert "mlm_transform" not in params["reader"]
-  record = qa_setup.read_record(config.workdir)
+  record = openqa.read_record(config.workdir)
   assert record["index_path"] == os.path.join(pre, "index", "0")
   assert record["block_store"] == os.path.join(pre, "blocks")
 
 
 def test_eval_exact_match_is_the_hand_computed_value(run):
   config, tmp = run["config"], run["tmp"]
-  model = qa_setup.load_finetuned(config)
+  model = qa_model.load_finetuned(config)
   first = evaluate.evaluate(config, model=model,
                             predictions_path=str(tmp / "first.jsonl"))
   preds = ow.read_jsonl(first["predictions"])
@@ -187,5 +188,5 @@ def test_finetune_builds_a_missing_block_store(tmp_path, explicit_store):
   store = corpus.BlockStore(blocks)
   assert store.num_blocks >= len(docs)
   assert store.title(0) == docs[0][0]
-  assert qa_setup.read_record(work)["block_store"] == blocks
+  assert openqa.read_record(work)["block_store"] == blocks
   assert ckpt_lib.restore_params(work)[0] == 2

@@ -15,9 +15,8 @@ from realm_jax.data import demo as demo_data
 from realm_jax.data import pipeline
 from realm_jax.index import embed
 from realm_jax.models.bert import BertEncoder
-from realm_jax.train import model_init
-from realm_jax.train import qa_setup
-from realm_jax.train.qa_retrieval import blocks_with_answer
+from realm_jax.retrieval import model_init
+from realm_jax.retrieval.qa_inputs import blocks_with_answer
 import openqa_workdir as ow
 
 LIMIT = 250   # documents: ~410 blocks, ~20 test questions
@@ -107,7 +106,7 @@ def test_random_projection_stays_the_default_for_bert_checkpoints(tmp_path):
   # Fine-tuning from model.init draws the same projection as pretraining
   # does, so a baseline fine-tuned against a pretraining run's index 0 (the
   # demo's) searches documents embedded by its own initial retriever.
-  tuned = qa_setup.initial_params(config, cfg, jax.random.PRNGKey(0))
+  tuned = model_init.openqa_params(config, cfg, jax.random.PRNGKey(0))
   np.testing.assert_array_equal(
       tuned["retriever"]["embedder"]["projection"]["kernel"], kernel)
 

@@ -5,7 +5,7 @@ import grain
 import numpy as np
 import pytest
 
-from realm_jax.data import corpus
+from realm_jax.data import block_builder
 from realm_jax.data import pipeline
 from realm_jax.data import tokenizer as tokenizer_lib
 
@@ -112,7 +112,7 @@ def block_store(tmp_path_factory, tokenizer):
                             for j in range(1 + i % 4))}
           for i in range(16)]
   path = str(tmp_path_factory.mktemp("store") / "blocks")
-  return corpus.build_block_store(docs, tokenizer, path, block_len=48,
+  return block_builder.build_block_store(docs, tokenizer, path, block_len=48,
                                   shard_rows=8, max_title_tokens=8,
                                   progress=False)
 

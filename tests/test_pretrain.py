@@ -11,10 +11,10 @@ import sys
 import numpy as np
 import pytest
 
-from realm_jax.data import corpus
+from realm_jax.data import block_builder
 from realm_jax.data import demo
 from realm_jax.data import tokenizer as tokenizer_lib
-from realm_jax.train import retrieval
+from realm_jax.retrieval import candidates
 import stopping_child
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,13 +68,13 @@ DETERMINISTIC = ("--config.index.deterministic=True",
 
 def test_reader_inputs_put_query_then_body_and_null_first(shared, tmp_path):
   tok = tokenizer_lib.load_tokenizer(shared["tokenizer"])
-  store = corpus.build_block_store(demo.demo_documents(5), tok,
+  store = block_builder.build_block_store(demo.demo_documents(5), tok,
                                    str(tmp_path / "b"), block_len=32,
                                    progress=False)
   q = np.array([[tok.cls_id, 7, tok.mask_id, 9, tok.sep_id, tok.pad_id]], np.int32)
   qmask = (q != tok.pad_id).astype(np.int32)
-  rows = np.array([[retrieval.NULL_ROW, 2]])
-  ids, seg, mask = retrieval.reader_inputs(q, qmask, store, rows, 20,
+  rows = np.array([[candidates.NULL_ROW, 2]])
+  ids, seg, mask = candidates.reader_inputs(q, qmask, store, rows, 20,
                                            tok.sep_id, tok.pad_id)
   # Null document: [CLS] q [SEP] [SEP], segment 1 on the last [SEP] only.
   assert ids[0, 0, :6].tolist() == q[0, :5].tolist() + [tok.sep_id]
@@ -83,7 +83,7 @@ def test_reader_inputs_put_query_then_body_and_null_first(shared, tmp_path):
   body = store.body_ids(2)[:20 - 5 - 1]
   assert ids[0, 1, 5:5 + len(body)].tolist() == body.tolist()
   assert ids[0, 1, 19] == tok.sep_id and mask[0, 1].sum() == 20
-  d_ids, d_seg, d_mask = retrieval.candidate_doc_inputs(store, rows, tok)
+  d_ids, d_seg, d_mask = candidates.candidate_doc_inputs(store, rows, tok)
   assert d_ids[0, 0, :3].tolist() == [tok.cls_id, tok.sep_id, tok.sep_id]
   assert d_mask[0, 0].sum() == 3
   np.testing.assert_array_equal(d_ids[0, 1], store.doc_inputs([2])[0][0])

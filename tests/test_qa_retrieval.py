@@ -8,14 +8,14 @@ from realm_jax.data import demo
 from realm_jax.data import pipeline
 from realm_jax.data import qa
 from realm_jax.data import tokenizer as tokenizer_lib
-from realm_jax.evaluate import span_text
 from realm_jax.models import config as config_lib
 from realm_jax.models import convert
+from realm_jax.models import openqa as openqa_model
 from realm_jax.models.bert import MASK_VALUE
 from realm_jax.models.reader import SpanReader
 from realm_jax.models.retriever import Retriever
-from realm_jax.train import finetune
-from realm_jax.train import qa_retrieval
+from realm_jax.qa.predictor import span_text
+from realm_jax.retrieval import qa_inputs
 import openqa_workdir as ow
 from random_params import random_params
 
@@ -43,9 +43,9 @@ def test_blocks_with_answer_agrees_with_has_answer():
   for match in ("normalized", "raw"):
     for refs in answers:
       expected = [qa.has_answer(t, refs, match) for t in texts]
-      got = qa_retrieval.blocks_with_answer(texts, refs, match)
+      got = qa_inputs.blocks_with_answer(texts, refs, match)
       assert got.tolist() == expected, (refs, match)
-  assert qa_retrieval.blocks_with_answer(texts, ["Pel[eé]"], "regex").sum() == 1
+  assert qa_inputs.blocks_with_answer(texts, ["Pel[eé]"], "regex").sum() == 1
 
 
 def test_reader_block_mask_excludes_question_and_separators():
@@ -53,7 +53,7 @@ def test_reader_block_mask_excludes_question_and_separators():
   segments = np.array([[0, 0, 0, 0, 1, 1, 1, 1, 0, 0],
                        [0, 0, 0, 0, 1, 0, 0, 0, 0, 0]])
   mask = np.array([[1] * 8 + [0] * 2, [1] * 5 + [0] * 5])
-  got = qa_retrieval.reader_block_mask(segments, mask)
+  got = qa_inputs.reader_block_mask(segments, mask)
   assert got[0].tolist() == [False] * 4 + [True] * 3 + [False] * 3
   assert not got[1].any()
 
@@ -61,15 +61,15 @@ def test_reader_block_mask_excludes_question_and_separators():
 def test_regex_spans_align_to_tokens(tok):
   text = "Lu Xun (1881–1936) was a writer; Xun means fast."
   enc = tok.encode(text)
-  offsets = qa_retrieval.body_char_offsets(tok, text, enc.ids)
-  spans = qa_retrieval.regex_gold_spans(
+  offsets = qa_inputs.body_char_offsets(tok, text, enc.ids)
+  spans = qa_inputs.regex_gold_spans(
       [r"lu\s+xun", r"rite", r"[", r"1881.1936", r"writer"], text, offsets,
       first=5, max_width=3)
   ids = lambda s, e: tok.decode(enc.ids[s - 5:e - 5 + 1])
   # "rite" lies inside the token "writer": no span; "[" does not compile;
   # "1881–1936" is 3 tokens: fits max_width=3.
   assert [ids(s, e) for s, e in spans] == ["lu xun", "1881 – 1936", "writer"]
-  assert qa_retrieval.regex_gold_spans(["writer"], text, None, 5, 3) == []
+  assert qa_inputs.regex_gold_spans(["writer"], text, None, 5, 3) == []
 
 
 def test_training_batch_gold_spans_and_correct_blocks(store, tok):
@@ -83,7 +83,7 @@ def test_training_batch_gold_spans_and_correct_blocks(store, tok):
   cand = np.zeros((1, 4, 8), np.float32)
   kwargs = dict(reader_beam=3, reader_len=96, max_span_width=10,
                 max_gold_spans=4)
-  batch = qa_retrieval.training_batch(qa_batch, rows, cand, store, tok,
+  batch = qa_inputs.training_batch(qa_batch, rows, cand, store, tok,
                                       **kwargs)
   assert batch["reader_ids"].shape == (1, 3, 96)
   assert batch["retriever_correct"][0].tolist() == [
@@ -103,7 +103,7 @@ def test_training_batch_gold_spans_and_correct_blocks(store, tok):
   examples[0]["answer"] = [answer.replace(" ", r"\s+")]
   qa_batch = next(iter(pipeline.qa_dataset(examples, tok, 0, 1, 16,
                                            train=False, read_threads=0)))
-  regex = qa_retrieval.training_batch(qa_batch, rows, cand, store, tok,
+  regex = qa_inputs.training_batch(qa_batch, rows, cand, store, tok,
                                       regex_answers=True, **kwargs)
   np.testing.assert_array_equal(regex["gold_starts"][0, 1], starts[1])
   assert regex["retriever_correct"][0, 1]
@@ -142,7 +142,7 @@ def _serfdom_batch(tok, answers, reader_len=16):
   q = next(iter(pipeline.qa_dataset(examples, tok, 0, 1, 16, train=False,
                                     read_threads=0)))
   assert q["question_mask"].sum() == 8
-  return q, qa_retrieval.reader_batch(q["question_ids"], q["question_mask"],
+  return q, qa_inputs.reader_batch(q["question_ids"], q["question_mask"],
                                       TextStore(tok, [SERFDOM]),
                                       np.zeros((1, 1), np.int64), reader_len,
                                       tok)
@@ -175,7 +175,7 @@ def test_no_span_inside_a_word_unless_the_option_is_off(tok, whole_words):
   batch.update(question_ids=q["question_ids"],
                question_mask=q["question_mask"],
                cand_emb=np.zeros((1, 1, 8), np.float32))
-  _, logits, starts, ends = finetune.read(params, batch, cfg)
+  _, logits, starts, ends = openqa_model.read(params, batch, cfg)
   valid = np.asarray(logits)[0, 0] > MASK_VALUE / 2
   body = batch["reader_ids"][0, 0, 8:14]
   spans = {span_text(tok, SERFDOM, body, s - 8, e - 8)[0]
@@ -197,14 +197,14 @@ def test_gold_spans_are_whole_words(tok):
           TextStore(tok, [SERFDOM]), tok)
   # "Ser" (ser of ser ##f ##dom) is no whole-word span: the reader could
   # never give it, so it is no gold span either.
-  assert gold(qa_retrieval.training_batch(*args, **kwargs)) == [(8, 11)]
-  assert gold(qa_retrieval.training_batch(
+  assert gold(qa_inputs.training_batch(*args, **kwargs)) == [(8, 11)]
+  assert gold(qa_inputs.training_batch(
       *args, whole_word_spans=False, **kwargs)) == [(8, 8), (8, 11)]
   # The same for regex answers (CuratedTREC).
   q["answers"] = (("ser", r"serfdom\s+was"),)
-  assert gold(qa_retrieval.training_batch(*args, regex_answers=True,
+  assert gold(qa_inputs.training_batch(*args, regex_answers=True,
                                           **kwargs)) == [(8, 11)]
-  assert gold(qa_retrieval.training_batch(
+  assert gold(qa_inputs.training_batch(
       *args, regex_answers=True, whole_word_spans=False, **kwargs)) == [
           (8, 8), (8, 11)]
 
@@ -216,7 +216,7 @@ def test_every_answer_gives_gold_spans(tok):
                "answer": demo.answers_of("Point (geometry)")}]
   q = next(iter(pipeline.qa_dataset(examples, tok, 0, 1, 16, train=False,
                                     read_threads=0)))
-  batch = qa_retrieval.training_batch(
+  batch = qa_inputs.training_batch(
       q, np.zeros((1, 1), np.int64), np.zeros((1, 1, 8), np.float32),
       TextStore(tok, [text]), tok, reader_beam=1, reader_len=32,
       max_span_width=10, max_gold_spans=4)

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from realm_jax.index import refresh, search, store
+from realm_jax.index import refresh, search, searchers, store
 
 FP = "corpus-a"
 N, DIM = 200, 4
@@ -151,7 +151,7 @@ def test_wait_for_loads_exactly_the_requested_version(tmp_path):
   write(index_dir, 10)
   write(index_dir, 20)
   watcher = refresh.IndexWatcher(
-      index_dir, FP, functools.partial(search.make_searcher, kind="scann"),
+      index_dir, FP, functools.partial(searchers.make_searcher, kind="scann"),
       poll_interval=None)
   assert watcher.version is None and watcher.staleness(5) is None
   before = time.time()

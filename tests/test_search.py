@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from realm_jax.index import scann_searcher, search
+from realm_jax.index import scann_searcher, search, searchers
 
 
 def clustered(n, dim, num_clusters, seed, sigma=0.5):
@@ -78,9 +78,9 @@ def small():
 
 
 def all_kinds(emb):
-  return {"exact": search.make_searcher(emb, "exact"),
-          "scann": search.make_searcher(emb, "scann", num_threads=1),
-          "device": search.make_searcher(emb, "device")}
+  return {"exact": searchers.make_searcher(emb, "exact"),
+          "scann": searchers.make_searcher(emb, "scann", num_threads=1),
+          "device": searchers.make_searcher(emb, "device")}
 
 
 def test_three_searchers_agree_exactly(small):
@@ -157,11 +157,11 @@ def test_scann_tree_is_deterministic(data):
 
 def test_scann_save_and_load_give_the_same_answers(data, tmp_path):
   emb, queries = data
-  built = search.make_searcher(emb, "scann", cache_dir=str(tmp_path),
+  built = searchers.make_searcher(emb, "scann", cache_dir=str(tmp_path),
                                mode="tree", num_threads=1)
   [cache] = os.listdir(tmp_path)
   assert cache.startswith("scann-") and not cache.endswith(".tmp")
-  loaded = search.make_searcher(emb, "scann", cache_dir=str(tmp_path),
+  loaded = searchers.make_searcher(emb, "scann", cache_dir=str(tmp_path),
                                 mode="tree", num_threads=1)
   assert loaded is not built and os.listdir(tmp_path) == [cache]
   for a, b in zip(built.search(queries, 10), loaded.search(queries, 10)):
@@ -172,7 +172,7 @@ def test_scann_save_and_load_give_the_same_answers(data, tmp_path):
 
 def test_a_corrupted_scann_file_is_refused_and_rebuilt(small, tmp_path):
   emb = small[0]
-  built = search.make_searcher(emb, "scann", cache_dir=str(tmp_path),
+  built = searchers.make_searcher(emb, "scann", cache_dir=str(tmp_path),
                                mode="brute_force", num_threads=1)
   [cache] = os.listdir(tmp_path)
   dataset = tmp_path / cache / "dataset.npy"
@@ -181,7 +181,7 @@ def test_a_corrupted_scann_file_is_refused_and_rebuilt(small, tmp_path):
   with pytest.raises(ValueError, match="dataset.npy .* sha256"):
     scann_searcher.ScannSearcher.load(str(tmp_path / cache), emb,
                                       mode="brute_force")
-  rebuilt = search.make_searcher(emb, "scann", cache_dir=str(tmp_path),
+  rebuilt = searchers.make_searcher(emb, "scann", cache_dir=str(tmp_path),
                                  mode="brute_force", num_threads=1)
   queries = emb[:7] + 0.01
   for a, b in zip(built.search(queries, 5), rebuilt.search(queries, 5)):

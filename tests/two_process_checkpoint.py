@@ -15,7 +15,7 @@ pid, port, workdir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=pid)
 
-from realm_jax.train import checkpoint as ckpt_lib  # noqa: E402
+from realm_jax import checkpoint as ckpt_lib  # noqa: E402
 
 replicated = NamedSharding(Mesh(np.asarray(jax.devices()), ("data",)), P())
 tree = jax.device_put({"w": np.arange(4.0, dtype=np.float32),

@@ -24,10 +24,10 @@ import numpy as np
 import tqdm
 
 from realm_jax.data import packing
+from realm_jax.data.corpus import FORMAT, BlockStore
 from realm_jax.data.tokenizer import Tokenizer
 
-FORMAT = "realm_jax.block_store/1"
-SKIP_REASONS = ("empty_text", "empty_title", "undecodable", "long_title",
+SKIP_REASONS = ("empty_text", "undecodable", "long_title",
                 "list_page", "duplicate")
 
 log = logging.getLogger(__name__)
@@ -136,10 +136,10 @@ def _write_json(path: str, obj):
 def _decode(doc):
   """(title, text) as str, or a skip reason."""
   if isinstance(doc, Mapping):
-    if "title" not in doc or "text" not in doc:
-      raise TypeError(f"document dicts need 'title' and 'text' keys, got "
-                      f"{sorted(doc)}")
-    doc = (doc["title"], doc["text"])
+    if "text" not in doc:
+      raise TypeError(f"document dicts need a 'text' key (and may have "
+                      f"'title'), got {sorted(doc)}")
+    doc = (doc.get("title") or "", doc["text"])
   if not isinstance(doc, (tuple, list)) or len(doc) != 2:
     raise TypeError("documents must be (title, text) pairs or "
                     f"{{'title', 'text'}} dicts, got {type(doc).__name__}")
@@ -159,8 +159,8 @@ def _decode(doc):
       return "undecodable"
     out.append(field)
   title, text = out
-  if not title.strip():
-    return "empty_title"
+  # The title is optional (a JSONL corpus of notes or tickets has none): such
+  # a document's blocks are [CLS] [SEP] body [SEP], every token for the body.
   if not text.strip():
     return "empty_text"
   if packing.is_dropped_title(title):
@@ -190,7 +190,6 @@ def build_block_store(documents: Iterable, tokenizer: Tokenizer, out_dir: str,
   Returns:
     The committed `corpus.BlockStore`.
   """
-  from realm_jax.data.corpus import BlockStore
   if max_title_tokens is None:
     max_title_tokens = min(64, block_len // 4)
   if not 0 < max_title_tokens <= block_len - 4:

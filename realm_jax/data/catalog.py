@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 from absl import logging
 
+from realm_jax.data import block_builder
 from realm_jax.data import corpus
 from realm_jax.data import demo
 from realm_jax.data import ner
@@ -60,7 +61,7 @@ def block_store(config, progress: bool = True) -> corpus.BlockStore:
   if not os.path.exists(os.path.join(path, "manifest.json")):
     logging.info("building the block store at %s from data.corpus=%s", path,
                  config.data.corpus)
-    corpus.build_block_store(documents(config), tokenizer(config), path,
+    block_builder.build_block_store(documents(config), tokenizer(config), path,
                              block_len=config.data.block_len, progress=progress)
   store = corpus.BlockStore(path)
   if store.block_len != config.data.block_len:
@@ -126,7 +127,7 @@ def _query_records(config, store=None):
       from realm_jax.data import cc_news  # noqa: F401  registers the builder
       docs = sources.tfds_documents("cc_news", split="train",
                                     data_dir=config.data.tfds_data_dir or None)
-      corpus.build_block_store(iter(docs), tokenizer(config), path,
+      block_builder.build_block_store(iter(docs), tokenizer(config), path,
                                block_len=config.data.block_len)
     return ner.QueryRecords(corpus.BlockStore(path))
   raise ValueError(f"data.queries={name!r}: expected demo, "

@@ -27,11 +27,10 @@ import os
 
 import numpy as np
 
-# The builder lives in its own module; it is re-exported here so that
-# `corpus.build_block_store` and `corpus.BlockStore` sit side by side.
-from realm_jax.data.block_builder import (  # noqa: F401
-    FORMAT, build_block_store, corpus_fingerprint)
 from realm_jax.data.tokenizer import Tokenizer, tokenizer_from_spec
+
+# The on-disk layout's version: block_builder writes it, BlockStore checks it.
+FORMAT = "realm_jax.block_store/1"
 
 
 class ShardedRows:

@@ -41,7 +41,7 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from realm_jax.index import export as export_lib
-from realm_jax.index import search
+from realm_jax.index import searchers
 from realm_jax.index import store
 
 JOB = "job.json"
@@ -184,7 +184,7 @@ def build_index(embed_fn: Callable, params, source: BlockSource, index_dir: str,
                 scann_overrides: dict | None = None) -> str:
   """Embeds every block of `source` into index version `step`; returns its path.
 
-  searcher: a `search.make_searcher` kind to build and serialize into the
+  searcher: a `searchers.make_searcher` kind to build and serialize into the
   version before it is committed (only "scann" has anything to serialize),
   with `scann_overrides` (the trainer's config.index.scann settings).
 
@@ -254,7 +254,7 @@ def build_index(embed_fn: Callable, params, source: BlockSource, index_dir: str,
     emb = np.concatenate([np.load(os.path.join(tmp, s["file"]), mmap_mode="r")
                           for s in shards if s["rows"]])
     start = time.perf_counter()
-    search.make_searcher(emb, kind="scann", cache_dir=tmp,
+    searchers.make_searcher(emb, kind="scann", cache_dir=tmp,
                          **(scann_overrides or {}))
     logging.info("index %d: ScaNN searcher built and saved in %.1f s", step,
                  time.perf_counter() - start)
@@ -399,7 +399,7 @@ def run(config):
   """
   source = _open_block_store(config.data.block_store or
                              os.path.join(config.workdir, "blocks"))
-  options = search.searcher_options(config.index)
+  options = searchers.searcher_options(config.index)
   kwargs = dict(batch_size=config.index.embed_batch_size,
                 dtype=config.index.embed_dtype, keep=config.index.keep,
                 searcher=options.pop("kind"), scann_overrides=options)

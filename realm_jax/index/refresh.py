@@ -42,7 +42,7 @@ class IndexWatcher:
 
   make_searcher(emb, cache_dir=<version path>) builds a searcher over the
   memory-mapped [N, D] embeddings, e.g.
-  functools.partial(search.make_searcher, kind="scann").
+  functools.partial(searchers.make_searcher, kind="scann").
   """
 
   def __init__(self, index_dir: str, corpus_fingerprint: str | None,

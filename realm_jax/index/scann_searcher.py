@@ -14,7 +14,7 @@ import numpy as np
 from absl import logging
 
 from realm_jax.index import store
-from realm_jax.index.search import _MARGIN, ExactSearcher, _check_inputs, finalize
+from realm_jax.index.search import MARGIN, ExactSearcher, check_inputs, finalize
 
 
 def scann_settings(num_rows: int, dim: int, **overrides) -> dict:
@@ -153,10 +153,10 @@ class ScannSearcher:
                  tried)
 
   def search(self, queries, k, exclude=None):
-    queries, exclude = _check_inputs(queries, k, exclude, self.dim)
+    queries, exclude = check_inputs(queries, k, exclude, self.dim)
     if queries.shape[0] == 0:
       return finalize(self.emb, queries, np.zeros((0, 0), np.int64), k, exclude)
-    kk = k + exclude.shape[1] + _MARGIN
+    kk = k + exclude.shape[1] + MARGIN
     pre = max(kk, self.reorder_num_neighbors)
     kwargs = dict(final_num_neighbors=kk, pre_reorder_num_neighbors=pre)
     if self.settings["mode"] == "tree":

@@ -7,7 +7,7 @@ sorted by score descending, ties broken by the lower id. `exclude` removes
 ids per query (REALM drops the query's own source block: "trivial retrieval").
 When fewer than k rows remain, the tail is padded with id -1 and score -inf.
 
-How every searcher answers: it proposes k + E + `_MARGIN` candidates with its
+How every searcher answers: it proposes k + E + `MARGIN` candidates with its
 own fast scoring (BLAS, ScaNN, XLA), then `finalize` rescores just those
 candidates in float64 (rounded to float32), drops excluded ids and sorts by
 (-score, id). Consequences, both promised by tests:
@@ -32,7 +32,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 # Extra candidates beyond k + E so that ties and 1-ulp disagreements between
 # fast float32 scoring and the final float64 rescoring cannot change the top k.
-_MARGIN = 4
+MARGIN = 4
 
 
 class Searcher(Protocol):
@@ -44,7 +44,7 @@ class Searcher(Protocol):
     ...
 
 
-def _check_inputs(queries, k, exclude, dim):
+def check_inputs(queries, k, exclude, dim):
   """-> (queries float32 [Q, D] contiguous, exclude int64 [Q, E])."""
   queries = np.ascontiguousarray(queries, dtype=np.float32)
   if queries.ndim != 2 or queries.shape[1] != dim:
@@ -160,8 +160,8 @@ class ExactSearcher:
     return np.concatenate(out, 0) if out else np.zeros((0, kk), np.int64)
 
   def search(self, queries, k, exclude=None):
-    queries, exclude = _check_inputs(queries, k, exclude, self.dim)
-    kk = k + exclude.shape[1] + _MARGIN
+    queries, exclude = check_inputs(queries, k, exclude, self.dim)
+    kk = k + exclude.shape[1] + MARGIN
     return finalize(self.emb, queries, self.candidates(queries, kk), k, exclude)
 
 
@@ -222,9 +222,9 @@ class DeviceSearcher:
     return self._fns[kk]
 
   def search(self, queries, k, exclude=None):
-    queries, exclude = _check_inputs(queries, k, exclude, self.dim)
+    queries, exclude = check_inputs(queries, k, exclude, self.dim)
     q_count = queries.shape[0]
-    kk = min(k + exclude.shape[1] + _MARGIN, self.shard_rows)
+    kk = min(k + exclude.shape[1] + MARGIN, self.shard_rows)
     # Bucket the query count to powers of two: few compilations.
     bucket = max(8, 1 << (max(q_count, 1) - 1).bit_length())
     padded = np.zeros((bucket, self.dim), np.float32)
@@ -232,33 +232,3 @@ class DeviceSearcher:
     _, cand = self._search_fn(kk)(padded, self.device_emb)
     cand = np.asarray(cand)[:q_count]
     return finalize(self.emb, queries, cand, k, exclude)
-
-
-def searcher_options(index_config) -> dict:
-  """`make_searcher` keyword arguments from config.index: the kind, plus the
-  index.scann settings that are set (0 or "" keeps ScaNN's rule of thumb)."""
-  options = {"kind": index_config.searcher}
-  if index_config.searcher == "scann":
-    options.update({k: v for k, v in index_config.scann.items()
-                    if v not in (0, "")})
-  return options
-
-
-def make_searcher(emb, kind: str = "scann", cache_dir: str | None = None,
-                  **overrides) -> Searcher:
-  """Builds a searcher over emb [N, D]; kind is scann | exact | device.
-
-  For ScaNN, `cache_dir` (e.g. the index version's directory, whose contents
-  never change) holds the serialized searcher: the first call builds and saves
-  it, later calls load it (see `scann_searcher.cached`).
-  """
-  if kind == "exact":
-    return ExactSearcher(emb, **overrides)
-  if kind == "device":
-    return DeviceSearcher(emb, **overrides)
-  if kind != "scann":
-    raise ValueError(f"searcher kind must be scann | exact | device, got {kind!r}")
-  from realm_jax.index import scann_searcher  # pylint: disable=g-import-not-at-top
-  if cache_dir is None:
-    return scann_searcher.ScannSearcher(emb, **overrides)
-  return scann_searcher.cached(emb, cache_dir, **overrides)

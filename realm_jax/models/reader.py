@@ -82,7 +82,7 @@ class SpanReader(nn.Module):
     retriever_scores: float [...] f(x, z), added to every span of that block
       (None: nothing added);
     span_start_mask, span_end_mask: bool [..., seq], where a span may start
-      and end (e.g. whole words only, train.qa_retrieval.span_masks); None:
+      and end (e.g. whole words only, retrieval.qa_inputs.span_masks); None:
       anywhere, i.e. any wordpiece span, as in ORQA/REALM and HF's port.
     Returns (logits float32 [..., num_spans], starts int32 [num_spans],
     ends int32 [num_spans]). Spans with an end outside the block, or a start

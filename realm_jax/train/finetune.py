@@ -1,13 +1,13 @@
 """Open-QA fine-tuning, ORQA/REALM style (config.task == "finetune").
 
 The document embeddings stay frozen: one committed index version (see
-qa_setup) serves the whole run, and only the query embedder and the span
+retrieval/openqa.py) serves the whole run, and only the query embedder and the span
 reader train. One step, for a batch of questions:
   1. embed the questions with the current params (a jitted device call) and
      search the fixed index for the top S = finetune.retriever_beam blocks;
   2. on the host, gather those blocks' frozen embeddings, mark the blocks
      that contain an answer, and build the reader inputs of the top
-     K = finetune.reader_beam blocks with their gold spans (qa_retrieval);
+     K = finetune.reader_beam blocks with their gold spans (retrieval/qa_inputs.py);
   3. `train_step` (pure, jitted over the data mesh, state donated) recomputes
      f(x, z) = q . d for the S blocks with the current query params, so the
      gradient reaches the query embedder; the reader scores every span of the
@@ -31,18 +31,20 @@ import numpy as np
 import optax
 from absl import logging
 
+from realm_jax import checkpoint as ckpt_lib
 from realm_jax.data import catalog
 from realm_jax.data import corpus
 from realm_jax.data import pipeline
 from realm_jax.index import store as index_store
 from realm_jax.models import losses
+from realm_jax.models import openqa as openqa_model
 from realm_jax.models.reader import SpanReader
-from realm_jax.models.retriever import Retriever, embed_queries, relevance_scores
-from realm_jax.train import checkpoint as ckpt_lib
+from realm_jax.models.retriever import Retriever, embed_queries
+from realm_jax.retrieval import model_init
+from realm_jax.retrieval import openqa
+from realm_jax.retrieval import qa_inputs
 from realm_jax.train import loop
 from realm_jax.train import partition
-from realm_jax.train import qa_retrieval
-from realm_jax.train import qa_setup
 from realm_jax.train import state as state_lib
 
 DEVICE_KEYS = ("question_ids", "question_mask", "cand_emb", "retriever_correct",
@@ -52,34 +54,10 @@ DEVICE_KEYS = ("question_ids", "question_mask", "cand_emb", "retriever_correct",
 
 # ----------------------------------------------------------------- the step
 
-def read(params, batch, cfg, deterministic=True, rng=None):
-  """Retriever scores and span logits of one batch.
-
-  batch: question_ids/question_mask [B, Lq], cand_emb [B, S, D] (frozen),
-  reader_ids/reader_segments/reader_mask/block_mask [B, K, Lr], and
-  span_start_mask/span_end_mask [B, K, Lr], used if cfg.whole_word_spans.
-  Returns (scores float32 [B, S], span logits float32 [B, K, num_spans]
-  with scores[:, :K] added, span starts [num_spans], span ends [num_spans]).
-  """
-  q_rng, r_rng = (None, None) if rng is None else jax.random.split(rng)
-  q_emb = embed_queries(params["retriever"], batch["question_ids"],
-                        batch["question_mask"], cfg, deterministic, q_rng)
-  scores = relevance_scores(q_emb, batch["cand_emb"])
-  k = batch["reader_ids"].shape[1]
-  whole_words = ({"span_start_mask": batch["span_start_mask"],
-                  "span_end_mask": batch["span_end_mask"]}
-                 if cfg.whole_word_spans else {})
-  logits, starts, ends = SpanReader(cfg).apply(
-      {"params": params["reader"]}, batch["reader_ids"],
-      batch["reader_segments"], batch["reader_mask"], batch["block_mask"],
-      scores[:, :k], deterministic, **whole_words,
-      rngs=None if r_rng is None else {"dropout": r_rng})
-  return scores, logits, starts, ends
-
-
 def finetune_loss(params, batch, rng, cfg, deterministic=False):
   """losses.openqa_loss of one batch; (loss, aux metrics)."""
-  scores, logits, starts, ends = read(params, batch, cfg, deterministic, rng)
+  scores, logits, starts, ends = openqa_model.read(params, batch, cfg,
+                                                   deterministic, rng)
   span_correct = losses.correct_spans(starts, ends, batch["gold_starts"],
                                       batch["gold_ends"])   # [B, K, spans]
   loss, aux = losses.openqa_loss(scores, batch["retriever_correct"], logits,
@@ -171,18 +149,18 @@ class QuestionEmbedder:
 
 def _resolve(config):
   """(store, tokenizer, cfg, index path or None, record) for this workdir."""
-  record = qa_setup.read_record(config.workdir)
+  record = openqa.read_record(config.workdir)
   if record is not None:
     # A resumed run (or a rerun in this workdir) keeps what it started with.
     logging.info("using the index %s and block store %s recorded in %s",
                  record["index_path"], record["block_store"],
-                 qa_setup.record_path(config.workdir))
+                 openqa.record_path(config.workdir))
     store = corpus.BlockStore(record["block_store"])
     return store, store.tokenizer(), record["model"], record["index_path"], True
-  store = qa_setup.block_store(config)
+  store = openqa.block_store(config)
   tok = store.tokenizer()
-  cfg = qa_setup.model_config(config, tok.vocab_size)
-  return store, tok, cfg, qa_setup.find_index(config), False
+  cfg = openqa.model_config(config, tok.vocab_size)
+  return store, tok, cfg, openqa.find_index(config), False
 
 
 def _random_params(cfg, rng):
@@ -209,16 +187,16 @@ def run(config):
   checkpointer = ckpt_lib.Checkpointer(c.workdir, keep=c.train.keep_checkpoints)
   resuming = checkpointer.latest_step() is not None
   init = (functools.partial(_random_params, cfg) if resuming else
-          lambda rng: qa_setup.initial_params(c, cfg, rng))
+          lambda rng: model_init.openqa_params(c, cfg, rng))
   state, data_state, _ = loop.create_or_restore(checkpointer, init,
                                                 optimizer(c), c.seed, mesh)
   if index_path is None:
-    index_path = qa_setup.bootstrap_index(c, cfg, state.params["retriever"],
+    index_path = openqa.bootstrap_index(c, cfg, state.params["retriever"],
                                           store)
   if not recorded and jax.process_index() == 0:
-    qa_setup.write_record(c.workdir, index_path, store, cfg)
-  emb, searcher = qa_setup.open_index(index_path, store, c.index,
-                                      qa_setup.searcher_cache(c))
+    openqa.write_record(c.workdir, index_path, store, cfg)
+  emb, searcher = openqa.open_index(index_path, store, c.index,
+                                      openqa.searcher_cache(c))
   beam = min(f.retriever_beam, store.num_blocks)
   logging.info("Open-QA fine-tuning: %d blocks, index %s (version %s), "
                "retriever beam %d, reader beam %d, start step %d of %d",
@@ -239,9 +217,9 @@ def run(config):
     data_iter.set_state(data_state)
 
   def make_batch(qa_batch, q_emb):
-    rows, cand_emb = qa_retrieval.search(searcher, emb,
+    rows, cand_emb = qa_inputs.search(searcher, emb,
                                          QuestionEmbedder.host(q_emb), beam)
-    return qa_retrieval.training_batch(
+    return qa_inputs.training_batch(
         qa_batch, rows, cand_emb, store, tok, reader_beam=f.reader_beam,
         reader_len=f.reader_len, max_span_width=cfg.max_span_width,
         max_gold_spans=f.max_gold_spans, answer_match=f.answer_match,

@@ -16,9 +16,9 @@ import jax.numpy as jnp
 import optax
 from absl import logging
 
+from realm_jax import checkpoint as ckpt_lib
 from realm_jax.data import pipeline
 from realm_jax.models.retriever import Retriever, embed_queries
-from realm_jax.train import checkpoint as ckpt_lib
 from realm_jax.train import loop
 from realm_jax.train import metrics as metrics_lib
 from realm_jax.train import partition

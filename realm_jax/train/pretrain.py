@@ -27,26 +27,26 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from absl import logging
 
+from realm_jax import checkpoint as ckpt_lib
 from realm_jax.data import catalog
 from realm_jax.data import pipeline
 from realm_jax.index import export as export_lib
 from realm_jax.index import refresh
-from realm_jax.index import search
+from realm_jax.index import searchers
 from realm_jax.index import store as index_store
 from realm_jax.models import losses
 from realm_jax.models.reader import MLMEncoder
 from realm_jax.models.retriever import Retriever, embed_queries, relevance_scores
-from realm_jax.train import checkpoint as ckpt_lib
+from realm_jax.retrieval import candidates
+from realm_jax.retrieval import model_init
+from realm_jax.retrieval.query_embedder import QueryEmbedder
 from realm_jax.train import loop
 from realm_jax.train import metrics as metrics_lib
-from realm_jax.train import model_init
 from realm_jax.train import partition
 from realm_jax.train import prefetch
-from realm_jax.train import retrieval
 from realm_jax.train import state as state_lib
 
 DEVICE_KEYS = ("query_ids", "query_mask", "mlm_positions", "mlm_labels",
@@ -120,7 +120,7 @@ def spawn_embed_job(config, store_path: str, deterministic: bool):
          "--searcher", config.index.searcher,
          "--poll_interval", "0.2", "--parent_pid", str(os.getpid()),
          "--no_progress"]
-  options = search.searcher_options(config.index)
+  options = searchers.searcher_options(config.index)
   for key, value in options.items():
     if key != "kind":
       cmd += ["--scann", f"{key}={value}"]
@@ -129,32 +129,6 @@ def spawn_embed_job(config, store_path: str, deterministic: bool):
   log = open(os.path.join(config.workdir, "embed_job.log"), "ab")
   logging.info("starting the embedding job: %s", " ".join(cmd))
   return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-
-
-# ------------------------------------------------------- retrieval thread
-
-class QueryEmbedder:
-  """Embeds queries for retrieval with stale params, on the device."""
-
-  def __init__(self, cfg, workdir):
-    self.cfg, self.workdir = cfg, workdir
-    self._embed = jax.jit(functools.partial(embed_queries, config=cfg))
-    self._cache = (None, None)   # (version, params)
-    self.latest = None           # published by the trainer ("latest" mode)
-
-  def params_of_export(self, version: int):
-    if self._cache[0] != version:
-      if not self.cfg.share_embedder:
-        raise ValueError("index.query_params=index needs share_embedder: the "
-                         "export holds only the document embedder")
-      _, doc_params, _ = export_lib.load_export(
-          export_lib.export_path(self.workdir, version))
-      # On the device once per version, not copied with every batch.
-      self._cache = (version, jax.device_put({"embedder": doc_params}))
-    return self._cache[1]
-
-  def __call__(self, retriever_params, query_ids, query_mask):
-    return np.asarray(self._embed(retriever_params, query_ids, query_mask))
 
 
 def version_for_step(step: int, every: int, delay: int) -> int:
@@ -189,10 +163,10 @@ class BatchMaker:
       q_params = self.embedder.params_of_export(current.version)
     q_emb = self.embedder(q_params, batch["query_ids"], batch["query_mask"])
     source_rows = self.store.rows_for_uids(list(batch["source_uid"]))
-    rows, _ = retrieval.retrieve_candidates(
+    rows, _ = candidates.retrieve_candidates(
         current.searcher, q_emb, source_rows, c.train.num_candidates - 1)
-    cand = retrieval.candidate_doc_inputs(self.store, rows, self.tok)
-    reader = retrieval.reader_inputs(
+    cand = candidates.candidate_doc_inputs(self.store, rows, self.tok)
+    reader = candidates.reader_inputs(
         batch["query_ids"], batch["query_mask"], self.store, rows,
         c.data.reader_len, self.tok.sep_id, self.tok.pad_id)
     out = {k: batch[k] for k in ("query_ids", "query_mask", "mlm_positions",
@@ -209,8 +183,8 @@ class BatchMaker:
 # ----------------------------------------------------------------- the run
 
 def _make_searcher_fn(config):
-  return functools.partial(search.make_searcher,
-                           **search.searcher_options(config.index))
+  return functools.partial(searchers.make_searcher,
+                           **searchers.searcher_options(config.index))
 
 
 def run(config):

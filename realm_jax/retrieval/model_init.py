@@ -21,10 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from realm_jax import checkpoint as ckpt_lib
 from realm_jax.index import export as export_lib
 from realm_jax.models import config as model_config
 from realm_jax.models import convert
-from realm_jax.models.reader import MLMEncoder
+from realm_jax.models.reader import MLMEncoder, SpanReader
 from realm_jax.models.retriever import Retriever
 
 _PRESETS = {"bert_base": model_config.bert_base, "minilm_l6": model_config.minilm_l6,
@@ -163,3 +164,69 @@ def _random_init(module, rng):
 
 def param_count(params) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
+# ---------------------------------------------------------- open-QA params
+
+def params_key(seed: int) -> jax.Array:
+  """The key every run of `seed` initialises its params with (eval's
+  dense_zero_shot redraws fine-tuning's initial retriever from it)."""
+  return jax.random.fold_in(jax.random.PRNGKey(seed), 1)
+
+
+def check_shapes(params, module, what: str):
+  """Raises ValueError naming the first parameter whose shape differs."""
+  expected = jax.eval_shape(module.init, jax.random.PRNGKey(0),
+                            *convert.example_inputs(module))["params"]
+  flat_e = dict(jax.tree_util.tree_flatten_with_path(expected)[0])
+  flat_p = dict(jax.tree_util.tree_flatten_with_path(params)[0])
+  for path in sorted(flat_e.keys() | flat_p.keys(), key=str):
+    name = jax.tree_util.keystr(path)
+    if path not in flat_p:
+      raise ValueError(f"{what}: parameter {name} is missing")
+    if path not in flat_e:
+      raise ValueError(f"{what}: unexpected parameter {name}")
+    if tuple(flat_p[path].shape) != tuple(flat_e[path].shape):
+      raise ValueError(f"{what}: parameter {name} has shape "
+                       f"{tuple(flat_p[path].shape)}, the model expects "
+                       f"{tuple(flat_e[path].shape)}")
+
+
+def openqa_params(config, cfg: model_config.RealmConfig, rng) -> dict:
+  """{"retriever", "reader" (SpanReader)} where fine-tuning starts."""
+  r_rng, s_rng = jax.random.split(rng)
+  reader = SpanReader(cfg)
+  if config.finetune.init_from:
+    step, params = ckpt_lib.restore_params(config.finetune.init_from)
+    if "reader" not in params:
+      raise ValueError(
+          f"the checkpoint in {config.finetune.init_from} has no MLM encoder "
+          "(an ICT run?); start from model.init and set model.retriever_init "
+          "to the ICT workdir instead")
+    logging.info("fine-tuning starts from %s step %d", config.finetune.init_from,
+                 step)
+    check_shapes(params["retriever"], Retriever(cfg),
+                  f"{config.finetune.init_from} retriever")
+    bert = params["reader"]["bert"]
+    retriever = params["retriever"]
+  elif config.model.init == "random":
+    # No pretrained encoder to graft: initialise the span reader directly
+    # (cheaper than building a random MLM encoder for its BERT).
+    retriever = jax.jit(Retriever(cfg).init)(
+        r_rng, *convert.example_inputs(Retriever(cfg)))["params"]
+    bert = None
+  else:
+    # The unsplit rng, as pretraining's init uses: a random projection is then
+    # the same as in a pretraining run of this config, whose index 0 (built
+    # by that projection) the demo's baseline fine-tunes against.
+    params = init_params(config, cfg, rng, with_reader=True)
+    retriever, bert = params["retriever"], params["reader"]["bert"]
+  if bert is None:
+    reader_params = jax.jit(reader.init)(
+        s_rng, *convert.example_inputs(reader))["params"]
+  else:
+    reader_params = convert.init_from_bert(reader, bert, s_rng)
+  params = {"retriever": retriever, "reader": reader_params}
+  # Fresh float32 copies: the train step donates its state, which must not
+  # hold one buffer twice.
+  return jax.tree.map(lambda x: jnp.array(x, jnp.float32, copy=True), params)

@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from realm_jax.data import qa
-from realm_jax.train import retrieval
+from realm_jax.retrieval import candidates
 
 _PUNCT_BYTES = string.punctuation.encode("ascii")
 _REGEX_FLAGS = re.IGNORECASE | re.UNICODE | re.MULTILINE
@@ -159,7 +159,7 @@ def reader_batch(question_ids: np.ndarray, question_mask: np.ndarray, store,
   """Reader inputs of rows [B, K]: reader_ids/segments/mask, block_mask and
   the whole-word span_start_mask/span_end_mask (`span_masks`; the reader
   uses them when its config has whole_word_spans)."""
-  ids, segments, mask = retrieval.reader_inputs(
+  ids, segments, mask = candidates.reader_inputs(
       question_ids, question_mask, store, rows, reader_len, tokenizer.sep_id,
       tokenizer.pad_id)
   block_mask = reader_block_mask(segments, mask)

@@ -1,5 +1,6 @@
-"""What Open-QA fine-tuning, evaluation and answering stand on: the corpus, the
-frozen index, the model config and the starting params.
+"""What Open-QA fine-tuning, evaluation and answering stand on: the corpus,
+the frozen index and the model config. The starting params are
+model_init.openqa_params; loading a fine-tuned model is qa/model.py.
 
 Fine-tuning keeps the document embeddings frozen, so one committed index
 version serves the whole run. Where things come from:
@@ -16,7 +17,8 @@ version serves the whole run. Where things come from:
   model shape  <init_from>'s newest export model.json (so a fine-tuning config
                need not repeat the pretraining model settings), else
                config.model via model_init.realm_config.
-  params       {"retriever": Retriever params, "reader": SpanReader params}.
+  params       (model_init.openqa_params) {"retriever": Retriever params,
+               "reader": SpanReader params}.
                The reader's BERT starts from the MLM encoder's BERT (REALM:
                the knowledge-augmented encoder); its span head is fresh.
 
@@ -39,14 +41,11 @@ from realm_jax.data import corpus
 from realm_jax.index import embed
 from realm_jax.index import export as export_lib
 from realm_jax.index import scann_searcher
-from realm_jax.index import search
+from realm_jax.index import searchers
 from realm_jax.index import store as index_store
-from realm_jax.models import convert
 from realm_jax.models.config import RealmConfig
-from realm_jax.models.reader import SpanReader
-from realm_jax.models.retriever import Retriever, doc_embedder_params
-from realm_jax.train import checkpoint as ckpt_lib
-from realm_jax.train import model_init
+from realm_jax.models.retriever import doc_embedder_params
+from realm_jax.retrieval import model_init
 
 RECORD = "openqa.json"
 
@@ -125,7 +124,7 @@ def open_index(path: str, store: corpus.BlockStore, index_config,
     store.check_fingerprint(manifest["corpus_fingerprint"],
                             f"the index at {path}")
   emb = index_store.load(path)
-  options = search.searcher_options(index_config)
+  options = searchers.searcher_options(index_config)
   scann_overrides = {k: v for k, v in options.items() if k != "kind"}
   cache_dir = None
   if options["kind"] == "scann" and os.path.isdir(
@@ -138,7 +137,7 @@ def open_index(path: str, store: corpus.BlockStore, index_config,
                          .encode()).hexdigest()[:16]
     cache_dir = os.path.join(cache_root, key)
     os.makedirs(cache_dir, exist_ok=True)
-  return emb, search.make_searcher(emb, cache_dir=cache_dir, **options)
+  return emb, searchers.make_searcher(emb, cache_dir=cache_dir, **options)
 
 
 def searcher_cache(config) -> str:
@@ -169,64 +168,6 @@ def model_config(config, vocab_size: int) -> RealmConfig:
   return dataclasses.replace(cfg, bert=bert, whole_word_spans=whole_words)
 
 
-def check_shapes(params, module, what: str):
-  """Raises ValueError naming the first parameter whose shape differs."""
-  expected = jax.eval_shape(module.init, jax.random.PRNGKey(0),
-                            *convert.example_inputs(module))["params"]
-  flat_e = dict(jax.tree_util.tree_flatten_with_path(expected)[0])
-  flat_p = dict(jax.tree_util.tree_flatten_with_path(params)[0])
-  for path in sorted(flat_e.keys() | flat_p.keys(), key=str):
-    name = jax.tree_util.keystr(path)
-    if path not in flat_p:
-      raise ValueError(f"{what}: parameter {name} is missing")
-    if path not in flat_e:
-      raise ValueError(f"{what}: unexpected parameter {name}")
-    if tuple(flat_p[path].shape) != tuple(flat_e[path].shape):
-      raise ValueError(f"{what}: parameter {name} has shape "
-                       f"{tuple(flat_p[path].shape)}, the model expects "
-                       f"{tuple(flat_e[path].shape)}")
-
-
-def initial_params(config, cfg: RealmConfig, rng) -> dict:
-  """{"retriever", "reader" (SpanReader)} where fine-tuning starts."""
-  r_rng, s_rng = jax.random.split(rng)
-  reader = SpanReader(cfg)
-  if config.finetune.init_from:
-    step, params = ckpt_lib.restore_params(config.finetune.init_from)
-    if "reader" not in params:
-      raise ValueError(
-          f"the checkpoint in {config.finetune.init_from} has no MLM encoder "
-          "(an ICT run?); start from model.init and set model.retriever_init "
-          "to the ICT workdir instead")
-    logging.info("fine-tuning starts from %s step %d", config.finetune.init_from,
-                 step)
-    check_shapes(params["retriever"], Retriever(cfg),
-                  f"{config.finetune.init_from} retriever")
-    bert = params["reader"]["bert"]
-    retriever = params["retriever"]
-  elif config.model.init == "random":
-    # No pretrained encoder to graft: initialise the span reader directly
-    # (cheaper than building a random MLM encoder for its BERT).
-    retriever = jax.jit(Retriever(cfg).init)(
-        r_rng, *convert.example_inputs(Retriever(cfg)))["params"]
-    bert = None
-  else:
-    # The unsplit rng, as pretraining's init uses: a random projection is then
-    # the same as in a pretraining run of this config, whose index 0 (built
-    # by that projection) the demo's baseline fine-tunes against.
-    params = model_init.init_params(config, cfg, rng, with_reader=True)
-    retriever, bert = params["retriever"], params["reader"]["bert"]
-  if bert is None:
-    reader_params = jax.jit(reader.init)(
-        s_rng, *convert.example_inputs(reader))["params"]
-  else:
-    reader_params = convert.init_from_bert(reader, bert, s_rng)
-  params = {"retriever": retriever, "reader": reader_params}
-  # Fresh float32 copies: the train step donates its state, which must not
-  # hold one buffer twice.
-  return jax.tree.map(lambda x: jnp.array(x, jnp.float32, copy=True), params)
-
-
 # ------------------------------------------------------------------ record
 
 def record_path(workdir: str) -> str:
@@ -253,32 +194,3 @@ def read_record(workdir: str) -> dict | None:
     record = json.load(f)
   record["model"] = export_lib.config_from_dict(record["model"])
   return record
-
-
-@dataclasses.dataclass
-class FineTuned:
-  """A fine-tuned model with its frozen index, ready to answer questions."""
-  cfg: RealmConfig
-  params: dict
-  store: corpus.BlockStore
-  emb: object          # index_store.ShardedEmbeddings [N, D]
-  searcher: object
-  index_path: str
-  step: int
-
-
-def load_finetuned(config, verify: bool = True) -> FineTuned:
-  """The latest fine-tuning checkpoint of config.workdir and its index."""
-  record = read_record(config.workdir)
-  if record is None:
-    raise FileNotFoundError(
-        f"{record_path(config.workdir)} not found: {config.workdir} is not a "
-        "fine-tuning workdir; run task=finetune with this workdir first")
-  store = corpus.BlockStore(record["block_store"])
-  emb, searcher = open_index(record["index_path"], store, config.index,
-                             searcher_cache(config), verify=verify)
-  step, params = ckpt_lib.restore_params(config.workdir)
-  cfg = record["model"]
-  check_shapes(params["reader"], SpanReader(cfg), f"{config.workdir} reader")
-  return FineTuned(cfg=cfg, params=params, store=store, emb=emb,
-                   searcher=searcher, index_path=record["index_path"], step=step)

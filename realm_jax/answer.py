@@ -11,11 +11,11 @@ terminal, >>> <<< otherwise).
 
 Start-up is fast the second time: questions are checked before anything
 heavy loads (an empty question, or one longer than finetune.question_len - 2
-tokens, gets a clear message); the index is memory-mapped and checked by
-manifest and corpus fingerprint only (`task=eval` and fine-tuning verify the
-checksums); the ScaNN searcher is loaded from its serialized copy under
-<workdir>/searcher_cache/; compiled XLA programs are reused from
-<workdir>/jax_cache/.
+tokens, gets a clear message); the index is memory-mapped, and its checksums
+are verified once per unchanged version (remembered under
+<workdir>/searcher_cache/verified/), the checkpoint's likewise; the ScaNN
+searcher is loaded from its serialized copy under <workdir>/searcher_cache/;
+compiled XLA programs are reused from <workdir>/jax_cache/.
 """
 import json
 import os

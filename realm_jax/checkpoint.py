@@ -9,6 +9,14 @@ Saves are asynchronous; orbax writes into a temporary directory and renames
 it when complete, so a job killed mid-save leaves the previous checkpoint as
 the latest one. The trainer refuses to save a non-finite loss (see
 `check_finite`), so a NaN never reaches a checkpoint.
+
+Once a save is complete its files are sealed: their sha256 go to
+<workdir>/checkpoints_sha256/<step>.json, outside orbax's directory. Every
+restore checks them (once per unchanged file set, see integrity.verify_once),
+so flipped bytes stop a resume or a fine-tuning start with a clear error
+instead of training on silently wrong weights. A step without sums (killed
+between the save and the seal, or written before sums were kept) is restored
+with a warning.
 """
 import json
 import math
@@ -21,9 +29,61 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+from realm_jax import integrity
+
 
 class NonFiniteLossError(FloatingPointError):
   pass
+
+
+class CorruptCheckpointError(ValueError):
+  """A checkpoint whose bytes differ from those sealed after its save."""
+
+
+def _sums_path(directory: str, step: int, suffix: str = "json") -> str:
+  return os.path.join(directory + "_sha256", f"{step}.{suffix}")
+
+
+def seal(directory: str, step: int):
+  """Records the sha256 of every file of the finished checkpoint `step`."""
+  step_dir = os.path.join(directory, str(step))
+  integrity.write_json_atomic(_sums_path(directory, step), {
+      "step": step,
+      "files": {rel: integrity.sha256_file(os.path.join(step_dir, rel))
+                for rel in integrity.tree_files(step_dir)}})
+
+
+def verify(directory: str, step: int):
+  """Raises CorruptCheckpointError naming the first file that differs from
+  its seal; warns (and returns) when the step was never sealed."""
+  step_dir = os.path.join(directory, str(step))
+  path = _sums_path(directory, step)
+  if not os.path.isfile(path):
+    logging.warning("checkpoint %s has no checksums (killed right after its "
+                    "save, or saved by an older realm_jax): not verified",
+                    step_dir)
+    return
+  with open(path) as f:
+    sealed = json.load(f)["files"]
+  files = integrity.tree_files(step_dir)
+  advice = (f"move {step_dir} (and {path}) away to use the previous "
+            "checkpoint")
+
+  def check():
+    if sorted(sealed) != files:
+      missing = sorted(set(sealed) - set(files))
+      extra = sorted(set(files) - set(sealed))
+      raise CorruptCheckpointError(
+          f"checkpoint {step_dir} is corrupt: missing {missing}, unexpected "
+          f"{extra}; {advice}")
+    for rel in files:
+      if integrity.sha256_file(os.path.join(step_dir, rel)) != sealed[rel]:
+        raise CorruptCheckpointError(
+            f"checkpoint {step_dir} is corrupt: {rel} does not match the "
+            f"sha256 recorded when it was saved; {advice}")
+
+  integrity.verify_once(step_dir, files, check,
+                        _sums_path(directory, step, "verified.json"))
 
 
 # What must be finite before a save: the loss the step computed and the norm
@@ -100,6 +160,7 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
+    self.async_save = async_save
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
@@ -112,12 +173,28 @@ class Checkpointer:
     if data_state is not None:
       args["data"] = ocp.args.JsonSave(gather_data_states(data_state))
     self.manager.save(step, args=ocp.args.Composite(**args), force=force)
+    # orbax's save waited for the previous async save: everything but `step`
+    # (still being written when saving asynchronously) is complete.
+    self._seal(in_flight=step if self.async_save else None)
+
+  def _seal(self, in_flight: Optional[int] = None):
+    if jax.process_index() != 0:   # one writer; the files are shared
+      return
+    steps = set(self.manager.all_steps())
+    for step in steps - {in_flight}:
+      if not os.path.isfile(_sums_path(self.directory, step)):
+        seal(self.directory, step)
+    sums_dir = self.directory + "_sha256"
+    for name in os.listdir(sums_dir) if os.path.isdir(sums_dir) else []:
+      if int(name.split(".")[0]) not in steps:   # orbax pruned that step
+        os.remove(os.path.join(sums_dir, name))
 
   def restore(self, abstract_state: dict, step: Optional[int] = None):
     """Returns (state, data_state or None, meta) for `step` (default latest)."""
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint under {self.directory}")
+    verify(self.directory, step)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
     args = {"state": ocp.args.StandardRestore(abstract),
             "meta": ocp.args.JsonRestore()}
@@ -132,9 +209,10 @@ class Checkpointer:
 
   def wait(self):
     self.manager.wait_until_finished()
+    self._seal()
 
   def close(self):
-    self.manager.wait_until_finished()
+    self.wait()
     self.manager.close()
 
 
@@ -158,6 +236,7 @@ def restore_params(workdir: str, step: Optional[int] = None):
     step = manager.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint under {directory}")
+    verify(directory, step)
     tree = ocp.PyTreeCheckpointHandler().metadata(
         epath.Path(directory) / str(step) / "state").tree
     if "params" not in tree:

@@ -89,3 +89,63 @@ def test_keep_below_one_is_refused_and_deletes_nothing(tmp_path, keep):
   cp = ckpt_lib.Checkpointer(str(tmp_path), keep=2)
   assert cp.manager.all_steps() == [1]
   cp.close()
+
+
+def _largest_file(directory):
+  files = [os.path.join(r, f) for r, _, fs in os.walk(directory) for f in fs]
+  return max(files, key=os.path.getsize)
+
+
+def test_flipped_bytes_are_detected_on_every_restore_path(tmp_path, monkeypatch):
+  cp = ckpt_lib.Checkpointer(str(tmp_path), keep=3)
+  tree = {"params": {"w": jnp.arange(4096.0)}, "step": jnp.int32(0)}
+  for step in (1, 2):
+    cp.save(step, dict(tree, step=jnp.int32(step)))
+  cp.close()
+  sums = tmp_path / "checkpoints_sha256"
+  assert sorted(os.listdir(sums)) == ["1.json", "2.json"]
+
+  # Verified once, then remembered: a second restore hashes nothing.
+  hashed = []
+  real = ckpt_lib.integrity.sha256_file
+  monkeypatch.setattr(ckpt_lib.integrity, "sha256_file",
+                      lambda p: hashed.append(p) or real(p))
+  cp = ckpt_lib.Checkpointer(str(tmp_path), keep=3)
+  cp.restore(jax.tree.map(jnp.zeros_like, tree))
+  first = len(hashed)
+  assert first > 0
+  cp.restore(jax.tree.map(jnp.zeros_like, tree))
+  assert len(hashed) == first
+
+  # A byte flipped in place (its mtime moves off the fixed past one the memo
+  # saw, whatever the clock's resolution) is caught by both restore paths.
+  step2 = tmp_path / "checkpoints" / "2"
+  for root, _, files in os.walk(step2):
+    for f in files:
+      os.utime(os.path.join(root, f), ns=(10**18, 10**18))
+  (sums / "2.verified.json").unlink()
+  cp.restore(jax.tree.map(jnp.zeros_like, tree))      # remembers the old mtimes
+  victim = _largest_file(step2)
+  with open(victim, "r+b") as f:
+    f.seek(os.path.getsize(victim) // 2)
+    byte = f.read(1)
+    f.seek(-1, 1)
+    f.write(bytes([byte[0] ^ 0xFF]))
+  name = os.path.relpath(victim, step2)
+  with pytest.raises(ckpt_lib.CorruptCheckpointError, match=name):
+    cp.restore(jax.tree.map(jnp.zeros_like, tree))
+  with pytest.raises(ckpt_lib.CorruptCheckpointError, match="move .* away"):
+    ckpt_lib.restore_params(str(tmp_path))
+  # The older checkpoint is intact and still restores.
+  state, _, _ = cp.restore(jax.tree.map(jnp.zeros_like, tree), step=1)
+  assert int(state["step"]) == 1
+  cp.close()
+
+
+def test_pruned_checkpoints_drop_their_sums(tmp_path):
+  cp = ckpt_lib.Checkpointer(str(tmp_path), keep=1, async_save=False)
+  for step in (1, 2, 3):
+    cp.save(step, {"w": jnp.zeros(3), "step": jnp.int32(step)})
+  cp.close()
+  assert cp.manager.all_steps() == [3]
+  assert os.listdir(tmp_path / "checkpoints_sha256") == ["3.json"]

@@ -114,3 +114,37 @@ def test_prune_keeps_the_newest_versions(tmp_path, emb):
   assert store.list_versions(index_dir) == [30, 40]
   assert sorted(os.listdir(index_dir)) == ["30", "40", "50.tmp",
                                             "60.bad-1700000000"]
+
+
+def test_answer_path_verifies_a_version_once_and_catches_a_later_flip(
+    tmp_path, monkeypatch):
+  """open_index(verify=False), as `answer` opens its index: the checksums are
+  checked at the first start and remembered; a byte flipped afterwards is
+  still refused at the next start."""
+  from realm_jax import config as config_lib
+  from realm_jax.data import block_builder, demo, tokenizer
+  from realm_jax.retrieval import openqa
+  blocks = block_builder.build_block_store(
+      demo.demo_documents(limit=30), tokenizer.minilm_tokenizer(),
+      str(tmp_path / "blocks"), block_len=64, progress=False)
+  emb = np.random.default_rng(1).normal(
+      size=(blocks.num_blocks, 8)).astype(np.float32)
+  path = write_version(str(tmp_path / "index"), 3, emb,
+                       fingerprint=blocks.fingerprint)
+  index_config = config_lib.default_config().index
+  index_config.searcher = "exact"
+  cache = str(tmp_path / "cache")
+  checked = []
+  verify = store.verify
+  monkeypatch.setattr(store, "verify",
+                      lambda *a: checked.append(a) or verify(*a))
+  openqa.open_index(path, blocks, index_config, cache, verify=False)
+  openqa.open_index(path, blocks, index_config, cache, verify=False)
+  assert len(checked) == 1                      # remembered after the first
+  shard = os.path.join(path, "emb-00001.npy")
+  with open(shard, "r+b") as f:
+    f.seek(-3, 2)
+    f.write(b"\x00\x01\x02")
+  os.utime(shard, ns=(10**18, 10**18))   # unlike the memo's, on any clock
+  with pytest.raises(store.CorruptIndexError, match="emb-00001.npy"):
+    openqa.open_index(path, blocks, index_config, cache, verify=False)

@@ -20,16 +20,16 @@ id (what search and rescoring do) touches only those rows. `np.asarray(emb)`
 materialises one contiguous copy for consumers that need it (ScaNN copies its
 dataset anyway, so this costs nothing extra there).
 """
-import hashlib
 import json
 import os
 import shutil
 
 import numpy as np
 
+from realm_jax.integrity import sha256_file
+
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
-_HASH_CHUNK = 1 << 22
 
 
 class CorruptIndexError(ValueError):
@@ -59,16 +59,6 @@ def list_versions(index_dir: str) -> list[int]:
 def latest_version(index_dir: str) -> int | None:
   versions = list_versions(index_dir)
   return versions[-1] if versions else None
-
-
-def sha256_file(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    # hashlib releases the GIL on large buffers: verifying in a background
-    # thread does not stall the trainer.
-    while chunk := f.read(_HASH_CHUNK):
-      h.update(chunk)
-  return h.hexdigest()
 
 
 def fsync_dir(path: str):

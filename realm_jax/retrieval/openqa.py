@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
+from realm_jax import integrity
 from realm_jax.data import catalog
 from realm_jax.data import corpus
 from realm_jax.index import embed
@@ -112,17 +113,23 @@ def open_index(path: str, store: corpus.BlockStore, index_config,
   """(emb [N, D] memory-mapped, searcher) of one committed index version.
 
   verify=True reads every byte to check the checksums (fine-tuning and eval
-  do it once); False checks only the manifest and the corpus fingerprint, so
-  `answer` starts fast. A ScaNN searcher that the embedding job saved in the
+  do it once per run); False does the same check once per unchanged set of
+  files, remembered under <cache_root>/verified/ (integrity.verify_once), so
+  `answer` starts fast and still never serves a corrupted version. A ScaNN
+  searcher that the embedding job saved in the
   version is loaded; otherwise one is serialized under
   <cache_root>/<content key>/ the first time and loaded afterwards.
   """
-  if verify:
-    manifest = index_store.verify(path, store.fingerprint)
+  check = lambda: index_store.verify(path, store.fingerprint)
+  if verify or not cache_root:
+    check()
   else:
-    manifest = index_store.read_manifest(path)
-    store.check_fingerprint(manifest["corpus_fingerprint"],
-                            f"the index at {path}")
+    memo = hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:16]
+    integrity.verify_once(path, integrity.tree_files(path), check,
+                          os.path.join(cache_root, "verified", memo + ".json"))
+  manifest = index_store.read_manifest(path)
+  store.check_fingerprint(manifest["corpus_fingerprint"],
+                          f"the index at {path}")
   emb = index_store.load(path)
   options = searchers.searcher_options(index_config)
   scann_overrides = {k: v for k, v in options.items() if k != "kind"}

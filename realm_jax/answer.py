@@ -133,7 +133,7 @@ def run(config):
   if todo:
     start = time.perf_counter()
     _enable_compilation_cache(config.workdir)
-    model = qa_model.load_finetuned(config, verify=False)
+    model = qa_model.load_finetuned(config)
     f = config.finetune
     predictor = predictor_lib.Predictor(model, tok, reader_len=f.reader_len,
                           reader_beam=f.reader_beam)

@@ -161,6 +161,9 @@ class Checkpointer:
         max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
     self.async_save = async_save
+    if jax.process_index() == 0:   # sums of steps removed by hand
+      steps = set(self.manager.all_steps())
+      self._drop_sums(lambda step: step not in steps)
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
@@ -172,6 +175,7 @@ class Checkpointer:
             "meta": ocp.args.JsonSave(dict(meta or {}))}
     if data_state is not None:
       args["data"] = ocp.args.JsonSave(gather_data_states(data_state))
+    self._drop_sums(lambda saved: saved == step)   # a step saved again
     self.manager.save(step, args=ocp.args.Composite(**args), force=force)
     # orbax's save waited for the previous async save: everything but `step`
     # (still being written when saving asynchronously) is complete.
@@ -184,9 +188,12 @@ class Checkpointer:
     for step in steps - {in_flight}:
       if not os.path.isfile(_sums_path(self.directory, step)):
         seal(self.directory, step)
+    self._drop_sums(lambda step: step not in steps)   # orbax pruned them
+
+  def _drop_sums(self, which):
     sums_dir = self.directory + "_sha256"
     for name in os.listdir(sums_dir) if os.path.isdir(sums_dir) else []:
-      if int(name.split(".")[0]) not in steps:   # orbax pruned that step
+      if which(int(name.split(".")[0])):
         os.remove(os.path.join(sums_dir, name))
 
   def restore(self, abstract_state: dict, step: Optional[int] = None):

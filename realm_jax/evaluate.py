@@ -104,7 +104,7 @@ def retrieval_model(config, retrieval: str) -> FineTuned:
   retriever = emb = searcher = path = None
   if retrieval == "dense_zero_shot":
     retriever = initial_retriever(config, cfg)
-    path = openqa.find_index(config) or openqa.bootstrap_index(
+    path = openqa.find_index(config, store) or openqa.bootstrap_index(
         config, cfg, retriever, store)
     emb, searcher = openqa.open_index(path, store, config.index,
                                         openqa.searcher_cache(config))

@@ -116,17 +116,28 @@ def test_prune_keeps_the_newest_versions(tmp_path, emb):
                                             "60.bad-1700000000"]
 
 
-def test_answer_path_verifies_a_version_once_and_catches_a_later_flip(
-    tmp_path, monkeypatch):
-  """open_index(verify=False), as `answer` opens its index: the checksums are
-  checked at the first start and remembered; a byte flipped afterwards is
-  still refused at the next start."""
-  from realm_jax import config as config_lib
+@pytest.fixture
+def blocks(tmp_path):
   from realm_jax.data import block_builder, demo, tokenizer
-  from realm_jax.retrieval import openqa
-  blocks = block_builder.build_block_store(
+  return block_builder.build_block_store(
       demo.demo_documents(limit=30), tokenizer.minilm_tokenizer(),
       str(tmp_path / "blocks"), block_len=64, progress=False)
+
+
+def _flip_tail(path):
+  with open(path, "r+b") as f:
+    f.seek(-3, 2)
+    f.write(b"\x00\x01\x02")
+  os.utime(path, ns=(10**18, 10**18))   # unlike any memo's, on any clock
+
+
+def test_answer_path_verifies_a_version_once_and_catches_a_later_flip(
+    tmp_path, monkeypatch, blocks):
+  """open_index, as `answer` opens its index at every start: the checksums
+  are checked at the first start and remembered; a byte flipped afterwards
+  is still refused at the next start."""
+  from realm_jax import config as config_lib
+  from realm_jax.retrieval import openqa
   emb = np.random.default_rng(1).normal(
       size=(blocks.num_blocks, 8)).astype(np.float32)
   path = write_version(str(tmp_path / "index"), 3, emb,
@@ -138,13 +149,35 @@ def test_answer_path_verifies_a_version_once_and_catches_a_later_flip(
   verify = store.verify
   monkeypatch.setattr(store, "verify",
                       lambda *a: checked.append(a) or verify(*a))
-  openqa.open_index(path, blocks, index_config, cache, verify=False)
-  openqa.open_index(path, blocks, index_config, cache, verify=False)
+  openqa.open_index(path, blocks, index_config, cache)
+  openqa.open_index(path, blocks, index_config, cache)
   assert len(checked) == 1                      # remembered after the first
-  shard = os.path.join(path, "emb-00001.npy")
-  with open(shard, "r+b") as f:
-    f.seek(-3, 2)
-    f.write(b"\x00\x01\x02")
-  os.utime(shard, ns=(10**18, 10**18))   # unlike the memo's, on any clock
+  _flip_tail(os.path.join(path, "emb-00001.npy"))
   with pytest.raises(store.CorruptIndexError, match="emb-00001.npy"):
-    openqa.open_index(path, blocks, index_config, cache, verify=False)
+    openqa.open_index(path, blocks, index_config, cache)
+
+
+def test_finetuning_takes_the_newest_intact_version(tmp_path, blocks):
+  """find_index skips a corrupt newest version (as the trainer's watcher
+  does), refuses a corrupt version asked for by number, and says so when no
+  version is intact."""
+  from realm_jax import config as config_lib
+  from realm_jax.retrieval import openqa
+  emb = np.random.default_rng(2).normal(
+      size=(blocks.num_blocks, 8)).astype(np.float32)
+  index_dir = str(tmp_path / "index")
+  old = write_version(index_dir, 1, emb, fingerprint=blocks.fingerprint)
+  new = write_version(index_dir, 2, emb, fingerprint=blocks.fingerprint)
+  config = config_lib.default_config()
+  config.workdir = str(tmp_path / "ft")
+  config.finetune.index_dir = index_dir
+  assert openqa.find_index(config, blocks) == new
+  _flip_tail(os.path.join(new, "emb-00000.npy"))
+  assert openqa.find_index(config, blocks) == old
+  config.finetune.index_version = 2
+  with pytest.raises(store.CorruptIndexError, match="2/emb-00000.npy"):
+    openqa.find_index(config, blocks)
+  config.finetune.index_version = -1
+  _flip_tail(os.path.join(old, "emb-00000.npy"))
+  with pytest.raises(store.CorruptIndexError, match="no intact index version"):
+    openqa.find_index(config, blocks)

@@ -26,7 +26,7 @@ class FineTuned:
   step: int
 
 
-def load_finetuned(config, verify: bool = True) -> FineTuned:
+def load_finetuned(config) -> FineTuned:
   """The latest fine-tuning checkpoint of config.workdir and its index."""
   record = openqa.read_record(config.workdir)
   if record is None:
@@ -35,8 +35,7 @@ def load_finetuned(config, verify: bool = True) -> FineTuned:
         "fine-tuning workdir; run task=finetune with this workdir first")
   store = corpus.BlockStore(record["block_store"])
   emb, searcher = openqa.open_index(record["index_path"], store,
-                                    config.index, openqa.searcher_cache(config),
-                                    verify=verify)
+                                    config.index, openqa.searcher_cache(config))
   step, params = ckpt_lib.restore_params(config.workdir)
   cfg = record["model"]
   model_init.check_shapes(params["reader"], SpanReader(cfg), f"{config.workdir} reader")

@@ -91,45 +91,66 @@ def bootstrap_index(config, cfg: RealmConfig, retriever_params,
       keep=config.index.keep, progress=jax.process_index() == 0)
 
 
-def find_index(config) -> str | None:
-  """Path of the committed version finetune.index_version (-1: the newest)
-  in `index_dir(config)`, or None when there is none."""
+def check_index(path: str, store: corpus.BlockStore, cache_root: str | None):
+  """Raises CorruptIndexError unless `path` is an intact version built over
+  `store`. Reads every byte, once per unchanged set of files: the result is
+  remembered under <cache_root>/verified/ (integrity.verify_once), so a
+  second fine-tuning start, eval or `answer` does not hash the index again,
+  and none of them ever serves a corrupted version."""
+  if not os.path.isdir(path):
+    raise index_store.CorruptIndexError(f"{path}: no such index version")
+  check = lambda: index_store.verify(path, store.fingerprint)
+  if not cache_root:
+    check()
+    return
+  memo = hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:16]
+  integrity.verify_once(path, integrity.tree_files(path), check,
+                        os.path.join(cache_root, "verified", memo + ".json"))
+
+
+def find_index(config, store: corpus.BlockStore) -> str | None:
+  """Path of the committed version finetune.index_version in
+  `index_dir(config)`, checked (check_index); None when there is none.
+
+  -1 (the default) takes the newest intact version: a corrupt newer one is
+  skipped with a warning, as the trainer's IndexWatcher skips it. A version
+  asked for by number must be intact."""
   directory = index_dir(config)
+  cache = searcher_cache(config)
   wanted = config.finetune.index_version
-  if wanted < 0:
-    version = index_store.latest_version(directory)
-  elif wanted in index_store.list_versions(directory):
-    version = wanted
-  else:
-    raise FileNotFoundError(
-        f"finetune.index_version={wanted}: no committed version {wanted} in "
-        f"{directory} (committed: {index_store.list_versions(directory)})")
-  return None if version is None else index_store.version_path(directory,
-                                                               version)
+  committed = index_store.list_versions(directory)
+  if wanted >= 0:
+    if wanted not in committed:
+      raise FileNotFoundError(
+          f"finetune.index_version={wanted}: no committed version {wanted} "
+          f"in {directory} (committed: {committed})")
+    path = index_store.version_path(directory, wanted)
+    check_index(path, store, cache)
+    return path
+  refused = []
+  for version in reversed(committed):
+    path = index_store.version_path(directory, version)
+    try:
+      check_index(path, store, cache)
+      return path
+    except index_store.CorruptIndexError as e:
+      logging.warning("skipping index version %s: %s", path, e)
+      refused.append(str(e))
+  if refused:
+    raise index_store.CorruptIndexError(
+        f"no intact index version in {directory}: " + "; ".join(refused))
+  return None
 
 
 def open_index(path: str, store: corpus.BlockStore, index_config,
-               cache_root: str | None, verify: bool = True):
-  """(emb [N, D] memory-mapped, searcher) of one committed index version.
-
-  verify=True reads every byte to check the checksums (fine-tuning and eval
-  do it once per run); False does the same check once per unchanged set of
-  files, remembered under <cache_root>/verified/ (integrity.verify_once), so
-  `answer` starts fast and still never serves a corrupted version. A ScaNN
-  searcher that the embedding job saved in the
-  version is loaded; otherwise one is serialized under
+               cache_root: str | None):
+  """(emb [N, D] memory-mapped, searcher) of one committed index version,
+  checked first (check_index). A ScaNN searcher that the embedding job saved
+  in the version is loaded; otherwise one is serialized under
   <cache_root>/<content key>/ the first time and loaded afterwards.
   """
-  check = lambda: index_store.verify(path, store.fingerprint)
-  if verify or not cache_root:
-    check()
-  else:
-    memo = hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:16]
-    integrity.verify_once(path, integrity.tree_files(path), check,
-                          os.path.join(cache_root, "verified", memo + ".json"))
+  check_index(path, store, cache_root)
   manifest = index_store.read_manifest(path)
-  store.check_fingerprint(manifest["corpus_fingerprint"],
-                          f"the index at {path}")
   emb = index_store.load(path)
   options = searchers.searcher_options(index_config)
   scann_overrides = {k: v for k, v in options.items() if k != "kind"}

@@ -160,7 +160,7 @@ def _resolve(config):
   store = openqa.block_store(config)
   tok = store.tokenizer()
   cfg = openqa.model_config(config, tok.vocab_size)
-  return store, tok, cfg, openqa.find_index(config), False
+  return store, tok, cfg, openqa.find_index(config, store), False
 
 
 def _random_params(cfg, rng):

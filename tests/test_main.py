@@ -1,6 +1,8 @@
-"""The command line: config files load, and bad overrides fail naming the key."""
+"""The command line: --help and a missing --config say what to run, config
+files load, saved configs load back, bad overrides fail naming the key."""
 import glob
 import os
+import re
 import subprocess
 import sys
 
@@ -44,6 +46,40 @@ def test_unknown_task_is_refused():
   r = _main("--config=configs/tiny_cpu.py", "--config.task=dance")
   assert r.returncode != 0
   assert "dance" in r.stderr
+
+
+def _config_files():
+  return sorted(os.path.basename(p)
+                for p in glob.glob(os.path.join(ROOT, "configs", "*.py")))
+
+
+def _lists_tasks_and_configs(text):
+  for task in config_lib.TASKS:
+    assert re.search(rf"^  {task} ", text, re.M), f"task {task} not listed"
+  for name in _config_files():
+    assert re.search(rf"^  {re.escape(name)} ", text, re.M), name
+  assert "--config.KEY=VALUE" in text and "Example" in text
+
+
+def test_help_lists_tasks_configs_and_overrides():
+  r = _main("--help")
+  _lists_tasks_and_configs(r.stdout)
+  # The `realm-jax` console script runs main.run() from a wrapper module
+  # without a docstring: the same help.
+  console = subprocess.run(
+      [sys.executable, "-c", "import sys; sys.argv[0] = 'realm-jax'; "
+       "from realm_jax import main; main.run()", "--help"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  _lists_tasks_and_configs(console.stdout)
+
+
+def test_no_flag_prints_the_help_and_one_line_saying_config_is_required():
+  r = _main()
+  assert r.returncode != 0
+  _lists_tasks_and_configs(r.stderr)
+  assert r.stderr.rstrip().splitlines()[-1].startswith(
+      "error: --config is required")
+  assert "FATAL" not in r.stderr and "Traceback" not in r.stderr
 
 
 def test_a_saved_config_loads_back_with_its_types_and_takes_overrides(tmp_path):

@@ -183,17 +183,14 @@ def run_job(workdir, block_store, export_path, shard_rows, batch_size,
   """The job in a subprocess, started as the trainer and launch/ start it
   (realm_jax.main, task=embed); stop_in_shard=N: it stops itself (SIGSTOP)
   in the middle of writing shard N (tests/stopping_child.py)."""
-  args = ["--config=configs/tiny_cpu.py", "--config.task=embed",
-          f"--config.workdir={workdir}",
+  args = ["realm_jax.main", "--config=configs/tiny_cpu.py",
+          "--config.task=embed", f"--config.workdir={workdir}",
           f"--config.data.block_store={block_store}",
           f"--config.index.bootstrap={export_path}",
           f"--config.index.embed_shard_rows={shard_rows}",
           f"--config.index.embed_batch_size={batch_size}"]
-  if stop_in_shard is None:
-    cmd = [sys.executable, "-m", "realm_jax.main", *args]
-  else:
-    cmd = stopping_child.command(f"shard:{stop_in_shard}", "realm_jax.main",
-                                 *args)
+  cmd = ([sys.executable, "-m", *args] if stop_in_shard is None else
+         stopping_child.command(f"shard:{stop_in_shard}", *args))
   return subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True)
@@ -278,16 +275,13 @@ def test_killed_embedding_process_leaves_nothing_loadable_and_resumes(
 
 
 def tiny_config(workdir, blocks):
-  """configs/tiny_cpu.py, task=embed, on `workdir` and the demo block store."""
-  import importlib.util
-  spec = importlib.util.spec_from_file_location(
-      "tiny_cpu", os.path.join(ROOT, "configs", "tiny_cpu.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  config.task = "embed"
-  config.workdir = str(workdir)
+  """The defaults, task=embed, on `workdir` and the demo block store, with
+  small batches and the exact searcher (nothing to build)."""
+  from realm_jax import config as config_lib
+  config = config_lib.default_config()
+  config.task, config.workdir = "embed", str(workdir)
   config.data.block_store = blocks.path
+  config.index.searcher, config.index.embed_batch_size = "exact", 64
   return config
 
 
@@ -302,26 +296,23 @@ def test_dispatcher_entry_bootstraps_the_first_index(tmp_path, demo):
   assert m["export"]["path"] == os.path.abspath(export_path)
 
 
-@pytest.mark.parametrize("deterministic,versions", [(False, [5]),
-                                                    (True, [3, 5])])
+@pytest.mark.parametrize("deterministic,built", [(False, [5]), (True, [3, 5])])
 def test_dispatcher_entry_watches_the_exports(tmp_path, demo, deterministic,
-                                              versions):
-  """Watch mode (no index.bootstrap) with the config's embed_* settings: the
-  newest export only, or every one in order for a deterministic trainer."""
+                                              built):
+  """Watch mode (no index.bootstrap), as configured: the newest export only,
+  or every one in order for a deterministic trainer."""
   blocks, export_path, cfg = demo
-  _, params, _ = export.load_export(export_path)
   for step in (3, 5):
-    export.write_export(str(tmp_path), step, params, cfg)
+    export.write_export(str(tmp_path), step,
+                        export.load_export(export_path)[1], cfg)
   config = tiny_config(tmp_path, blocks)
   config.index.deterministic = deterministic
-  config.index.embed_poll_interval = 0.01
-  config.index.embed_idle_timeout = 0.01   # returns once nothing is left
+  # Returns once nothing is left to embed.
+  config.index.embed_poll_interval = config.index.embed_idle_timeout = 0.01
   embed.run(config)
   index_dir = str(tmp_path / "index")
-  assert store.list_versions(index_dir) == versions
-  for v in versions:
-    assert store.verify(store.version_path(index_dir, v),
-                        blocks.fingerprint)["export"]["step"] == v
+  assert [store.verify(store.version_path(index_dir, v), blocks.fingerprint)
+          ["export"]["step"] for v in store.list_versions(index_dir)] == built
 
 
 def test_the_job_ships_the_configured_scann_searcher_and_readers_load_it(

@@ -366,7 +366,7 @@ def bench_demo(workdir):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from realm_jax.data import block_builder, demo  # pylint: disable=g-import-not-at-top
   from realm_jax.data import tokenizer as tk  # pylint: disable=g-import-not-at-top
-  from realm_jax.index import embed  # pylint: disable=g-import-not-at-top
+  from realm_jax.index import build as index_build  # pylint: disable=g-import-not-at-top
   from realm_jax.models import config as config_lib, convert  # pylint: disable=g-import-not-at-top
   from realm_jax.models.retriever import RetrieverEmbedder  # pylint: disable=g-import-not-at-top
   tok = tk.minilm_tokenizer()
@@ -377,9 +377,9 @@ def bench_demo(workdir):
   cfg = config_lib.RealmConfig(bert=bert_cfg, proj_size=128)
   module = RetrieverEmbedder(cfg)
   params = convert.init_from_bert(module, bert_params, jax.random.PRNGKey(0))
-  fn = embed.make_embed_fn(cfg)
-  embed.build_index(fn, params, blocks, os.path.join(workdir, "demo_index"), 0,
-                    batch_size=32, progress=False)    # compiles; timed below
+  fn = index_build.make_embed_fn(cfg)
+  index_build.build_index(fn, params, blocks, os.path.join(workdir, "demo_index"), 0,
+                          batch_size=32, progress=False)    # compiles; timed below
   throughput = []
   for name, bcfg, p in (("MiniLM-L6 (real weights)", bert_cfg, params),
                         ("BERT-base (random init)", config_lib.bert_base(), None)):
@@ -387,7 +387,7 @@ def bench_demo(workdir):
     if p is None:
       ids = jnp.zeros((1, 288), jnp.int32)
       p = jax.jit(RetrieverEmbedder(c).init)(jax.random.PRNGKey(0), ids, ids, ids)["params"]
-    job = embed._Embedder(embed.make_embed_fn(c), p, 32, "float32")  # pylint: disable=protected-access
+    job = index_build.Embedder(index_build.make_embed_fn(c), p, 32, "float32")
     rows = min(blocks.num_blocks, ARGS.bert_base_blocks if p is not params else 256)
     job(blocks, 0, min(job.batch_size, blocks.num_blocks), lambda _: None)  # compile
     t = time.perf_counter()
@@ -406,12 +406,12 @@ def compare_real(index_path, fn=None, params=None, tok=None):
   import jax  # pylint: disable=g-import-not-at-top
   from realm_jax.data import demo, pipeline  # pylint: disable=g-import-not-at-top
   from realm_jax.data import tokenizer as tk  # pylint: disable=g-import-not-at-top
-  from realm_jax.index import embed, export  # pylint: disable=g-import-not-at-top
+  from realm_jax.index import build as index_build, export  # pylint: disable=g-import-not-at-top
   tok = tok or tk.minilm_tokenizer()
   if fn is None:
     _, params, cfg = export.load_export(
         store.read_manifest(index_path)["export"]["path"])
-    fn = embed.make_embed_fn(cfg)
+    fn = index_build.make_embed_fn(cfg)
   emb = np.asarray(store.load(index_path))
   questions = [qa["question"] for qa in demo.demo_qa("test")][:ARGS.queries]
   q_ids, q_mask = map(np.stack, zip(*[pipeline.pad_or_truncate(

@@ -29,4 +29,5 @@ def get_config():
   c.index.refresh_every = 500
   c.index.searcher = "scann"
   c.index.spawn_embed_job = False     # runs on its own slice (launch/)
+  c.index.embed_poll_interval = 5.0   # a GCS list call per look on gcsfuse
   return c

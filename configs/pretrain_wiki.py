@@ -20,4 +20,5 @@ def get_config():
   c.data.queries = "salient_span_wikipedia"
   c.data.tokenizer = "wordpiece:vocab.txt"
   c.index.spawn_embed_job = False
+  c.index.embed_poll_interval = 5.0   # a GCS list call per look on gcsfuse
   return c

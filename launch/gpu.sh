@@ -29,10 +29,10 @@ usage() {
 Usage: launch/gpu.sh --workdir=DIR [options] [--config.a.b=v ...]
 
 Builds the block store once (launch/prepare_data.py, on the CPU), starts the
-embedding job (python -m realm_jax.index.embed --watch) in the background on
-its own GPU(s), then runs the trainer (python -m realm_jax.main) in the
-foreground on the other GPUs. When the trainer exits, or this script is
-interrupted, the embedding job is stopped.
+embedding job (python -m realm_jax.main ... --config.task=embed) in the
+background on its own GPU(s), then runs the trainer (python -m
+realm_jax.main) in the foreground on the other GPUs. When the trainer
+exits, or this script is interrupted, the embedding job is stopped.
 
 Required:
   --workdir=DIR        the run's directory (local or NFS; not gs://: the code
@@ -58,9 +58,9 @@ Options:
                        none
   -h, --help           this text
 
-Every --config.KEY=VALUE is passed to the trainer (and to the data
-preparation); --config.index.{embed_batch_size,embed_dtype,keep,searcher,deterministic}
-and --config.data.block_store also set the embedding job's flags.
+The trainer, the embedding job and the data preparation all run with
+--config and every --config.KEY=VALUE given here, so they agree on every
+shared setting (index.*, data.block_store).
 EOF
 }
 
@@ -222,8 +222,8 @@ check_batch_size() {
 EMBED_PID=""
 
 # Stops the embedding job when the trainer ends or this script is stopped.
-# (The job also watches --parent_pid, so it exits if this shell is killed
-# with SIGKILL and the trap never runs.)
+# (The job also watches index.embed_parent_pid, so it exits if this shell is
+# killed with SIGKILL and the trap never runs.)
 cleanup() {
   if [[ -n $EMBED_PID ]] && kill -0 "$EMBED_PID" 2>/dev/null; then
     run kill "$EMBED_PID"
@@ -251,14 +251,14 @@ prepare() {
 }
 
 start_embed() {
-  local flags=() f env_args=(CUDA_VISIBLE_DEVICES="$EMBED_GPU_IDS")
-  while IFS= read -r f; do flags+=("$f"); done < <(embed_flags)
+  local env_args=(CUDA_VISIBLE_DEVICES="$EMBED_GPU_IDS")
   if ((EMBED_GPUS == 0)); then
     env_args+=("XLA_PYTHON_CLIENT_MEM_FRACTION=$EMBED_MEM_FRACTION")
   fi
-  local cmd=(env "${env_args[@]}" "$PYTHON" -m realm_jax.index.embed --watch
-             --workdir "$WORKDIR" --block_store "$(block_store_of "$WORKDIR")"
-             --no_progress --parent_pid "$$" ${flags[@]+"${flags[@]}"})
+  # The trainer's config and overrides, as task=embed. The job exits when
+  # this shell is gone (embed_parent_pid), even if it was SIGKILLed.
+  local cmd=(env "${env_args[@]}" "$PYTHON" -m realm_jax.main "${CONFIG_ARGS[@]}"
+             --config.task=embed --config.index.embed_parent_pid="$$")
   local log=$LOG_DIR/embed.log
   printf '+ %s > %s 2>&1 &\n' "$(quote_words "${cmd[@]}")" "$(shell_quote "$log")"
   if ((!DRY_RUN)); then

@@ -74,13 +74,6 @@ override_value() {
   printf '%s' "$v"
 }
 
-is_true() {
-  case $1 in
-    True|true|1|yes) return 0 ;;
-    *) return 1 ;;
-  esac
-}
-
 # Overrides are passed through to the trainer untouched, except the ones the
 # launcher owns.
 check_overrides() {
@@ -93,35 +86,6 @@ check_overrides() {
         die "$o: the launcher starts the embedding job itself and always sets --config.index.spawn_embed_job=False" ;;
     esac
   done
-}
-
-# The embedding job's flags. The job is configured by its own command line,
-# not by the config file, so the index.* settings that it shares with the
-# trainer are taken from the overrides: pass them as --config.index.X=... and
-# both processes agree. Prints one flag or value per line.
-embed_flags() {
-  local v
-  v=$(override_value index.embed_batch_size)
-  if [[ -n $v ]]; then printf '%s\n' --batch_size "$v"; fi
-  v=$(override_value index.embed_dtype)
-  if [[ -n $v ]]; then printf '%s\n' --dtype "$v"; fi
-  v=$(override_value index.keep)
-  if [[ -n $v ]]; then printf '%s\n' --keep "$v"; fi
-  # The job builds and saves the ScaNN searcher into each version, so the
-  # trainer only loads it (every shipped config searches with ScaNN).
-  v=$(override_value index.searcher)
-  printf '%s\n' --searcher "${v:-scann}"
-  local o
-  for o in ${OVERRIDES[@]+"${OVERRIDES[@]}"}; do
-    if [[ $o == --config.index.scann.*=* ]]; then
-      o=${o#--config.index.scann.}
-      printf '%s\n' --scann "$o"
-    fi
-  done
-  # Deterministic refresh waits for every export's index in turn: skipping
-  # any would stall the trainer.
-  v=$(override_value index.deterministic)
-  if [[ -n $v ]] && is_true "$v"; then printf '%s\n' --every_export; fi
 }
 
 # Where the block store lives: data.block_store, or <workdir>/blocks.

@@ -39,9 +39,10 @@ Usage: launch/tpu_vm.sh --project=P --zone=Z --name=N --workdir=gs://B/PATH [opt
 
 Creates two Cloud TPU VMs, N-train and N-embed, installs realm_jax on every
 worker of both, mounts the shared workdir, builds the block store once, then
-starts the embedding job (python -m realm_jax.index.embed --watch) on every
-worker of N-embed and the trainer (python -m realm_jax.main) on every worker of
-N-train. Both run detached; logs are in ~/realm_logs/ on each worker.
+starts the embedding job (python -m realm_jax.main ... --config.task=embed) on
+every worker of N-embed and the trainer (python -m realm_jax.main) on every
+worker of N-train. Both run detached; logs are in ~/realm_logs/ on each
+worker.
 
 Required:
   --project=P          Google Cloud project
@@ -77,9 +78,9 @@ Options:
                        none (gcloud need not be installed)
   -h, --help           this text
 
-Every --config.KEY=VALUE is passed to the trainer (and to the data
-preparation); --config.index.{embed_batch_size,embed_dtype,keep,searcher,deterministic}
-and --config.data.block_store also set the embedding job's flags.
+The trainer, the embedding job and the data preparation all run with
+--config and every --config.KEY=VALUE given here, so they agree on every
+shared setting (index.*, data.block_store).
 EOF
 }
 
@@ -230,11 +231,12 @@ check_args() {
   check_overrides
 
   if ((EMBED_HOSTS > 1)) && has_step embed; then
-    # embed.py --watch lets every process choose the newest export by itself
-    # and returns on processes > 0 before process 0 commits; those processes
-    # can then start on a different (or the just-built) version than process
-    # 0, and the job stalls at its next barrier.
-    warn "--embed_type=$EMBED_TYPE has $EMBED_HOSTS hosts, but realm_jax.index.embed --watch does not yet agree on one export across processes; a single-host embed slice (e.g. v3-8) is the safe choice"
+    # The embedding job's watch loop lets every process choose the newest
+    # export by itself and returns on processes > 0 before process 0
+    # commits; those processes can then start on a different (or the
+    # just-built) version than process 0, and the job stalls at its next
+    # barrier.
+    warn "--embed_type=$EMBED_TYPE has $EMBED_HOSTS hosts, but the embedding job (task=embed) does not yet agree on one export across processes; a single-host embed slice (e.g. v3-8) is the safe choice"
   fi
   if ((!DRY_RUN)) && ! command -v gcloud >/dev/null 2>&1; then
     die "gcloud not found: install the Google Cloud CLI (or use --dry-run to see the commands)"
@@ -323,7 +325,8 @@ mount_workdir() {
   done
 }
 
-# Trainer and data preparation see the same config and overrides.
+# Trainer, embedding job and data preparation see the same config and
+# overrides.
 config_args() {
   quote_words --config="$CONFIG" --config.workdir="$R_WORKDIR" \
       ${OVERRIDES[@]+"${OVERRIDES[@]}"}
@@ -347,15 +350,10 @@ start_job() {
   printf '%s' " nohup $R_PY $args > $R_LOGS/$job.log 2>&1 < /dev/null & echo \$! > $pidf"
 }
 
+# The trainer's config and overrides, as task=embed.
 start_embed() {
-  local flags=()
-  local f
-  while IFS= read -r f; do flags+=("$f"); done < <(embed_flags)
-  local args
-  args=$(quote_words -m realm_jax.index.embed --watch --workdir "$R_WORKDIR" \
-      --block_store "$(block_store_of "$R_WORKDIR")" --no_progress \
-      ${flags[@]+"${flags[@]}"})
-  on_workers "$EMBED_VM" all "$(start_job embed "$args")"
+  on_workers "$EMBED_VM" all \
+      "$(start_job embed "-m realm_jax.main $(config_args) --config.task=embed")"
 }
 
 start_trainer() {

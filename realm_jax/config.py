@@ -3,7 +3,14 @@
 Every field is documented here once; config files override a few and say in
 their docstring what they run. Any field can be overridden on the command
 line, e.g. `--config.train.batch_size=512`; a wrong key or type fails at once.
+
+This file is itself a config file: `--config=realm_jax/config.py` gives the
+defaults, and `--config=realm_jax/config.py:<file.json>` a config saved by
+`save_config` (how the trainer hands its config to the embedding job).
 """
+import json
+import os
+
 import ml_collections
 
 TASKS = ("ict", "pretrain", "embed", "finetune", "eval", "answer", "demo")
@@ -106,14 +113,30 @@ def default_config() -> ml_collections.ConfigDict:
       target_recall=0.0))
   c.index.keep = 3                 # committed index versions kept on disk
   c.index.spawn_embed_job = True   # locally, the trainer starts `task=embed`
+  # The embedding job (task=embed, realm_jax/index/embed.py) runs with the
+  # trainer's config; these fields are its own.
   c.index.embed_batch_size = 256
-  c.index.embed_dtype = "float32"
+  c.index.embed_dtype = "float32"  # float32 | bfloat16
+  c.index.embed_shard_rows = 16384  # rows per shard file: the unit of resume
+  # Seconds between looks at <workdir>/exports/ (two directory listings).
+  # Short, as a deterministic trainer waits on every version; on a gcsfuse
+  # workdir each listing is a GCS list call, and the paper-scale configs
+  # poll every 5 s, nothing next to an index build there.
+  c.index.embed_poll_interval = 0.2
+  c.index.embed_idle_timeout = 0.0  # exit after this many idle seconds; 0: never
+  # Exit once this process is no longer the job's parent (0: don't watch):
+  # the trainer, or launch/gpu.sh, sets it when it starts the job, so a
+  # parent killed with SIGKILL leaves no orphan behind.
+  c.index.embed_parent_pid = 0
+  c.index.embed_progress = False   # a tqdm bar (noise in a log file)
   # Deterministic refresh (tests, reproducibility): swap exactly every
   # refresh_every steps to the index of the export made `refresh_delay` steps
   # earlier, waiting for it if needed.
   c.index.deterministic = False
   c.index.refresh_delay = 0
-  c.index.bootstrap = ""           # embed job: params to build the first index from
+  # The embedding job embeds this export once (e.g. the first index, from
+  # an ICT export) and exits; empty: it watches <workdir>/exports/.
+  c.index.bootstrap = ""
   # Params that embed the queries for retrieval: "index" (the export that
   # built the index in service: the original code's stale query embedder) or
   # "latest" (the trainer's current params, published every step).
@@ -194,6 +217,38 @@ def default_config() -> ml_collections.ConfigDict:
   c.answer.questions_file = ""     # one question a line, or {"question"} JSONL
   c.answer.num_evidence = 3
   return c
+
+
+# A process that starts another task with its own config (the trainer its
+# embedding job) cannot pass a config file and overrides: the config may have
+# been built in code (tests, the demo) or changed after parsing. It saves the
+# config as JSON instead and the child loads that file back through this
+# module: --config=<this file>:<json>; overrides on the child's command line
+# apply on top as usual. JSON keeps str, bool, int and float apart (1.0 is
+# written "1.0"), None and nested dicts; only tuples come back as lists,
+# hence the conversion. The saved file also records what the child ran with.
+
+def save_config(config: ml_collections.ConfigDict, path: str) -> str:
+  """Writes `config` to `path` as JSON (atomically: a reader never sees half
+  of it); returns the --config value that loads it back."""
+  with open(path + ".partial", "w") as f:
+    f.write(config.to_json(indent=1, sort_keys=True))
+  os.replace(path + ".partial", path)
+  return f"{os.path.abspath(__file__)}:{os.path.abspath(path)}"
+
+
+def _tuples(value):
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def get_config(saved_json: str | None = None) -> ml_collections.ConfigDict:
+  """The config-file entry: the defaults, or the config in `saved_json`."""
+  if not saved_json:
+    return default_config()
+  with open(saved_json) as f:
+    return ml_collections.ConfigDict(_tuples(json.load(f)))
 
 
 def paper_finetune_config(dataset: str, workdir: str, num_steps: int,

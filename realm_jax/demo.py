@@ -35,7 +35,7 @@ from realm_jax import stats
 from realm_jax.data import catalog
 from realm_jax.data import demo as demo_data
 from realm_jax.data import qa
-from realm_jax.index import embed
+from realm_jax.index import build
 from realm_jax.index import export as export_lib
 from realm_jax.index import store as index_store
 from realm_jax.train import finetune
@@ -179,7 +179,7 @@ def final_index(pre, store) -> str:
   last = export_lib.list_exports(pre.workdir)[-1]
   if last in index_store.list_versions(index_dir):
     return index_store.version_path(index_dir, last)
-  return embed.embed_export(
+  return build.embed_export(
       export_lib.export_path(pre.workdir, last), store, index_dir,
       batch_size=pre.index.embed_batch_size, dtype=pre.index.embed_dtype,
       keep=pre.index.keep)

@@ -1,31 +1,105 @@
-"""Entry point: `python -m realm_jax.main --config=configs/<name>.py [--config.a.b=v ...]`.
+"""Entry point: `python -m realm_jax.main --config=<file> [--config.a.b=v ...]`.
 
 Intentionally short: it parses the config and dispatches on `config.task`.
+`--help` (usage_text) lists the tasks, the config files and how to override.
 """
+import ast
 import importlib
+import os
+import sys
+import textwrap
 
 from absl import app
-from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
 from realm_jax import config as config_lib
 
+# No default and not marked required: absl would stop a run without --config
+# with a FATAL flags error; main() prints the help and one line instead.
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Path to an ml_collections config file.", lock_config=True)
-flags.mark_flags_as_required(["config"])
+    "config", None, "Path to an ml_collections config file (configs/*.py).",
+    lock_config=True)
 
-# task -> module with a `run(config)` function.
+# task -> (module with a `run(config)` function, what the task does).
 _TASK_MODULES = {
-    "ict": "realm_jax.train.ict",
-    "pretrain": "realm_jax.train.pretrain",
-    "embed": "realm_jax.index.embed",
-    "finetune": "realm_jax.train.finetune",
-    "eval": "realm_jax.evaluate",
-    "answer": "realm_jax.answer",
-    "demo": "realm_jax.demo",
+    "ict": ("realm_jax.train.ict",
+            "Inverse Cloze Task warm start of the retriever; its exports "
+            "bootstrap the first index"),
+    "pretrain": ("realm_jax.train.pretrain",
+                 "REALM pretraining with index refreshes; starts the "
+                 "embedding job itself unless index.spawn_embed_job=False"),
+    "embed": ("realm_jax.index.embed",
+              "the embedding job: embeds each new export of the trainer into "
+              "<workdir>/index (or index.bootstrap once), with the trainer's "
+              "config"),
+    "finetune": ("realm_jax.train.finetune",
+                 "Open-QA fine-tuning against a frozen index"),
+    "eval": ("realm_jax.evaluate",
+             "exact match and recall@k with bootstrap CIs, predictions; "
+             "retrieval baselines (eval.retrieval)"),
+    "answer": ("realm_jax.answer",
+               "answers answer.question (or answer.questions_file) with its "
+               "evidence blocks"),
+    "demo": ("realm_jax.demo",
+             "everything above, offline, on the embedded demo corpus"),
 }
 assert set(_TASK_MODULES) == set(config_lib.TASKS)
+
+# The config files of a source checkout (a pip install has none).
+_CONFIGS_DIR = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def _first_doc_line(path: str) -> str:
+  """The file's docstring's first line, read without running the file."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      doc = ast.get_docstring(ast.parse(f.read())) or ""
+  except (OSError, SyntaxError):
+    doc = ""
+  return doc.strip().split("\n")[0]
+
+
+def _table(rows) -> list[str]:
+  """Two columns, the second wrapped to 79 characters under itself."""
+  width = max(len(name) for name, _ in rows) + 4
+  return [textwrap.fill(text, 79, initial_indent=f"  {name:<{width - 2}}",
+                        subsequent_indent=" " * width) for name, text in rows]
+
+
+def usage_text() -> str:
+  """What --help prints: tasks, config files, overrides, an example."""
+  lines = ["REALM pretraining and open-domain QA in JAX/Flax.", "",
+           "Usage: python -m realm_jax.main --config=FILE "
+           "[--config.KEY=VALUE ...]",
+           "   or: realm-jax --config=FILE [--config.KEY=VALUE ...]", "",
+           "Runs the task named by config.task:"]
+  lines += _table([(task, text) for task, (_, text) in _TASK_MODULES.items()])
+  shown = os.path.relpath(_CONFIGS_DIR)
+  if shown.startswith(os.pardir):
+    shown = _CONFIGS_DIR
+  names = (sorted(n for n in os.listdir(_CONFIGS_DIR) if n.endswith(".py"))
+           if os.path.isdir(_CONFIGS_DIR) else [])
+  lines += ["", f"Config files in {shown}/:"]
+  if names:
+    lines += _table([(n, _first_doc_line(os.path.join(_CONFIGS_DIR, n)))
+                     for n in names])
+    lines.append("Each one's docstring gives its command, hardware, runtime "
+                 "and expected result.")
+  else:
+    lines.append("  none here: they are in the source checkout's configs/")
+  lines += [
+      "", "Overrides: --config.KEY=VALUE sets any field after the file has",
+      "built the config, e.g. --config.train.batch_size=8 or",
+      "--config.task=eval; a wrong key or type fails at once. Every field is",
+      "documented in realm_jax/config.py (--config=realm_jax/config.py runs",
+      "the defaults).", "",
+      "Example (a tiny pretraining run on the CPU):",
+      f"  python -m realm_jax.main --config={shown}/tiny_cpu.py "
+      "--config.workdir=/tmp/realm_tiny", ""]
+  # absl formats the usage text with %: keep every % of a docstring literal.
+  return "\n".join(lines).replace("%", "%%")
 
 
 class _QuietLibraries(logging.logging.Filter):
@@ -40,14 +114,21 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config = _CONFIG.value
+  if config is None:
+    raise app.UsageError("error: --config is required: --config=FILE, e.g. "
+                         "one of the config files above")
   if config.task not in _TASK_MODULES:
     raise app.UsageError(
         f"config.task={config.task!r} is not one of {sorted(_TASK_MODULES)}")
   logging.info("task=%s workdir=%s", config.task, config.workdir)
-  importlib.import_module(_TASK_MODULES[config.task]).run(config)
+  importlib.import_module(_TASK_MODULES[config.task][0]).run(config)
 
 
 def run():
+  # absl's --help (and the usage printed for a UsageError) is the __main__
+  # module's docstring: this module under `python -m`, the console script's
+  # wrapper (which has none) under `realm-jax`.
+  sys.modules["__main__"].__doc__ = usage_text()
   app.run(main)
 
 

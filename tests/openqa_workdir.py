@@ -18,7 +18,7 @@ import numpy as np
 from realm_jax import checkpoint as ckpt_lib
 from realm_jax.data import catalog
 from realm_jax.data import demo
-from realm_jax.index import embed
+from realm_jax.index import build
 from realm_jax.index import export as export_lib
 from realm_jax.models import convert
 from realm_jax.models.reader import MLMEncoder
@@ -88,7 +88,7 @@ def make_pretrain_workdir(path: str):
                                     seed=2)}
   export = export_lib.write_export(
       path, 0, doc_embedder_params(params["retriever"], cfg), cfg)
-  embed.embed_export(export, store, os.path.join(path, "index"),
+  build.embed_export(export, store, os.path.join(path, "index"),
                      batch_size=64, progress=False)
   state = state_lib.TrainState.create(params, state_lib.bert_adamw(c.train),
                                       jax.random.PRNGKey(0))

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from realm_jax.index import embed, export, refresh, search, searchers, store
+from realm_jax.index import build, embed, export, refresh, search, searchers, store
 import stopping_child
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,7 +56,7 @@ def tokens():
 
 
 def test_every_block_is_embedded_in_order(tmp_path, tokens):
-  path = embed.build_index(linear_embed, PARAMS, ArraySource(tokens), str(tmp_path),
+  path = build.build_index(linear_embed, PARAMS, ArraySource(tokens), str(tmp_path),
                            step=7, batch_size=64, shard_rows=300, progress=False,
                            export={"step": 7})
   m = store.verify(path, "arrays-v1")
@@ -71,7 +71,7 @@ def test_restart_keeps_verified_shards_and_redoes_the_rest(tmp_path, tokens):
   index_dir = str(tmp_path)
   kwargs = dict(step=3, batch_size=50, shard_rows=250, progress=False)
   with pytest.raises(RuntimeError, match="simulated crash"):
-    embed.build_index(linear_embed, PARAMS, ArraySource(tokens, fail_at=600),
+    build.build_index(linear_embed, PARAMS, ArraySource(tokens, fail_at=600),
                       index_dir, **kwargs)
   tmp = store.tmp_path(index_dir, 3)
   assert store.list_versions(index_dir) == []
@@ -81,7 +81,7 @@ def test_restart_keeps_verified_shards_and_redoes_the_rest(tmp_path, tokens):
     f.write(b"\x00\x00\x80\x7f")
   open(os.path.join(tmp, "emb-00002.npy.partial"), "wb").write(b"torn")
   source = ArraySource(tokens)
-  path = embed.build_index(linear_embed, PARAMS, source, index_dir, **kwargs)
+  path = build.build_index(linear_embed, PARAMS, source, index_dir, **kwargs)
   assert source.rows_read == 750                       # shard 0 was kept
   store.verify(path, "arrays-v1")
   np.testing.assert_array_equal(np.asarray(store.load(path)), expected(tokens))
@@ -92,24 +92,24 @@ def test_leftovers_of_another_job_are_discarded(tmp_path, tokens):
   index_dir = str(tmp_path)
   kwargs = dict(step=3, batch_size=100, shard_rows=500, progress=False)
   with pytest.raises(RuntimeError):
-    embed.build_index(linear_embed, PARAMS, ArraySource(tokens, "other", 700),
+    build.build_index(linear_embed, PARAMS, ArraySource(tokens, "other", 700),
                       index_dir, **kwargs)
   source = ArraySource(tokens)                          # another corpus now
-  embed.build_index(linear_embed, PARAMS, source, index_dir, **kwargs)
+  build.build_index(linear_embed, PARAMS, source, index_dir, **kwargs)
   assert source.rows_read == 1000
 
 
 def test_a_non_finite_export_is_refused_and_nothing_is_committed(tmp_path,
                                                                   tokens):
   params = dict(PARAMS, scale=np.float32("nan"))
-  with pytest.raises(embed.NonFiniteEmbeddingError, match="block 0 is not finite"):
-    embed.build_index(linear_embed, params, ArraySource(tokens), str(tmp_path),
+  with pytest.raises(build.NonFiniteEmbeddingError, match="block 0 is not finite"):
+    build.build_index(linear_embed, params, ArraySource(tokens), str(tmp_path),
                       step=5, batch_size=64, shard_rows=300, progress=False)
   assert store.list_versions(str(tmp_path)) == []
 
 
 def test_bfloat16_embeddings_are_close_to_float32(tmp_path, tokens):
-  path = embed.build_index(linear_embed, PARAMS, ArraySource(tokens[:100] % 64),
+  path = build.build_index(linear_embed, PARAMS, ArraySource(tokens[:100] % 64),
                            str(tmp_path), step=1, dtype="bfloat16",
                            progress=False)
   np.testing.assert_allclose(np.asarray(store.load(path)),
@@ -117,9 +117,9 @@ def test_bfloat16_embeddings_are_close_to_float32(tmp_path, tokens):
 
 
 def test_processes_take_contiguous_shard_ranges():
-  ranges = [embed.my_shards(10, p, 4) for p in range(4)]
+  ranges = [build.my_shards(10, p, 4) for p in range(4)]
   assert [list(r) for r in ranges] == [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9]]
-  assert embed.shard_ranges(10, 4) == [(0, 4), (4, 8), (8, 10)]
+  assert build.shard_ranges(10, 4) == [(0, 4), (4, 8), (8, 10)]
 
 
 def test_watch_embeds_only_the_newest_export(tmp_path, tokens, caplog):
@@ -180,16 +180,17 @@ def export_random_embedder(workdir, bert):
 
 def run_job(workdir, block_store, export_path, shard_rows, batch_size,
             stop_in_shard=None):
-  """The job's CLI in a subprocess; stop_in_shard=N: it stops itself (SIGSTOP)
+  """The job in a subprocess, started as the trainer and launch/ start it
+  (realm_jax.main, task=embed); stop_in_shard=N: it stops itself (SIGSTOP)
   in the middle of writing shard N (tests/stopping_child.py)."""
-  args = ["--workdir", workdir, "--block_store", block_store, "--once",
-          "--export", export_path, "--shard_rows", str(shard_rows),
-          "--batch_size", str(batch_size), "--no_progress"]
-  if stop_in_shard is None:
-    cmd = [sys.executable, "-m", "realm_jax.index.embed", *args]
-  else:
-    cmd = stopping_child.command(f"shard:{stop_in_shard}",
-                                 "realm_jax.index.embed", *args)
+  args = ["realm_jax.main", "--config=configs/tiny_cpu.py",
+          "--config.task=embed", f"--config.workdir={workdir}",
+          f"--config.data.block_store={block_store}",
+          f"--config.index.bootstrap={export_path}",
+          f"--config.index.embed_shard_rows={shard_rows}",
+          f"--config.index.embed_batch_size={batch_size}"]
+  cmd = ([sys.executable, "-m", *args] if stop_in_shard is None else
+         stopping_child.command(f"shard:{stop_in_shard}", *args))
   return subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True)
@@ -244,7 +245,7 @@ def kill_mid_write_then_resume(workdir, blocks, export_path, cfg, shard_rows,
   _, params, _ = export.load_export(export_path)
   rows = np.concatenate([np.arange(0, blocks.num_blocks, 37),
                          [blocks.num_blocks - 1]])
-  want = embed.make_embed_fn(cfg)(params, *blocks.doc_inputs(rows))
+  want = build.make_embed_fn(cfg)(params, *blocks.doc_inputs(rows))
   got = store.load(store.version_path(index_dir, 0))[rows]
   np.testing.assert_allclose(got, np.asarray(want), rtol=1e-4, atol=1e-5)
   everything = np.asarray(store.load(store.version_path(index_dir, 0)))
@@ -273,16 +274,20 @@ def test_killed_embedding_process_leaves_nothing_loadable_and_resumes(
                              kill_after_shards=2)
 
 
-def test_dispatcher_entry_bootstraps_the_first_index(tmp_path, demo):
-  import importlib.util
-  spec = importlib.util.spec_from_file_location(
-      "tiny_cpu", os.path.join(ROOT, "configs", "tiny_cpu.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  blocks, export_path, _ = demo
-  config.workdir = str(tmp_path)
+def tiny_config(workdir, blocks):
+  """The defaults, task=embed, on `workdir` and the demo block store, with
+  small batches and the exact searcher (nothing to build)."""
+  from realm_jax import config as config_lib
+  config = config_lib.default_config()
+  config.task, config.workdir = "embed", str(workdir)
   config.data.block_store = blocks.path
+  config.index.searcher, config.index.embed_batch_size = "exact", 64
+  return config
+
+
+def test_dispatcher_entry_bootstraps_the_first_index(tmp_path, demo):
+  blocks, export_path, _ = demo
+  config = tiny_config(tmp_path, blocks)
   config.index.bootstrap = export_path
   embed.run(config)
   path = store.version_path(str(tmp_path / "index"), 0)
@@ -291,20 +296,42 @@ def test_dispatcher_entry_bootstraps_the_first_index(tmp_path, demo):
   assert m["export"]["path"] == os.path.abspath(export_path)
 
 
+@pytest.mark.parametrize("deterministic,built", [(False, [5]), (True, [3, 5])])
+def test_dispatcher_entry_watches_the_exports(tmp_path, demo, deterministic,
+                                              built):
+  """Watch mode (no index.bootstrap), as configured: the newest export only,
+  or every one in order for a deterministic trainer."""
+  blocks, export_path, cfg = demo
+  for step in (3, 5):
+    export.write_export(str(tmp_path), step,
+                        export.load_export(export_path)[1], cfg)
+  config = tiny_config(tmp_path, blocks)
+  config.index.deterministic = deterministic
+  # Returns once nothing is left to embed.
+  config.index.embed_poll_interval = config.index.embed_idle_timeout = 0.01
+  embed.run(config)
+  index_dir = str(tmp_path / "index")
+  assert [store.verify(store.version_path(index_dir, v), blocks.fingerprint)
+          ["export"]["step"] for v in store.list_versions(index_dir)] == built
+
+
 def test_the_job_ships_the_configured_scann_searcher_and_readers_load_it(
     tmp_path, demo):
-  """The job (its CLI, as the trainer and launch/ start it) builds the ScaNN
-  searcher with the config's index.scann settings and commits it with the
-  version; the trainer's IndexWatcher and fine-tuning/eval load it instead of
-  building. A reader configured differently builds its own."""
+  """The job (run with the config the trainer and launch/ start it with)
+  builds the ScaNN searcher with the config's index.scann settings and
+  commits it with the version; the trainer's IndexWatcher and
+  fine-tuning/eval load it instead of building. A reader configured
+  differently builds its own."""
   import functools
   from realm_jax import config as config_lib
   from realm_jax.retrieval import openqa
   blocks, export_path, _ = demo
   workdir = str(tmp_path / "w")
-  embed.main(["--workdir", workdir, "--block_store", blocks.path, "--once",
-              "--export", export_path, "--no_progress", "--searcher", "scann",
-              "--scann", "mode=ah", "--scann", "reorder_num_neighbors=64"])
+  config = tiny_config(workdir, blocks)
+  config.index.bootstrap = export_path
+  config.index.searcher = "scann"
+  config.index.scann.mode, config.index.scann.reorder_num_neighbors = "ah", 64
+  embed.run(config)
   index_dir = os.path.join(workdir, "index")
   path = store.version_path(index_dir, 0)
   saved = [n for n in os.listdir(path) if n.startswith("scann-")]
@@ -326,12 +353,15 @@ def test_the_job_ships_the_configured_scann_searcher_and_readers_load_it(
   queries = np.asarray(store.load(path))[:5]
   cache = tmp_path / "cache"
   _, searcher = openqa.open_index(path, blocks, index_config, str(cache))
-  assert not cache.exists() and os.stat(meta).st_mtime_ns == before
+  # Nothing serialized beside the version's own searcher; only the memo of
+  # the verified checksums.
+  assert os.listdir(cache) == ["verified"]
+  assert os.stat(meta).st_mtime_ns == before
   np.testing.assert_array_equal(searcher.search(queries, 3)[0],
                                 watcher.searcher.search(queries, 3)[0])
   _, other = openqa.open_index(path, blocks, config_lib.default_config().index,
                                  str(cache))
-  assert other.settings["mode"] == "brute_force" and cache.exists()
+  assert other.settings["mode"] == "brute_force" and len(os.listdir(cache)) == 2
 
 
 def test_two_processes_embed_their_shards_and_one_commits(tmp_path, demo):
@@ -362,7 +392,7 @@ def test_two_processes_embed_their_shards_and_one_commits(tmp_path, demo):
   assert sum(mine) == shards and min(mine) >= shards // 2
   path = store.version_path(str(workdir / "index"), 0)
   store.verify(path, blocks.fingerprint)
-  single = embed.embed_export(export_path, blocks, str(tmp_path / "single"),
+  single = build.embed_export(export_path, blocks, str(tmp_path / "single"),
                               shard_rows=32, batch_size=16, progress=False)
   np.testing.assert_allclose(np.asarray(store.load(path)),
                              np.asarray(store.load(single)), rtol=1e-5, atol=1e-6)

@@ -13,7 +13,7 @@ import pytest
 from realm_jax.data import catalog
 from realm_jax.data import demo as demo_data
 from realm_jax.data import pipeline
-from realm_jax.index import embed
+from realm_jax.index import build
 from realm_jax.models.bert import BertEncoder
 from realm_jax.retrieval import model_init
 from realm_jax.retrieval.qa_inputs import blocks_with_answer
@@ -65,7 +65,7 @@ def test_identity_start_matches_zero_shot_minilm(tmp_path):
   docs = store.doc_inputs(np.arange(store.num_blocks))
 
   # The pipeline's retriever, as the embedding job and the trainer run it.
-  ours = jax.jit(lambda *x: embed.make_embed_fn(cfg)(params, *x))
+  ours = jax.jit(lambda *x: build.make_embed_fn(cfg)(params, *x))
   d_ours = _embed(ours, docs)
   q_ours = _embed(ours, (q_ids, np.zeros_like(q_ids), q_mask))
 

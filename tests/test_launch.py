@@ -111,19 +111,19 @@ def test_tpu_dry_run_prints_every_step_in_order():
   assert "JAX_PLATFORMS=cpu" in _flag(prepare[0], "--command")
 
   embed = [c for c in _ssh(cmds, "realm-embed")
-           if "realm_jax.index.embed" in _flag(c, "--command")]
+           if "realm_jax.main" in _flag(c, "--command")]
   assert len(embed) == 1 and _flag(embed[0], "--worker") == "all"
-  assert _python_argv(_flag(embed[0], "--command"), "realm_jax.index.embed") == [
-      "--watch", "--workdir", MOUNTED, "--block_store", MOUNTED + "/blocks",
-      "--no_progress", "--searcher", "scann"]
+  config_and_overrides = [
+      "--config=configs/pretrain_ccnews.py", f"--config.workdir={MOUNTED}",
+      "--config.train.batch_size=512", "--config.model.init_path=/data/ict run"]
+  assert _python_argv(_flag(embed[0], "--command"), "realm_jax.main") == [
+      *config_and_overrides, "--config.task=embed"]
 
   train = [c for c in _ssh(cmds, "realm-train")
            if "realm_jax.main" in _flag(c, "--command")]
   assert len(train) == 1 and _flag(train[0], "--worker") == "all"
   assert _python_argv(_flag(train[0], "--command"), "realm_jax.main") == [
-      "--config=configs/pretrain_ccnews.py", f"--config.workdir={MOUNTED}",
-      "--config.train.batch_size=512", "--config.model.init_path=/data/ict run",
-      "--config.index.spawn_embed_job=False"]
+      *config_and_overrides, "--config.index.spawn_embed_job=False"]
 
   order = [cmds.index(c) for c in (creates[0], scps[0], prepare[0], embed[0],
                                    train[0])]
@@ -154,25 +154,23 @@ def test_tpu_dry_run_needs_no_gcloud_and_calls_none(tmp_path):
   assert "+ " not in r.stdout
 
 
-def test_tpu_overrides_set_the_embedding_job_flags():
-  _, cmds = _tpu_dry("--config.index.embed_dtype=bfloat16",
-                     "--config.index.embed_batch_size=1024",
-                     "--config.index.keep=2", "--config.index.deterministic=True",
-                     "--config.index.searcher=exact",
-                     "--config.index.scann.num_leaves=2000",
-                     "--config.index.scann.mode=tree",
-                     "--config.data.block_store=/mnt/blocks")
-  embed = [c for c in _ssh(cmds, "realm-embed")
-           if "realm_jax.index.embed" in _flag(c, "--command")][0]
-  argv = _python_argv(_flag(embed, "--command"), "realm_jax.index.embed")
-  assert _flag(argv, "--block_store") == "/mnt/blocks"
-  assert _flag(argv, "--dtype") == "bfloat16"
-  assert _flag(argv, "--batch_size") == "1024"
-  assert _flag(argv, "--keep") == "2"
-  assert _flag(argv, "--searcher") == "exact"
-  scann = [argv[i + 1] for i, a in enumerate(argv) if a == "--scann"]
-  assert scann == ["num_leaves=2000", "mode=tree"]
-  assert "--every_export" in argv
+def test_tpu_embedding_job_gets_the_trainers_config_and_overrides():
+  overrides = ["--config.index.embed_dtype=bfloat16",
+               "--config.index.embed_batch_size=1024",
+               "--config.index.keep=2", "--config.index.deterministic=True",
+               "--config.index.searcher=exact",
+               "--config.index.scann.num_leaves=2000",
+               "--config.index.scann.mode=tree",
+               "--config.data.block_store=/mnt/blocks"]
+  _, cmds = _tpu_dry(*overrides)
+  embed, train = [
+      _python_argv(_flag(c, "--command"), "realm_jax.main")
+      for vm in ("realm-embed", "realm-train") for c in _ssh(cmds, vm)
+      if "realm_jax.main" in _flag(c, "--command")]
+  assert embed == ["--config=configs/pretrain_ccnews.py",
+                   f"--config.workdir={MOUNTED}", *overrides,
+                   "--config.task=embed"]
+  assert embed[:-1] == train[:-1]
 
 
 def test_tpu_git_install_spot_version_and_types():
@@ -223,7 +221,7 @@ def test_tpu_without_embedding_slice_one_host_may_use_a_local_path():
   cmds = _commands(r.stdout)
   assert [c[5] for c in cmds if c[4:5] == ["create"]] == ["ict-train"]
   assert not [c for c in cmds if "ict-embed" in " ".join(c)]
-  assert not [c for c in cmds if "realm_jax.index.embed" in " ".join(c)]
+  assert not [c for c in cmds if "--config.task=embed" in " ".join(c)]
   train = [_flag(c, "--command") for c in _ssh(cmds, "ict-train")
            if "realm_jax.main" in _flag(c, "--command")][0]
   assert _python_argv(train, "realm_jax.main")[:2] == [
@@ -358,10 +356,21 @@ def _env_of(cmd):
   return env, cmd[i:]
 
 
-def _by_module(cmds, module):
-  found = [c for c in cmds if module in c]
+def _only(cmds, embed_job):
+  """{VAR: value} and argv of the one embedding job (embed_job=True) or
+  trainer command: both run realm_jax.main."""
+  found = [c for c in cmds if "realm_jax.main" in c and
+           ("--config.task=embed" in c) == embed_job]
   assert len(found) == 1, cmds
   return _env_of(found[0])
+
+
+def _embed_job(cmds):
+  return _only(cmds, embed_job=True)
+
+
+def _trainer(cmds):
+  return _only(cmds, embed_job=False)
 
 
 def test_gpu_default_split_last_gpu_embeds():
@@ -370,79 +379,94 @@ def test_gpu_default_split_last_gpu_embeds():
   prep_env, prep = _env_of(cmds[0])
   assert prep_env == {"JAX_PLATFORMS": "cpu"}
   assert prep[:2] == ["python3", "launch/prepare_data.py"]
-  embed_env, embed = _by_module(cmds, "realm_jax.index.embed")
+  embed_env, embed = _embed_job(cmds)
   assert embed_env == {"CUDA_VISIBLE_DEVICES": "3"}
-  assert embed[:5] == ["python3", "-m", "realm_jax.index.embed", "--watch",
-                       "--workdir"]
-  assert _flag(embed, "--workdir") == "/data/realm"
-  assert _flag(embed, "--block_store") == "/data/realm/blocks"
-  assert re.fullmatch(r"\d+", _flag(embed, "--parent_pid"))
+  assert embed[:3] == ["python3", "-m", "realm_jax.main"]
+  assert embed[-6] == "--config.task=embed"
+  assert re.fullmatch(r"--config\.index\.embed_parent_pid=\d+", embed[-5])
   assert embed[-4:] == [">", "/data/realm/logs/embed.log", "2>&1", "&"]
-  train_env, train = _by_module(cmds, "realm_jax.main")
+  train_env, train = _trainer(cmds)
   assert train_env == {"CUDA_VISIBLE_DEVICES": "0,1,2"}
   assert train == ["python3", "-m", "realm_jax.main",
                    "--config=configs/pretrain_ccnews.py",
                    "--config.workdir=/data/realm", "--config.train.batch_size=66",
                    "--config.model.init_path=/x y",
                    "--config.index.spawn_embed_job=False"]
-  assert prep[2:] == train[3:-1]   # the same config and overrides
+  assert prep[2:] == train[3:-1] == embed[3:-6]   # same config and overrides
   assert [c[-1] for c in cmds][1:] == ["&", "--config.index.spawn_embed_job=False"]
   assert "trainer 0,1,2, embedding job 3" in r.stdout
 
 
 def test_gpu_split_sizes_and_inherited_devices():
   _, cmds = _gpu_dry("--workdir=/w", "--num_gpus=8", "--embed_gpus=2")
-  assert _by_module(cmds, "realm_jax.index.embed")[0]["CUDA_VISIBLE_DEVICES"] == "6,7"
-  assert _by_module(cmds, "realm_jax.main")[0]["CUDA_VISIBLE_DEVICES"] == "0,1,2,3,4,5"
+  assert _embed_job(cmds)[0]["CUDA_VISIBLE_DEVICES"] == "6,7"
+  assert _trainer(cmds)[0]["CUDA_VISIBLE_DEVICES"] == "0,1,2,3,4,5"
   # A scheduler's allocation is respected: the last of its GPUs embeds.
   _, cmds = _gpu_dry("--workdir=/w", env={"CUDA_VISIBLE_DEVICES": "4,5,6,7"})
-  assert _by_module(cmds, "realm_jax.index.embed")[0]["CUDA_VISIBLE_DEVICES"] == "7"
-  assert _by_module(cmds, "realm_jax.main")[0]["CUDA_VISIBLE_DEVICES"] == "4,5,6"
+  assert _embed_job(cmds)[0]["CUDA_VISIBLE_DEVICES"] == "7"
+  assert _trainer(cmds)[0]["CUDA_VISIBLE_DEVICES"] == "4,5,6"
   _, cmds = _gpu_dry("--workdir=/w", "--num_gpus=2",
                      env={"CUDA_VISIBLE_DEVICES": "4,5,6,7"})
-  assert _by_module(cmds, "realm_jax.index.embed")[0]["CUDA_VISIBLE_DEVICES"] == "5"
-  assert _by_module(cmds, "realm_jax.main")[0]["CUDA_VISIBLE_DEVICES"] == "4"
+  assert _embed_job(cmds)[0]["CUDA_VISIBLE_DEVICES"] == "5"
+  assert _trainer(cmds)[0]["CUDA_VISIBLE_DEVICES"] == "4"
 
 
 def test_gpu_embed_gpus_zero_shares_every_gpu():
   _, cmds = _gpu_dry("--workdir=/w", "--num_gpus=1", "--embed_gpus=0")
-  embed_env, _ = _by_module(cmds, "realm_jax.index.embed")
-  train_env, _ = _by_module(cmds, "realm_jax.main")
+  embed_env, _ = _embed_job(cmds)
+  train_env, _ = _trainer(cmds)
   assert embed_env["CUDA_VISIBLE_DEVICES"] == train_env["CUDA_VISIBLE_DEVICES"] == "0"
   fractions = (float(embed_env["XLA_PYTHON_CLIENT_MEM_FRACTION"]),
                float(train_env["XLA_PYTHON_CLIENT_MEM_FRACTION"]))
   assert sum(fractions) < 1
 
 
-def test_gpu_overrides_set_the_embedding_job_flags():
+def test_gpu_embedding_job_gets_the_trainers_config_and_overrides(monkeypatch):
+  overrides = ["--config.index.embed_dtype=bfloat16",
+               "--config.index.embed_batch_size=128",
+               "--config.index.deterministic=true",
+               "--config.data.block_store=/fast/blocks"]
   _, cmds = _gpu_dry("--workdir=/w", "--num_gpus=2", "--skip_prepare",
-                     "--config.index.embed_dtype=bfloat16",
-                     "--config.index.embed_batch_size=128",
-                     "--config.index.deterministic=true",
-                     "--config.data.block_store=/fast/blocks")
+                     "--config=configs/tiny_cpu.py", *overrides)
   assert len(cmds) == 2  # no preparation
-  _, embed = _by_module(cmds, "realm_jax.index.embed")
-  assert _flag(embed, "--dtype") == "bfloat16"
-  assert _flag(embed, "--batch_size") == "128"
-  assert _flag(embed, "--block_store") == "/fast/blocks"
-  assert "--every_export" in embed
+  _, embed = _embed_job(cmds)
+  _, train = _trainer(cmds)
+  assert embed[3:-6] == train[3:-1] == [
+      "--config=configs/tiny_cpu.py", "--config.workdir=/w", *overrides]
+  # The job's command line is one realm_jax.main accepts, and gives the job
+  # what it needs: the trainer's settings, task=embed, the pid to watch.
+  from absl import flags
+  from ml_collections import config_flags
+  argv = ["realm_jax.main", *embed[3:-4]]
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, flag_values=values,
+                                  sys_argv=argv)
+  monkeypatch.chdir(REPO)
+  values(argv)
+  config = values.config
+  assert config.task == "embed" and config.workdir == "/w"
+  assert config.index.embed_dtype == "bfloat16"
+  assert config.index.embed_batch_size == 128
+  assert config.index.deterministic is True
+  assert config.data.block_store == "/fast/blocks"
+  assert config.index.embed_parent_pid == int(embed[-5].split("=")[1]) > 0
 
 
 def test_gpu_multi_node_sets_what_partition_reads():
   common = ["--workdir=/nfs/realm", "--num_gpus=8", "--num_nodes=2",
             "--coordinator=10.0.0.1:4321"]
   _, cmds0 = _gpu_dry(*common, "--node_rank=0")
-  embed_env, _ = _by_module(cmds0, "realm_jax.index.embed")
+  embed_env, _ = _embed_job(cmds0)
   assert not any(k.startswith("JAX_") for k in embed_env)
-  train_env, _ = _by_module(cmds0, "realm_jax.main")
+  train_env, _ = _trainer(cmds0)
   assert train_env == {"CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6",
                        "JAX_COORDINATOR_ADDRESS": "10.0.0.1:4321",
                        "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0"}
   r, cmds1 = _gpu_dry(*common, "--node_rank=1")
-  assert not [c for c in cmds1 if "realm_jax.index.embed" in c]
+  assert not [c for c in cmds1 if "--config.task=embed" in c]
   assert not [c for c in cmds1 if "launch/prepare_data.py" in c]
   assert "wait until /nfs/realm/blocks/manifest.json exists" in r.stdout
-  train_env, _ = _by_module(cmds1, "realm_jax.main")
+  train_env, _ = _trainer(cmds1)
   assert train_env["JAX_PROCESS_ID"] == "1"
   # Same number of trainer GPUs on every node.
   assert train_env["CUDA_VISIBLE_DEVICES"] == "0,1,2,3,4,5,6"
@@ -469,7 +493,7 @@ def test_gpu_multi_node_env_joins_jax_distributed(tmp_path):
   for rank in (0, 1):
     _, cmds = _gpu_dry("--workdir=/w", "--num_gpus=2", "--num_nodes=2",
                        f"--node_rank={rank}", f"--coordinator=127.0.0.1:{port}")
-    env, _ = _by_module(cmds, "realm_jax.main")
+    env, _ = _trainer(cmds)
     env.pop("CUDA_VISIBLE_DEVICES")
     full = dict(os.environ, JAX_PLATFORMS="cpu", **env)
     procs.append(subprocess.Popen([sys.executable, str(probe)], env=full,
@@ -489,7 +513,7 @@ def test_gpu_multi_node_env_joins_jax_distributed(tmp_path):
 
 def test_gpu_relative_workdir_is_the_callers(tmp_path):
   _, cmds = _gpu_dry("--workdir=runs/a", "--num_gpus=2", cwd=tmp_path)
-  _, train = _by_module(cmds, "realm_jax.main")
+  _, train = _trainer(cmds)
   assert f"--config.workdir={tmp_path}/runs/a" in train
 
 

@@ -1,9 +1,12 @@
-"""The command line: config files load, and bad overrides fail naming the key."""
+"""The command line: --help and a missing --config say what to run, config
+files load, saved configs load back, bad overrides fail naming the key."""
 import glob
 import os
+import re
 import subprocess
 import sys
 
+import ml_collections
 import pytest
 from ml_collections import config_flags
 
@@ -43,3 +46,76 @@ def test_unknown_task_is_refused():
   r = _main("--config=configs/tiny_cpu.py", "--config.task=dance")
   assert r.returncode != 0
   assert "dance" in r.stderr
+
+
+def _config_files():
+  return sorted(os.path.basename(p)
+                for p in glob.glob(os.path.join(ROOT, "configs", "*.py")))
+
+
+def _lists_tasks_and_configs(text):
+  for task in config_lib.TASKS:
+    assert re.search(rf"^  {task} ", text, re.M), f"task {task} not listed"
+  for name in _config_files():
+    assert re.search(rf"^  {re.escape(name)} ", text, re.M), name
+  assert "--config.KEY=VALUE" in text and "Example" in text
+
+
+def test_help_lists_tasks_configs_and_overrides():
+  r = _main("--help")
+  _lists_tasks_and_configs(r.stdout)
+  # The `realm-jax` console script runs main.run() from a wrapper module
+  # without a docstring: the same help.
+  console = subprocess.run(
+      [sys.executable, "-c", "import sys; sys.argv[0] = 'realm-jax'; "
+       "from realm_jax import main; main.run()", "--help"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  _lists_tasks_and_configs(console.stdout)
+
+
+def test_no_flag_prints_the_help_and_one_line_saying_config_is_required():
+  r = _main()
+  assert r.returncode != 0
+  _lists_tasks_and_configs(r.stderr)
+  assert r.stderr.rstrip().splitlines()[-1].startswith(
+      "error: --config is required")
+  assert "FATAL" not in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_saved_config_loads_back_with_its_types_and_takes_overrides(tmp_path):
+  """The trainer hands its config to the embedding job as JSON (save_config);
+  the child's --config=<realm_jax/config.py>:<json> gives the same config,
+  and overrides on its command line still apply and are type-checked."""
+  from absl import flags
+  config = config_flags.config_flags._LoadConfigModule(  # pylint: disable=protected-access
+      "demo", os.path.join(ROOT, "configs", "demo.py")).get_config()
+  config.train.learning_rate = 1     # an int into a float field: 1.0
+  config.extra = dict(shape=(2, 3), none=None, big=2**40, tiny=1e-30)
+  arg = config_lib.save_config(config, str(tmp_path / "saved.json"))
+
+  def load(*overrides):
+    argv = ["realm_jax.main", f"--config={arg}", *overrides]
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, flag_values=values,
+                                    sys_argv=argv)
+    values(argv)
+    return values.config
+
+  def typed(c):
+    return {k: typed(v) if isinstance(v, ml_collections.ConfigDict)
+            else (type(v), v) for k, v in c.items()}
+
+  loaded = load()
+  assert typed(loaded) == typed(config)
+  assert loaded.extra.shape == (2, 3) and loaded.extra.none is None
+  child = load("--config.task=embed", "--config.index.embed_parent_pid=42",
+               "--config.index.embed_poll_interval=1",
+               "--config.extra.shape=(4,5)")
+  assert (child.task, child.index.embed_parent_pid) == ("embed", 42)
+  assert child.index.embed_poll_interval == 1.0
+  assert isinstance(child.index.embed_poll_interval, float)
+  assert child.extra.shape == (4, 5)
+  with pytest.raises(flags.IllegalFlagValueError, match="embed_parent_pid"):
+    load("--config.index.embed_parent_pid=soon")
+  # Without an argument the module is the defaults' config file.
+  assert config_lib.get_config().to_dict() == config_lib.default_config().to_dict()

@@ -1,5 +1,5 @@
 """One of two CPU processes (jax.distributed over gloo) running the embedding
-job's --watch loop together on one workdir: each embeds its own shards and
+job's watch loop together on one workdir: each embeds its own shards and
 process 0 commits. Usage: python two_process_embed.py ID PORT WORKDIR BLOCKS
 (run by tests/test_embed.py).
 """

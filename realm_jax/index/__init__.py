@@ -1,7 +1,8 @@
 """realm_jax.index: the corpus index, from exported params to hot-swapped search.
 
   trainer --export.write_export--> <workdir>/exports/<step>/
-  embed job (embed.py, own process) --> <workdir>/index/<step>.tmp/ --rename--> <step>/
+  embed job (embed.py, task=embed, own process; build.py builds each version)
+      --> <workdir>/index/<step>.tmp/ --rename--> <step>/
   IndexWatcher (refresh.py, trainer thread) --verify, memmap, load (or build)--> searcher
   search.py: search(queries [Q, D], k, exclude [Q, E]) -> (ids [Q, k], scores [Q, k])
 

@@ -13,7 +13,7 @@ import types
 import numpy as np
 from absl import logging
 
-from realm_jax.index import store
+from realm_jax import integrity
 from realm_jax.index.search import MARGIN, ExactSearcher, check_inputs, finalize
 
 
@@ -177,7 +177,7 @@ class ScannSearcher:
     self._scann.serialize(tmp, relative_path=True)
     # Checksums of ScaNN's files: a searcher is loaded only if they match
     # (a corrupted dataset.npy would otherwise serve wrong blocks silently).
-    files = {name: store.sha256_file(os.path.join(tmp, name))
+    files = {name: integrity.sha256_file(os.path.join(tmp, name))
              for name in sorted(os.listdir(tmp))}
     with open(os.path.join(tmp, _META), "w") as f:
       json.dump({"shape": list(self.emb.shape), "settings": self.settings,
@@ -197,7 +197,7 @@ class ScannSearcher:
     with open(os.path.join(directory, _META)) as f:
       meta = json.load(f)
     for name, digest in meta.get("files", {None: None}).items():
-      if name is None or store.sha256_file(
+      if name is None or integrity.sha256_file(
           os.path.join(directory, name)) != digest:
         raise ValueError(f"{directory}: ScaNN file {name} is missing or does "
                          "not match its sha256")

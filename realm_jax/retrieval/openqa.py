@@ -39,7 +39,7 @@ from absl import logging
 from realm_jax import integrity
 from realm_jax.data import catalog
 from realm_jax.data import corpus
-from realm_jax.index import embed
+from realm_jax.index import build
 from realm_jax.index import export as export_lib
 from realm_jax.index import scann_searcher
 from realm_jax.index import searchers
@@ -85,7 +85,7 @@ def bootstrap_index(config, cfg: RealmConfig, retriever_params,
   logging.info("no committed index in %s: embedding %d blocks with the "
                "initial retriever into %s/index/0", index_dir(config),
                store.num_blocks, config.workdir)
-  return embed.embed_export(
+  return build.embed_export(
       export, store, os.path.join(config.workdir, "index"),
       batch_size=config.index.embed_batch_size, dtype=config.index.embed_dtype,
       keep=config.index.keep, progress=jax.process_index() == 0)

@@ -31,6 +31,7 @@ import optax
 from absl import logging
 
 from realm_jax import checkpoint as ckpt_lib
+from realm_jax import config as config_lib
 from realm_jax.data import catalog
 from realm_jax.data import pipeline
 from realm_jax.index import export as export_lib
@@ -112,20 +113,22 @@ def jit_train_step(cfg, mesh, per_token=True, retriever_frozen_steps=0):
 # ------------------------------------------------------- the embedding job
 
 def spawn_embed_job(config, store_path: str, deterministic: bool):
-  """Starts `realm_jax.index.embed --watch` as a child process."""
-  cmd = [sys.executable, "-m", "realm_jax.index.embed", "--watch",
-         "--workdir", config.workdir, "--block_store", store_path,
-         "--batch_size", str(config.index.embed_batch_size),
-         "--dtype", config.index.embed_dtype, "--keep", str(config.index.keep),
-         "--searcher", config.index.searcher,
-         "--poll_interval", "0.2", "--parent_pid", str(os.getpid()),
-         "--no_progress"]
-  options = searchers.searcher_options(config.index)
-  for key, value in options.items():
-    if key != "kind":
-      cmd += ["--scann", f"{key}={value}"]
-  if deterministic:
-    cmd.append("--every_export")
+  """Starts the embedding job (task=embed) as a child process.
+
+  The child runs with exactly this trainer's config: saved as JSON in the
+  workdir (realm_jax/config.py: save_config) and loaded back by the child's
+  --config, whatever built it (a file and overrides, or code). Only what is
+  the job's alone is set on its command line: the task, and this process as
+  the parent to watch. `deterministic` is config.index.deterministic, which
+  the job reads itself; `store_path` is the block store this trainer opened,
+  passed on so that both surely read the same one.
+  """
+  del deterministic
+  config_arg = config_lib.save_config(
+      config, os.path.join(config.workdir, "embed_job_config.json"))
+  cmd = [sys.executable, "-m", "realm_jax.main", f"--config={config_arg}",
+         "--config.task=embed", f"--config.data.block_store={store_path}",
+         f"--config.index.embed_parent_pid={os.getpid()}"]
   log = open(os.path.join(config.workdir, "embed_job.log"), "ab")
   logging.info("starting the embedding job: %s", " ".join(cmd))
   return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)

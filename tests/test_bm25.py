@@ -17,7 +17,6 @@ from realm_jax.models.reader import SpanReader
 from realm_jax.models.retriever import Retriever
 from realm_jax.train import checkpoint as ckpt_lib
 from realm_jax.train import finetune
-from realm_jax.train import loop
 from realm_jax.train import qa_retrieval
 from realm_jax.train import qa_setup
 from realm_jax.train import state as state_lib
@@ -43,10 +42,10 @@ def setup(tmp_path_factory):
                 retriever, *convert.example_inputs(retriever), seed=7)),
             "reader": random_params(reader, *convert.example_inputs(reader),
                                     seed=3)}
-  state = state_lib.TrainState.create(params, finetune.optimizer(config),
-                                      jax.random.PRNGKey(0))
+  state = state_lib.create(params, finetune.optimizer(config),
+                           jax.random.PRNGKey(0))
   checkpointer = ckpt_lib.Checkpointer(config.workdir)
-  checkpointer.save(1, loop.state_tree(state))
+  checkpointer.save(1, state)
   checkpointer.close()
   qa_setup.write_record(config.workdir, os.path.join(pre, "index", "0"),
                         store, cfg)

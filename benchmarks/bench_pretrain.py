@@ -25,7 +25,7 @@ regex tagger (spaCy would only slow the setup down); pretrain.BatchMaker in a
 prefetch.Prefetcher (depth 2) embeds the queries with the exported params of
 the index in service, searches it (ScaNN by default, the trainer's default),
 puts the null document first and builds the candidate and reader inputs;
-pretrain.jit_train_step runs the step. The index rows are random Gaussian
+loop.jit_step runs pretrain.train_step. The index rows are random Gaussian
 vectors (retrieval quality is irrelevant here, its cost is not), committed
 with realm_jax.index.store and served by a real refresh.IndexWatcher polling
 every 0.5 s, as in pretrain.run. Exports are real (export.write_export of the
@@ -59,7 +59,7 @@ Prefetcher.get) as a fraction of step time, the prefetch thread's time per
 batch, the step alone; for swaps, each swap window against the fed window
 of its round (wall and CPU ratios, extra ms per swap), the time from commit
 to the new index in service, and what an export costs the trainer thread at
-every refresh (an on-device copy; loop.BackgroundExporter writes it).
+every refresh (an on-device copy; setup.BackgroundExporter writes it).
 
 FLOPs per step (model FLOPs = the matmuls the model runs, counted on padded
 shapes; backward = 2 x forward, so total = 3 x forward). For an encoder with
@@ -100,6 +100,7 @@ from realm_jax.index import store as index_store
 from realm_jax.models.retriever import doc_embedder_params
 from realm_jax.retrieval import model_init
 from realm_jax.train import loop, partition, prefetch, pretrain
+from realm_jax.train import setup
 from realm_jax.train import state as state_lib
 
 K, MASKS = 8, 10
@@ -229,12 +230,12 @@ class IndexVersions:
     self.export_s, self.write_s = [], []
     rng = np.random.default_rng(seed)
     key = "embedder" if cfg.share_embedder else "doc_embedder"
-    state = types.SimpleNamespace(params={"retriever": {key: doc_params}})
+    state = {"params": {"retriever": {key: doc_params}}}
     for v in range(count):
       # What the trainer thread pays at a refresh (BackgroundExporter.submit),
       # and the write the worker thread then does.
-      exporter = loop.BackgroundExporter(types.SimpleNamespace(workdir=workdir),
-                                         cfg)
+      exporter = setup.BackgroundExporter(
+          types.SimpleNamespace(workdir=workdir), cfg)
       start = time.perf_counter()
       exporter.submit(state, v)
       self.export_s.append(time.perf_counter() - start)
@@ -288,13 +289,12 @@ def run_config(name, spec, args, tok, docs, workdir, gpu):
   params = model_init.init_params(c, cfg, jax.random.PRNGKey(0))
   n_params = model_init.param_count(params)
   tx = state_lib.bert_adamw(c.train)
-  state = jax.device_put(
-      state_lib.TrainState.create(params, tx, jax.random.PRNGKey(1)),
-      partition.replicated(mesh))
+  state = jax.device_put(state_lib.create(params, tx, jax.random.PRNGKey(1)),
+                         partition.replicated(mesh))
   del params
   versions = IndexVersions(
       c.workdir, blocks, cfg,
-      doc_embedder_params(state.params["retriever"], cfg), rounds + 1)
+      doc_embedder_params(state["params"]["retriever"], cfg), rounds + 1)
   versions.commit(0)
   watcher = refresh.IndexWatcher(
       versions.index_dir, blocks.fingerprint,
@@ -341,7 +341,8 @@ def run_config(name, spec, args, tok, docs, workdir, gpu):
     fixed = partition.shard_batch(item["arrays"], mesh)
     # Compiled ahead of time: one executable for every step (no silent
     # recompiles), and its memory analysis says whether the step fits.
-    compiled = pretrain.jit_train_step(cfg, mesh).lower(
+    compiled = loop.jit_step(functools.partial(
+        pretrain.train_step, cfg=cfg, tx=tx), mesh).lower(
         holder["state"], fixed).compile()
     compile_s = time.perf_counter() - start
     need_gb, avail_gb = step_memory_gb(compiled)

@@ -170,7 +170,7 @@ class Checkpointer:
 
   def save(self, step: int, state: dict, data_state: Any = None,
            meta: Optional[dict] = None, force: bool = False):
-    """`state` is a pytree dict (params, opt_state, step, rng); the rest is JSON."""
+    """`state` is a pytree dict (params, opt, step, rng); the rest is JSON."""
     args = {"state": ocp.args.StandardSave(state),
             "meta": ocp.args.JsonSave(dict(meta or {}))}
     if data_state is not None:
@@ -202,6 +202,7 @@ class Checkpointer:
     if step is None:
       raise FileNotFoundError(f"no checkpoint under {self.directory}")
     verify(self.directory, step)
+    self._check_entries(abstract_state, step)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
     args = {"state": ocp.args.StandardRestore(abstract),
             "meta": ocp.args.JsonRestore()}
@@ -213,6 +214,20 @@ class Checkpointer:
     if data is not None:
       data = own_data_state(data, f"{self.directory}/{step}")
     return restored["state"], data, restored["meta"]
+
+  def _check_entries(self, abstract_state: dict, step: int):
+    """One clear line, instead of an error deep inside orbax, when the saved
+    state is laid out differently, e.g. by a realm_jax whose train state held
+    "opt_state" (now "opt"). Such a checkpoint is not converted: its run
+    resumes with the realm_jax that wrote it, and its params still serve
+    finetune.init_from, eval and answer (restore_params reads only those)."""
+    saved = sorted(ocp.PyTreeCheckpointHandler().metadata(
+        epath.Path(self.directory) / str(step) / "state").tree)
+    if saved != sorted(abstract_state):
+      raise ValueError(
+          f"checkpoint {self.directory}/{step} holds the entries {saved}, not "
+          f"{sorted(abstract_state)}: it was written by another version of "
+          "realm_jax and cannot be resumed; start a new workdir")
 
   def wait(self):
     self.manager.wait_until_finished()

@@ -25,7 +25,6 @@ from realm_jax.models.reader import MLMEncoder
 from realm_jax.models.retriever import Retriever, doc_embedder_params
 from realm_jax.retrieval import model_init
 from realm_jax.retrieval import qa_inputs
-from realm_jax.train import loop
 from realm_jax.train import state as state_lib
 from random_params import random_params
 
@@ -90,10 +89,10 @@ def make_pretrain_workdir(path: str):
       path, 0, doc_embedder_params(params["retriever"], cfg), cfg)
   build.embed_export(export, store, os.path.join(path, "index"),
                      batch_size=64, progress=False)
-  state = state_lib.TrainState.create(params, state_lib.bert_adamw(c.train),
-                                      jax.random.PRNGKey(0))
+  state = state_lib.create(params, state_lib.bert_adamw(c.train),
+                           jax.random.PRNGKey(0))
   checkpointer = ckpt_lib.Checkpointer(path)
-  checkpointer.save(PRETRAIN_STEP, loop.state_tree(state))
+  checkpointer.save(PRETRAIN_STEP, state)
   checkpointer.close()
   return store, params
 

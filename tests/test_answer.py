@@ -15,7 +15,6 @@ from realm_jax.models import convert
 from realm_jax.models.reader import SpanReader
 from realm_jax.retrieval import openqa
 from realm_jax.train import finetune
-from realm_jax.train import loop
 from realm_jax.train import state as state_lib
 from random_params import random_params
 import openqa_workdir as ow
@@ -38,10 +37,10 @@ def workdir(tmp_path_factory):
   params = {"retriever": pre_params["retriever"],
             "reader": random_params(reader, *convert.example_inputs(reader),
                                     seed=3)}
-  state = state_lib.TrainState.create(params, finetune.optimizer(config),
-                                      jax.random.PRNGKey(0))
+  state = state_lib.create(params, finetune.optimizer(config),
+                           jax.random.PRNGKey(0))
   checkpointer = ckpt_lib.Checkpointer(work)
-  checkpointer.save(1, loop.state_tree(state))
+  checkpointer.save(1, state)
   checkpointer.close()
   openqa.write_record(work, os.path.join(pre, "index", "0"), store, cfg)
   return work

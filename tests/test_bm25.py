@@ -20,7 +20,6 @@ from realm_jax.qa import model as qa_model
 from realm_jax.retrieval import openqa
 from realm_jax.retrieval import qa_inputs
 from realm_jax.train import finetune
-from realm_jax.train import loop
 from realm_jax.train import state as state_lib
 from random_params import random_params
 import openqa_workdir as ow
@@ -44,10 +43,10 @@ def setup(tmp_path_factory):
                 retriever, *convert.example_inputs(retriever), seed=7)),
             "reader": random_params(reader, *convert.example_inputs(reader),
                                     seed=3)}
-  state = state_lib.TrainState.create(params, finetune.optimizer(config),
-                                      jax.random.PRNGKey(0))
+  state = state_lib.create(params, finetune.optimizer(config),
+                           jax.random.PRNGKey(0))
   checkpointer = ckpt_lib.Checkpointer(config.workdir)
-  checkpointer.save(1, loop.state_tree(state))
+  checkpointer.save(1, state)
   checkpointer.close()
   openqa.write_record(config.workdir, os.path.join(pre, "index", "0"),
                         store, cfg)

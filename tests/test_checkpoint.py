@@ -149,3 +149,20 @@ def test_pruned_checkpoints_drop_their_sums(tmp_path):
   cp.close()
   assert cp.manager.all_steps() == [3]
   assert os.listdir(tmp_path / "checkpoints_sha256") == ["3.json"]
+
+
+def test_a_state_of_another_layout_is_refused_in_one_line(tmp_path):
+  """A checkpoint whose train state holds other entries (the earlier layout
+  had "opt_state" where the state now has "opt") is refused before orbax
+  reads it, naming both layouts."""
+  cp = ckpt_lib.Checkpointer(str(tmp_path))
+  old = {"params": {"w": jnp.ones(3)}, "opt_state": {"mu": jnp.zeros(3)},
+         "step": jnp.int32(4), "rng": jax.random.PRNGKey(0)}
+  cp.save(4, old)
+  cp.wait()
+  new = {"params": {"w": jnp.zeros(3)}, "opt": {"mu": jnp.zeros(3)},
+         "step": jnp.int32(0), "rng": jax.random.PRNGKey(0)}
+  with pytest.raises(ValueError, match=r"'opt_state'.*another version") as e:
+    cp.restore(new)
+  assert "\n" not in str(e.value)
+  cp.close()

@@ -22,7 +22,6 @@ TensorBoard (<workdir>/tensorboard/finetune).
 """
 import functools
 import os
-import time
 
 import jax
 import jax.numpy as jnp
@@ -72,49 +71,26 @@ def finetune_loss(params, batch, rng, cfg, deterministic=False):
   return loss, jax.tree.map(jax.lax.stop_gradient, aux)
 
 
-def train_step(state: state_lib.TrainState, batch, cfg):
-  rng = jax.random.fold_in(state.rng, state.step)
+def train_step(state: dict, batch, cfg, tx):
   (loss, aux), grads = jax.value_and_grad(finetune_loss, has_aux=True)(
-      state.params, batch, rng, cfg)
-  new_state = state.apply_gradients(grads)
+      state["params"], batch, state_lib.step_rng(state), cfg)
+  new_state = state_lib.apply_gradients(state, grads, tx)
   # param_norm of the params returned (and saved): see check_finite.
   metrics = dict(aux, loss=loss, grad_norm=optax.global_norm(grads),
-                 param_norm=optax.global_norm(new_state.params),
+                 param_norm=optax.global_norm(new_state["params"]),
                  query_grad_norm=optax.global_norm(grads["retriever"]))
   return new_state, metrics
 
 
-@functools.lru_cache(maxsize=4)
-def jit_train_step(cfg, mesh):
-  """The jitted step, one per (model config, mesh): a second run in the same
-  process (tests, notebooks) reuses the compiled program."""
-  repl, data = partition.replicated(mesh), partition.data_sharded(mesh)
-  return jax.jit(functools.partial(train_step, cfg=cfg),
-                 in_shardings=(repl, data), out_shardings=(repl, repl),
-                 donate_argnums=0)
-
-
 def optimizer(config) -> optax.GradientTransformation:
-  """BERT's AdamW with train.* settings and finetune's lr, steps, warmup.
-
-  The same settings give the same object: the optimizer is a static part of
-  the train state, so a new object would recompile the step in a process
-  that fine-tunes twice (the demo's comparisons, the tests).
-  """
+  """BERT's AdamW with train.* settings and finetune's lr, steps, warmup."""
   t, f = config.train, config.finetune
-  return _optimizer((
-      ("learning_rate", f.learning_rate), ("num_steps", f.num_steps),
-      ("warmup_steps", f.warmup_steps), ("weight_decay", t.weight_decay),
-      ("adam_b1", t.adam_b1), ("adam_b2", t.adam_b2),
-      ("adam_eps", t.adam_eps),
-      ("adam_bias_correction", t.adam_bias_correction),
-      ("clip_norm", t.clip_norm),
-      ("retriever_lr_scale", f.retriever_lr_scale)))
-
-
-@functools.lru_cache(maxsize=8)
-def _optimizer(settings: tuple) -> optax.GradientTransformation:
-  return state_lib.bert_adamw(ml_collections.ConfigDict(dict(settings)))
+  return state_lib.bert_adamw(ml_collections.ConfigDict(dict(
+      learning_rate=f.learning_rate, num_steps=f.num_steps,
+      warmup_steps=f.warmup_steps, weight_decay=t.weight_decay,
+      adam_b1=t.adam_b1, adam_b2=t.adam_b2, adam_eps=t.adam_eps,
+      adam_bias_correction=t.adam_bias_correction, clip_norm=t.clip_norm,
+      retriever_lr_scale=f.retriever_lr_scale)))
 
 
 # ------------------------------------------------------ host-side batches
@@ -188,10 +164,11 @@ def run(config):
   resuming = checkpointer.latest_step() is not None
   init = (functools.partial(_random_params, cfg) if resuming else
           lambda rng: model_init.openqa_params(c, cfg, rng))
-  state, data_state, _ = loop.create_or_restore(checkpointer, init,
-                                                optimizer(c), c.seed, mesh)
+  tx = optimizer(c)
+  state, data_state, _ = loop.create_or_restore(checkpointer, init, tx, c.seed,
+                                                mesh)
   if index_path is None:
-    index_path = openqa.bootstrap_index(c, cfg, state.params["retriever"],
+    index_path = openqa.bootstrap_index(c, cfg, state["params"]["retriever"],
                                           store)
   if not recorded and jax.process_index() == 0:
     openqa.write_record(c.workdir, index_path, store, cfg)
@@ -202,7 +179,7 @@ def run(config):
                "retriever beam %d, reader beam %d, start step %d of %d",
                store.num_blocks, index_path,
                index_store.read_manifest(index_path)["step"], beam,
-               min(f.reader_beam, beam), int(state.step), f.num_steps)
+               min(f.reader_beam, beam), int(state["step"]), f.num_steps)
 
   examples = catalog.qa_examples(c, f.split)
   if not examples:
@@ -225,72 +202,56 @@ def run(config):
         max_gold_spans=f.max_gold_spans, answer_match=f.answer_match,
         regex_answers=f.regex_answers, whole_word_spans=cfg.whole_word_spans)
 
+  batches = QuestionBatches(data_iter, QuestionEmbedder(cfg, mesh), make_batch,
+                            f.num_steps, f.search_lag,
+                            meta={"index_path": index_path})
   try:
-    state = _train_loop(c, cfg, mesh, state, data_iter, make_batch,
-                        checkpointer, {"index_path": index_path})
+    return loop.train(
+        state, functools.partial(train_step, cfg=cfg, tx=tx), batches,
+        schedule=loop.Schedule(f.num_steps, f.batch_size, c.train.log_every,
+                               c.train.checkpoint_every),
+        mesh=mesh, checkpointer=checkpointer, workdir=c.workdir,
+        name="finetune", describe=_describe)
   finally:
     checkpointer.close()
-  return state
 
 
-def _train_loop(c, cfg, mesh, state, data_iter, make_batch, checkpointer,
-                meta):
-  """Steps from state.step to finetune.num_steps; logs and checkpoints.
+class QuestionBatches:
+  """The loop's batch source: questions, searched with the query embedder of
+  the current params (finetune.search_lag=0) or of the previous step's
+  (search_lag=1: the next questions are embedded while this step runs).
 
-  make_batch(qa_batch, question embeddings) -> the step's host arrays.
+  make_batch(questions, their embeddings) -> the step's host arrays.
   """
-  f = c.finetune
-  start = int(state.step)
-  if start >= f.num_steps:
-    return state
-  embedder = QuestionEmbedder(cfg, mesh)
-  step_fn = jit_train_step(cfg, mesh)
-  # Imported here: tensorboardX pulls in torch (~4 s), which `eval` and
-  # `answer` (importers of this module) do not need.
-  from realm_jax.train import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
-  writer = metrics_lib.MetricsWriter(c.workdir, "finetune",
-                                     enabled=jax.process_index() == 0)
-  clock = loop.StepClock()
 
-  def next_questions():
-    batch = next(data_iter)
-    return batch, data_iter.get_state()   # the state a checkpoint resumes at
+  def __init__(self, data_iter, embedder, make_batch, num_steps: int,
+               search_lag: int, meta: dict):
+    self.data_iter, self.embedder, self.make_batch = data_iter, embedder, make_batch
+    self.num_steps, self.search_lag, self.meta = num_steps, search_lag, meta
+    self.ahead = None   # search_lag=1: the next step's questions, embedded
 
-  current, current_state = next_questions()
-  q_emb = embedder(state.params["retriever"], current)
-  for step in range(start, f.num_steps):
-    host_start = time.perf_counter()
-    arrays = make_batch(current, q_emb)
-    host_s = time.perf_counter() - host_start
-    done = step + 1
-    last = done == f.num_steps
-    if f.search_lag == 1 and not last:
-      # Dispatched before the step donates the params it reads.
-      following, following_state = next_questions()
-      q_emb = embedder(state.params["retriever"], following)
-    state, metrics = step_fn(state, partition.shard_batch(
-        {k: arrays[k] for k in DEVICE_KEYS}, mesh))
-    clock.add(host_s, f.batch_size)
-    if done % c.train.log_every == 0 or last:
-      values = loop.fetch(metrics)
-      ckpt_lib.check_finite(done, values)
-      values.update(clock.summary())
-      writer.write(done, values)
-      logging.info("finetune step %d loss %.4f (retriever %.4f reader %.4f) "
-                   "span_acc %.3f has_answer %.3f", done, values["loss"],
-                   values["retriever_loss"], values["reader_loss"],
-                   values["span_accuracy"], values["retriever_has_answer"])
-    if done % c.train.checkpoint_every == 0 or last:
-      ckpt_lib.check_finite(done, loop.fetch(
-          {k: metrics[k] for k in ckpt_lib.FINITE_KEYS}))
-      checkpointer.save(done, loop.state_tree(state), data_state=current_state,
-                        meta=meta)
-    if last:
-      break
-    if f.search_lag == 1:
-      current, current_state = following, following_state
-    else:
-      current, current_state = next_questions()
-      q_emb = embedder(state.params["retriever"], current)
-  writer.close()
-  return state
+  def _questions(self, state):
+    """(questions, the iterator state a checkpoint resumes at, their
+    embeddings: dispatched, not waited for)."""
+    questions = next(self.data_iter)
+    return (questions, self.data_iter.get_state(),
+            self.embedder(state["params"]["retriever"], questions))
+
+  def __call__(self, state, step: int) -> loop.Batch:
+    if self.ahead is None:
+      self.ahead = self._questions(state)
+    questions, data_state, q_emb = self.ahead
+    arrays = self.make_batch(questions, q_emb)
+    self.ahead = None
+    if self.search_lag == 1 and step + 1 < self.num_steps:
+      # Dispatched now, before the step donates the params it reads.
+      self.ahead = self._questions(state)
+    return loop.Batch({k: arrays[k] for k in DEVICE_KEYS},
+                      data_state=data_state, meta=self.meta)
+
+
+def _describe(step, values):
+  return (f"finetune step {step} loss {values['loss']:.4f} (retriever "
+          f"{values['retriever_loss']:.4f} reader {values['reader_loss']:.4f}) "
+          f"span_acc {values['span_accuracy']:.3f} has_answer "
+          f"{values['retriever_has_answer']:.3f}")

@@ -16,12 +16,11 @@ import jax.numpy as jnp
 import optax
 from absl import logging
 
-from realm_jax import checkpoint as ckpt_lib
 from realm_jax.data import pipeline
 from realm_jax.models.retriever import Retriever, embed_queries
 from realm_jax.train import loop
-from realm_jax.train import metrics as metrics_lib
-from realm_jax.train import partition
+from realm_jax.train import setup
+from realm_jax.train import state as state_lib
 
 DEVICE_KEYS = ("query_ids", "query_mask", "block_ids", "block_mask",
                "block_segment_ids")
@@ -44,61 +43,47 @@ def ict_loss(params, batch, rng, cfg, deterministic=False):
   return loss, {"accuracy": accuracy}
 
 
-def train_step(state, batch, cfg):
-  rng = jax.random.fold_in(state.rng, state.step)
+def train_step(state, batch, cfg, tx):
   (loss, aux), grads = jax.value_and_grad(ict_loss, has_aux=True)(
-      state.params, batch, rng, cfg)
-  new_state = state.apply_gradients(grads)
+      state["params"], batch, state_lib.step_rng(state), cfg)
+  new_state = state_lib.apply_gradients(state, grads, tx)
   # The norm of the params the step returns (and a checkpoint saves): a NaN
   # in them stops the run before the save (checkpoint.check_finite).
   metrics = dict(aux, loss=loss, grad_norm=optax.global_norm(grads),
-                 param_norm=optax.global_norm(new_state.params))
+                 param_norm=optax.global_norm(new_state["params"]))
   return new_state, metrics
 
 
 def run(config):
   c = config
-  r = loop.setup(c, with_reader=False)
-  tok, store, cfg, mesh, checkpointer, state = r[:6]
-  start = int(state.step)
+  r = setup.prepare(c, with_reader=False)
   dataset = pipeline.ict_dataset(
-      store, tok, c.seed, c.train.batch_size // jax.process_count(),
+      r.store, r.tokenizer, c.seed, c.train.batch_size // jax.process_count(),
       query_len=c.ict.query_len, remove_prob=c.ict.remove_prob)
   data_iter = iter(dataset)
   if r.data_state is not None:
     data_iter.set_state(r.data_state)
-  repl, data = partition.replicated(mesh), partition.data_sharded(mesh)
-  step_fn = jax.jit(functools.partial(train_step, cfg=cfg),
-                    in_shardings=(repl, data), out_shardings=(repl, repl),
-                    donate_argnums=0)
-  writer = metrics_lib.MetricsWriter(c.workdir, "ict",
-                                     enabled=jax.process_index() == 0)
-  clock = loop.StepClock()
-  logging.info("ICT: %d blocks, start step %d of %d", store.num_blocks, start,
-               c.train.num_steps)
-  for step in range(start, c.train.num_steps):
+
+  def next_batch(state, step):
+    del state, step
     batch = next(data_iter)
-    batch = partition.shard_batch({k: batch[k] for k in DEVICE_KEYS}, mesh)
-    state, metrics = step_fn(state, batch)
-    clock.add(0.0, c.train.batch_size)
-    done = step + 1
-    if done % c.train.log_every == 0 or done == c.train.num_steps:
-      values = loop.fetch(metrics)
-      ckpt_lib.check_finite(done, values)
-      values.update(clock.summary())
-      writer.write(done, values)
-      logging.info("ICT step %d loss %.4f accuracy %.3f", done, values["loss"],
-                   values["accuracy"])
-    export = done % c.index.refresh_every == 0 or done == c.train.num_steps
-    save = done % c.train.checkpoint_every == 0 or done == c.train.num_steps
-    if export or save:   # never export or save non-finite params
-      ckpt_lib.check_finite(done, loop.fetch(
-          {k: metrics[k] for k in ckpt_lib.FINITE_KEYS}))
-    if export:
-      loop.export_retriever(c, cfg, state, done)
-    if save:
-      checkpointer.save(done, loop.state_tree(state),
-                        data_state=data_iter.get_state())
-  writer.close()
-  checkpointer.close()
-  return state
+    return loop.Batch({k: batch[k] for k in DEVICE_KEYS},
+                      data_state=data_iter.get_state())
+
+  def describe(step, values):
+    return (f"ICT step {step} loss {values['loss']:.4f} "
+            f"accuracy {values['accuracy']:.3f}")
+
+  export = loop.Hook(c.index.refresh_every, lambda step, state, _:
+                     setup.export_retriever(c, r.cfg, state, step))
+  logging.info("ICT: %d blocks, start step %d of %d", r.store.num_blocks,
+               int(r.state["step"]), c.train.num_steps)
+  try:
+    return loop.train(
+        r.state, functools.partial(train_step, cfg=r.cfg, tx=r.tx), next_batch,
+        schedule=loop.Schedule(c.train.num_steps, c.train.batch_size,
+                               c.train.log_every, c.train.checkpoint_every),
+        mesh=r.mesh, checkpointer=r.checkpointer, workdir=c.workdir,
+        name="ict", describe=describe, hooks=[export])
+  finally:
+    r.checkpointer.close()

@@ -1,59 +1,190 @@
-"""Pieces every training task shares: state creation/resume and the logging cadence."""
-import concurrent.futures
-import os
-import shutil
+"""The training loop every task runs: ICT, REALM pretraining and fine-tuning.
+
+A trainer brings its step function (loss, gradients, optimizer update; the
+optimizer closed over), a batch source and its hooks; `train` does the rest:
+
+  for each step: get the batch, place it on the mesh, run the jitted step,
+  run the `on_step` callbacks; at the log cadence fetch the metrics, check
+  the loss finite, write and log them; at the checkpoint cadence, and
+  whenever a hook writes the params out (the retriever exports), check the
+  loss and the new params finite first, then run the hooks and save.
+
+The host syncs on the device only at those cadences, so steps in between
+are dispatched back to back.
+"""
+import functools
 import time
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from absl import logging
 
 from realm_jax import checkpoint as ckpt_lib
-from realm_jax.data import catalog
-from realm_jax.index import export as export_lib
-from realm_jax.models.retriever import doc_embedder_params
 from realm_jax.retrieval import model_init
 from realm_jax.train import partition
 from realm_jax.train import state as state_lib
 
 
-def state_tree(state: state_lib.TrainState) -> dict:
-  """What a checkpoint stores of the train state."""
-  return {"params": state.params, "opt_state": state.opt_state,
-          "step": state.step, "rng": state.rng}
-
-
-def params_key(seed: int) -> jax.Array:
-  """The key every run of `seed` initialises its params with (eval's
-  dense_zero_shot redraws fine-tuning's initial retriever from it)."""
-  return jax.random.fold_in(jax.random.PRNGKey(seed), 1)
-
-
-def create_or_restore(checkpointer: ckpt_lib.Checkpointer, init_params: Callable,
-                      tx, seed: int, mesh):
+def create_or_restore(checkpointer: ckpt_lib.Checkpointer, init_params,
+                      tx: optax.GradientTransformation, seed: int, mesh):
   """Returns (state, data_state, meta): resumed from the latest checkpoint if
-  any (a restarted job simply continues), else freshly initialised."""
-  rng = jax.random.PRNGKey(seed)
+  any (a restarted job simply continues), else freshly initialised.
+
+  `init_params(key)` builds the params; on a resume it is only traced (for
+  the shapes) and the values come from the checkpoint.
+  """
+  rng = jax.random.fold_in(jax.random.PRNGKey(seed), 2)
   latest = checkpointer.latest_step()
   if latest is None:
-    params = init_params(params_key(seed))
-    state = state_lib.TrainState.create(params, tx, jax.random.fold_in(rng, 2))
+    state = state_lib.create(init_params(model_init.params_key(seed)), tx, rng)
     data_state, meta = None, {}
   else:
-    abstract_params = jax.eval_shape(init_params, params_key(seed))
-    template = state_lib.TrainState.create(
-        jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), abstract_params),
-        tx, jax.random.fold_in(rng, 2))
-    tree, data_state, meta = checkpointer.restore(state_tree(template), latest)
-    state = template.replace(**tree)
-    logging.info("resuming from step %d", int(state.step))
+    abstract_params = jax.eval_shape(init_params, model_init.params_key(seed))
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), abstract_params)
+    template = state_lib.create(zeros, tx, rng)
+    state, data_state, meta = checkpointer.restore(template, latest)
+    logging.info("resuming from step %d", int(state["step"]))
   return jax.device_put(state, partition.replicated(mesh)), data_state, meta
 
 
+def jit_step(step_fn: Callable, mesh):
+  """`step_fn(state, batch) -> (state, metrics)` jitted over the data mesh:
+  state and metrics replicated, the batch split along its leading axis, and
+  the state's buffers donated (the old state is dead once the new exists).
+
+  Not cached across runs: the optimizer is closed over, not a hashable
+  argument, so a second run in one process (the demo, tests) compiles its
+  step again (seconds for the models a process trains twice).
+  """
+  repl, data = partition.replicated(mesh), partition.data_sharded(mesh)
+  return jax.jit(step_fn, in_shardings=(repl, data),
+                 out_shardings=(repl, repl), donate_argnums=0)
+
+
+class Batch(NamedTuple):
+  """What a batch source hands the loop for one step."""
+  arrays: dict              # host arrays, exactly the step function's batch
+  data_state: Any = None    # the data iterator state a checkpoint of this
+                            # step resumes at (None: nothing to save)
+  meta: Optional[dict] = None   # JSON saved with a checkpoint of this step
+  logged: Optional[dict] = None  # host values written with its metrics
+
+
+class Hook(NamedTuple):
+  """`fn(step, state, batch)` after every `every`-th step and, if `at_end`,
+  after the last one. A hook writes the params out (a retriever export), so
+  the loop checks the loss and the new params finite before it runs."""
+  every: int
+  fn: Callable[[int, dict, Batch], None]
+  at_end: bool = True
+
+  def due(self, done: int, last: bool) -> bool:
+    return done % self.every == 0 or (last and self.at_end)
+
+
+class Schedule(NamedTuple):
+  """The step counts a loop runs by (from the task's config section)."""
+  num_steps: int
+  batch_size: int          # global; examples per step for the throughput
+  log_every: int
+  checkpoint_every: int
+
+
+def train(state: dict, step_fn: Callable, next_batch: Callable, *,
+          schedule: Schedule, mesh, checkpointer: ckpt_lib.Checkpointer,
+          workdir: str, name: str, describe: Callable[[int, dict], str],
+          hooks: Sequence[Hook] = (),
+          on_step: Sequence[Callable[[dict], None]] = (),
+          write_every_step: bool = False) -> dict:
+  """Runs steps state["step"] .. schedule.num_steps; returns the final state.
+
+  step_fn: (state, batch) -> (state, metrics), not yet jitted; its metrics
+    hold "loss" and "param_norm" (checkpoint.FINITE_KEYS).
+  next_batch: (state, step) -> Batch for 0-based `step`, called before the
+    step runs, so a source may read the params the step is about to donate.
+  describe: (step, metrics) -> the console log line.
+  on_step: callbacks given the new state after every step; they must not
+    wait on the device (e.g. they dispatch a copy of some params).
+  write_every_step: write every step's metrics row, not only the logged
+    steps' (pretraining, whose rows carry each step's index version).
+  Checkpoints are saved every schedule.checkpoint_every steps and after the
+  last, with the batch's data_state and meta.
+  """
+  start = int(state["step"])
+  if start >= schedule.num_steps:
+    return state      # a finished run, restarted: nothing to do
+  step_fn = jit_step(step_fn, mesh)
+  # Imported here: tensorboardX pulls in torch (~4 s), which `eval` and
+  # `answer` (importers of the trainers) do not need.
+  from realm_jax.train import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  writer = metrics_lib.MetricsWriter(workdir, name,
+                                     enabled=jax.process_index() == 0)
+  save = Hook(schedule.checkpoint_every, functools.partial(_save, checkpointer))
+  log = _Log(writer, describe, write_every_step)
+  try:
+    for step in range(start, schedule.num_steps):
+      wait_start = time.perf_counter()
+      batch = next_batch(state, step)
+      log.clock.add(time.perf_counter() - wait_start, schedule.batch_size)
+      state, metrics = step_fn(state, partition.shard_batch(batch.arrays, mesh))
+      for callback in on_step:
+        callback(state)
+      done = step + 1
+      last = done == schedule.num_steps
+      log.add(done, metrics, batch.logged)
+      if done % schedule.log_every == 0 or last:
+        log.flush()
+      due = [h for h in (*hooks, save) if h.due(done, last)]
+      if due:   # never export or save non-finite params
+        ckpt_lib.check_finite(done, fetch(
+            {k: metrics[k] for k in ckpt_lib.FINITE_KEYS}))
+      for hook in due:
+        hook.fn(done, state, batch)
+  finally:
+    writer.close()
+  checkpointer.wait()
+  return state
+
+
+def _save(checkpointer, step: int, state: dict, batch: Batch):
+  checkpointer.save(step, state, data_state=batch.data_state, meta=batch.meta)
+
+
+class _Log:
+  """Metrics of the steps since the last log, written at the next one."""
+
+  def __init__(self, writer, describe, write_every_step: bool):
+    self.writer, self.describe = writer, describe
+    self.write_every_step = write_every_step
+    self.clock = StepClock()
+    self.pending = []   # (step, device metrics, host values)
+
+  def add(self, step: int, metrics: dict, logged: Optional[dict]):
+    # Without write_every_step only the logged step's row is written: keep
+    # just the newest (older metrics are freed instead of fetched).
+    if not self.write_every_step:
+      self.pending = []
+    self.pending.append((step, metrics, logged or {}))
+
+  def flush(self):
+    """Fetches, checks finite, writes; the newest row also gets the timing."""
+    for i, (step, metrics, logged) in enumerate(self.pending):
+      values = fetch(metrics)
+      ckpt_lib.check_finite(step, values)
+      values.update(logged)
+      if i == len(self.pending) - 1:
+        values.update(self.clock.summary())
+      self.writer.write(step, values)
+    logging.info("%s", self.describe(step, values))
+    self.pending = []
+
+
 class StepClock:
-  """Splits wall time per step into host wait (waiting on input) and the rest."""
+  """Splits wall time per step into host wait (in the batch source) and the
+  rest (the device, and the host work that overlaps it)."""
 
   def __init__(self):
     self.reset()
@@ -82,83 +213,3 @@ class StepClock:
 
 def fetch(metrics: dict) -> dict:
   return {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
-
-
-class Run(NamedTuple):
-  """What ICT and pretraining both set up before their first step."""
-  tokenizer: object
-  store: object
-  cfg: object            # RealmConfig
-  mesh: object
-  checkpointer: ckpt_lib.Checkpointer
-  state: state_lib.TrainState
-  data_state: object     # the data iterator's saved state, or None
-  meta: dict
-
-
-def setup(c, with_reader: bool) -> Run:
-  """Corpus, model config, mesh, optimizer and the (resumed) train state."""
-  partition.maybe_initialize_distributed()
-  os.makedirs(c.workdir, exist_ok=True)
-  tok = catalog.tokenizer(c)
-  store = catalog.block_store(c)
-  cfg = model_init.realm_config(c, tok.vocab_size)
-  mesh = partition.make_mesh()
-  partition.check_batch_size(c.train.batch_size, mesh)
-  checkpointer = ckpt_lib.Checkpointer(c.workdir, keep=c.train.keep_checkpoints)
-  state, data_state, meta = create_or_restore(
-      checkpointer,
-      lambda rng: model_init.init_params(c, cfg, rng, with_reader=with_reader),
-      state_lib.bert_adamw(c.train), c.seed, mesh)
-  return Run(tok, store, cfg, mesh, checkpointer, state, data_state, meta)
-
-
-def export_retriever(c, cfg, state, step: int, keep: int | None = None):
-  """Writes the document embedder to <workdir>/exports/<step>/ (process 0),
-  keeping the newest `keep` exports."""
-  if jax.process_index() == 0:
-    _write_export(c.workdir, cfg, doc_embedder_params(state.params["retriever"],
-                                                      cfg), step, keep)
-
-
-def _write_export(workdir, cfg, params, step, keep):
-  export_lib.write_export(workdir, step, jax.device_get(params), cfg)
-  if keep:
-    for old in export_lib.list_exports(workdir)[:-keep]:
-      shutil.rmtree(export_lib.export_path(workdir, old), ignore_errors=True)
-
-
-class BackgroundExporter:
-  """export_retriever off the training thread.
-
-  The training thread only dispatches an on-device copy of the document
-  embedder (the next step donates the state's buffers); a worker thread
-  fetches it and writes the export (2.9 s for BERT-base on a CPU host). A
-  failed write is raised at the next submit or at close.
-  """
-
-  def __init__(self, c, cfg, keep: int | None = None):
-    self.c, self.cfg, self.keep = c, cfg, keep
-    self._pool = concurrent.futures.ThreadPoolExecutor(
-        max_workers=1, thread_name_prefix="export")
-    self._pending = []
-
-  def submit(self, state, step: int):
-    self._raise_failures()
-    # Every process copies (a collective on a multi-host mesh); process 0 writes.
-    params = jax.tree.map(jnp.copy, doc_embedder_params(
-        state.params["retriever"], self.cfg))
-    if jax.process_index() == 0:
-      self._pending.append(self._pool.submit(
-          _write_export, self.c.workdir, self.cfg, params, step, self.keep))
-
-  def _raise_failures(self):
-    done = [f for f in self._pending if f.done()]
-    self._pending = [f for f in self._pending if not f.done()]
-    for f in done:
-      f.result()
-
-  def close(self):
-    """Waits for the writes in flight; raises the first failure."""
-    self._pool.shutdown(wait=True)
-    self._raise_failures()

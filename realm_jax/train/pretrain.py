@@ -30,7 +30,6 @@ import jax.numpy as jnp
 import optax
 from absl import logging
 
-from realm_jax import checkpoint as ckpt_lib
 from realm_jax import config as config_lib
 from realm_jax.data import catalog
 from realm_jax.data import pipeline
@@ -45,9 +44,8 @@ from realm_jax.retrieval import candidates
 from realm_jax.retrieval import model_init
 from realm_jax.retrieval.query_embedder import QueryEmbedder
 from realm_jax.train import loop
-from realm_jax.train import metrics as metrics_lib
-from realm_jax.train import partition
 from realm_jax.train import prefetch
+from realm_jax.train import setup
 from realm_jax.train import state as state_lib
 
 DEVICE_KEYS = ("query_ids", "query_mask", "mlm_positions", "mlm_labels",
@@ -79,35 +77,26 @@ def pretrain_loss(params, batch, rng, cfg, per_token=True, deterministic=False):
                                   batch["mlm_weights"], per_token=per_token)
 
 
-def train_step(state: state_lib.TrainState, batch, cfg, per_token=True,
+def train_step(state: dict, batch, cfg, tx, per_token=True,
                retriever_frozen_steps=0):
   """One optimizer step. For the first `retriever_frozen_steps` steps the
   retriever is held fixed (no gradient, no update) while the reader learns."""
-  rng = jax.random.fold_in(state.rng, state.step)
   (loss, aux), grads = jax.value_and_grad(pretrain_loss, has_aux=True)(
-      state.params, batch, rng, cfg, per_token)
+      state["params"], batch, state_lib.step_rng(state), cfg, per_token)
   if retriever_frozen_steps:
-    frozen = state.step < retriever_frozen_steps
+    frozen = state["step"] < retriever_frozen_steps
     grads = dict(grads, retriever=jax.tree.map(
         lambda g: jnp.where(frozen, jnp.zeros_like(g), g), grads["retriever"]))
-  new_state = state.apply_gradients(grads)
+  new_state = state_lib.apply_gradients(state, grads, tx)
   if retriever_frozen_steps:  # weight decay would still move it: restore it
-    new_state = new_state.replace(params=dict(
-        new_state.params, retriever=jax.tree.map(
+    new_state = dict(new_state, params=dict(
+        new_state["params"], retriever=jax.tree.map(
             lambda old, new: jnp.where(frozen, old, new),
-            state.params["retriever"], new_state.params["retriever"])))
+            state["params"]["retriever"], new_state["params"]["retriever"])))
   metrics = dict(aux, loss=loss, grad_norm=optax.global_norm(grads),
-                 param_norm=optax.global_norm(new_state.params),
+                 param_norm=optax.global_norm(new_state["params"]),
                  retriever_grad_norm=optax.global_norm(grads["retriever"]))
   return new_state, metrics
-
-
-def jit_train_step(cfg, mesh, per_token=True, retriever_frozen_steps=0):
-  repl, data = partition.replicated(mesh), partition.data_sharded(mesh)
-  return jax.jit(functools.partial(train_step, cfg=cfg, per_token=per_token,
-                                   retriever_frozen_steps=retriever_frozen_steps),
-                 in_shardings=(repl, data), out_shardings=(repl, repl),
-                 donate_argnums=0)
 
 
 # ------------------------------------------------------- the embedding job
@@ -194,17 +183,17 @@ def run(config):
   c = config
   if c.index.deterministic and c.index.query_params != "index":
     raise ValueError("index.deterministic needs index.query_params=index")
-  r = loop.setup(c, with_reader=True)
-  tok, store, cfg, mesh, checkpointer, state = r[:6]
+  r = setup.prepare(c, with_reader=True)
+  tok, store, cfg, state = r.tokenizer, r.store, r.cfg, r.state
   records = catalog.query_records(c, store, split="train")
-  start = int(state.step)
+  start = int(state["step"])
   logging.info("REALM pretraining: %d params, %d blocks, %d query records, "
-               "start step %d", model_init.param_count(state.params),
+               "start step %d", model_init.param_count(state["params"]),
                store.num_blocks, len(records), start)
 
   index_dir = os.path.join(c.workdir, "index")
   if not export_lib.list_exports(c.workdir) or start % c.index.refresh_every == 0:
-    loop.export_retriever(c, cfg, state, start, keep=c.index.keep + 2)
+    setup.export_retriever(c, cfg, state, start, keep=c.index.keep + 2)
   job = (spawn_embed_job(c, store.path, c.index.deterministic)
          if c.index.spawn_embed_job and jax.process_index() == 0 else None)
   watcher = refresh.IndexWatcher(
@@ -226,18 +215,17 @@ def run(config):
       data_iter.set_state(r.data_state)
     maker = BatchMaker(c, cfg, store, tok, data_iter, watcher, start)
     if c.index.query_params == "latest":
-      maker.embedder.latest = jax.tree.map(jnp.copy, state.params["retriever"])
+      maker.embedder.latest = jax.tree.map(jnp.copy, state["params"]["retriever"])
     feeder = prefetch.Prefetcher(maker, depth=c.train.prefetch)
-    exporter = loop.BackgroundExporter(c, cfg, keep=c.index.keep + 2)
+    exporter = setup.BackgroundExporter(c, cfg, keep=c.index.keep + 2)
     try:
-      _train_loop(c, cfg, mesh, state, feeder, maker, checkpointer, exporter,
-                  start)
+      _train(c, r, maker, feeder, exporter)
     finally:
       feeder.close()
       exporter.close()
   finally:
     watcher.close()
-    checkpointer.close()
+    r.checkpointer.close()
     if job is not None:
       job.terminate()
       job.wait(timeout=60)
@@ -255,54 +243,42 @@ def _first_version(index_dir, job, poll=0.5):
     time.sleep(poll)
 
 
-def _train_loop(c, cfg, mesh, state, feeder, maker, checkpointer, exporter,
-                start):
-  step_fn = jit_train_step(cfg, mesh, per_token=c.train.loss == "per_token",
-                           retriever_frozen_steps=c.train.retriever_frozen_steps)
-  writer = metrics_lib.MetricsWriter(c.workdir, "pretrain",
-                                     enabled=jax.process_index() == 0)
-  clock = loop.StepClock()
-  last_info = None
-  pending = []
-  for step in range(start, c.train.num_steps):
-    item, waited = feeder.get()
+def _train(c, r, maker, feeder, exporter):
+  """The shared loop, fed by the prefetch thread; exports the retriever every
+  index.refresh_every steps for the embedding job."""
+  def next_batch(state, step):
+    del state   # the prefetch thread built the batch with stale params
+    item, _ = feeder.get()
     info = item["info"]
     if info["step"] != step:
       raise RuntimeError(f"batch for step {info['step']} arrived at step {step}")
-    batch = partition.shard_batch(item["arrays"], mesh)
-    state, metrics = step_fn(state, batch)
-    clock.add(waited, c.train.batch_size)
-    last_info = info
-    pending.append((step, metrics, info))
-    done = step + 1
-    if c.index.query_params == "latest":
-      maker.embedder.latest = jax.tree.map(jnp.copy, state.params["retriever"])
-    if done % c.train.log_every == 0 or done == c.train.num_steps:
-      for s, m, inf in pending:
-        values = loop.fetch(m)
-        ckpt_lib.check_finite(s + 1, values)
-        values.update(index_version=inf["index_version"],
-                      index_staleness=s - inf["index_version"])
-        if (s, m, inf) is pending[-1]:
-          values.update(clock.summary())
-        writer.write(s + 1, values)
-      logging.info("step %d loss %.4f mlm_acc %.3f p_null %.3f index v%d "
-                   "(stale %d) wait %.0f%%", done, values["loss"],
-                   values["mlm_accuracy"], values["p_null"],
-                   info["index_version"], values["index_staleness"],
-                   100 * values.get("time/wait_fraction", 0))
-      pending = []
-    export = done % c.index.refresh_every == 0
-    save = done % c.train.checkpoint_every == 0 or done == c.train.num_steps
-    if export or save:   # never export or save non-finite params
-      ckpt_lib.check_finite(done, loop.fetch(
-          {k: metrics[k] for k in ckpt_lib.FINITE_KEYS}))
-    if export:
-      exporter.submit(state, done)
-    if save:
-      checkpointer.save(done, loop.state_tree(state),
-                        data_state=last_info["data_state"],
-                        meta={"index_version": last_info["index_version"]})
-  writer.close()
-  checkpointer.wait()
-  return state
+    version = info["index_version"]
+    return loop.Batch(item["arrays"], data_state=info["data_state"],
+                      meta={"index_version": version},
+                      logged={"index_version": version,
+                              "index_staleness": step - version})
+
+  def describe(step, values):
+    return (f"step {step} loss {values['loss']:.4f} mlm_acc "
+            f"{values['mlm_accuracy']:.3f} p_null {values['p_null']:.3f} index "
+            f"v{values['index_version']} (stale {values['index_staleness']}) "
+            f"wait {100 * values.get('time/wait_fraction', 0):.0f}%")
+
+  def publish_latest(state):
+    # index.query_params=latest: the prefetch thread embeds queries with the
+    # newest retriever (a copy: the next step donates the state's buffers).
+    maker.embedder.latest = jax.tree.map(jnp.copy, state["params"]["retriever"])
+
+  step_fn = functools.partial(
+      train_step, cfg=r.cfg, tx=r.tx, per_token=c.train.loss == "per_token",
+      retriever_frozen_steps=c.train.retriever_frozen_steps)
+  export = loop.Hook(c.index.refresh_every, lambda step, state, _:
+                     exporter.submit(state, step), at_end=False)
+  return loop.train(
+      r.state, step_fn, next_batch,
+      schedule=loop.Schedule(c.train.num_steps, c.train.batch_size,
+                             c.train.log_every, c.train.checkpoint_every),
+      mesh=r.mesh, checkpointer=r.checkpointer, workdir=c.workdir,
+      name="pretrain", describe=describe, hooks=[export],
+      on_step=[publish_latest] if c.index.query_params == "latest" else [],
+      write_every_step=True)

@@ -1,32 +1,30 @@
-"""Train state and BERT's AdamW optimizer, built with optax."""
-from typing import Any, Callable
+"""The train state and BERT's AdamW optimizer, built with optax.
 
+The state is a plain dict pytree {"params", "opt", "step", "rng"}: it jits,
+shards and checkpoints as it is, and holds arrays only. The optimizer is not
+part of it: each trainer closes its step function over its optimizer (as
+big_vision does) and passes it to `apply_gradients`.
+"""
 import jax
 import jax.numpy as jnp
 import optax
-from flax import struct
 
 
-@struct.dataclass
-class TrainState:
-  """Everything a step changes. A pytree, so it jits, shards and checkpoints."""
-  step: jax.Array
-  params: Any
-  opt_state: Any
-  rng: jax.Array
-  apply_fn: Callable = struct.field(pytree_node=False)
-  tx: optax.GradientTransformation = struct.field(pytree_node=False)
+def create(params, tx: optax.GradientTransformation, rng) -> dict:
+  return {"params": params, "opt": tx.init(params),
+          "step": jnp.zeros((), jnp.int32), "rng": rng}
 
-  @classmethod
-  def create(cls, params, tx, rng, apply_fn=None):
-    return cls(step=jnp.zeros((), jnp.int32), params=params,
-               opt_state=tx.init(params), rng=rng, apply_fn=apply_fn, tx=tx)
 
-  def apply_gradients(self, grads):
-    updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
-    return self.replace(step=self.step + 1,
-                        params=optax.apply_updates(self.params, updates),
-                        opt_state=opt_state)
+def apply_gradients(state: dict, grads, tx: optax.GradientTransformation) -> dict:
+  """One optimizer update; the step count advances by one."""
+  updates, opt = tx.update(grads, state["opt"], state["params"])
+  return dict(state, params=optax.apply_updates(state["params"], updates),
+              opt=opt, step=state["step"] + 1)
+
+
+def step_rng(state: dict) -> jax.Array:
+  """The dropout key of the state's step: a resumed run draws the same keys."""
+  return jax.random.fold_in(state["rng"], state["step"])
 
 
 def warmup_steps(num_steps: int, warmup: int = -1) -> int:

@@ -129,6 +129,12 @@ def default_config() -> ml_collections.ConfigDict:
   # parent killed with SIGKILL leaves no orphan behind.
   c.index.embed_parent_pid = 0
   c.index.embed_progress = False   # a tqdm bar (noise in a log file)
+  # A job that dies is restarted (its builds resume) at the next export, at
+  # most this many times; then the trainer stops, naming the job's log.
+  c.index.embed_restarts = 3
+  # Warn (loudly, once per refresh) when the index in service is more than
+  # this many steps behind the trainer; 0: 3 * refresh_every + refresh_delay.
+  c.index.max_staleness = 0
   # Deterministic refresh (tests, reproducibility): swap exactly every
   # refresh_every steps to the index of the export made `refresh_delay` steps
   # earlier, waiting for it if needed.

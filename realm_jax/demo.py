@@ -33,7 +33,7 @@ from realm_jax import evaluate as evaluate_lib
 from realm_jax import masked_recall
 from realm_jax import stats
 from realm_jax.data import catalog
-from realm_jax.data import demo as demo_data
+from realm_jax.data import demo_corpus
 from realm_jax.data import qa
 from realm_jax.index import build
 from realm_jax.index import export as export_lib
@@ -145,7 +145,7 @@ def run(config):
           catalog.query_records(base, store, split="heldout"), pre.workdir,
           config.eval.recall_k, config.data.query_len, config.data.max_masks))
 
-  examples = demo_data.demo_qa("test", limit=config.data.corpus_limit or None)[:3]
+  examples = demo_corpus.demo_qa("test", limit=config.data.corpus_limit or None)[:3]
   ask = _derive(realm, realm.workdir, task="answer",
                 **{"answer.question": "", "answer.questions_file":
                    _write_questions(w, [ex["question"] for ex in examples])})

@@ -46,6 +46,12 @@ _TASK_MODULES = {
 }
 assert set(_TASK_MODULES) == set(config_lib.TASKS)
 
+# What bad input raises, throughout realm_jax: each carries a message that
+# names the setting or file and what to do (FloatingPointError: a NaN/inf
+# loss; the corrupt-file errors are ValueErrors).
+_USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError,
+                FloatingPointError)
+
 # The config files of a source checkout (a pip install has none).
 _CONFIGS_DIR = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -121,7 +127,16 @@ def main(argv):
     raise app.UsageError(
         f"config.task={config.task!r} is not one of {sorted(_TASK_MODULES)}")
   logging.info("task=%s workdir=%s", config.task, config.workdir)
-  importlib.import_module(_TASK_MODULES[config.task][0]).run(config)
+  task = importlib.import_module(_TASK_MODULES[config.task][0])
+  try:
+    task.run(config)
+  except _USER_ERRORS as e:
+    # Bad input (a config value, a missing or corrupt file, a diverged run)
+    # is reported in one line; REALM_JAX_TRACEBACK=1 shows where it came
+    # from. Anything else (a bug) keeps its traceback.
+    if os.environ.get("REALM_JAX_TRACEBACK"):
+      raise
+    sys.exit(f"error: {type(e).__name__}: {e}")
 
 
 def run():

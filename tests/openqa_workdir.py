@@ -17,7 +17,7 @@ import numpy as np
 
 from realm_jax import checkpoint as ckpt_lib
 from realm_jax.data import catalog
-from realm_jax.data import demo
+from realm_jax.data import demo_corpus
 from realm_jax.index import build
 from realm_jax.index import export as export_lib
 from realm_jax.models import convert
@@ -102,7 +102,7 @@ def answerable_questions(store, n: int) -> list[dict]:
   texts = [store.text(i) for i in range(store.num_blocks)]
   out = []
   for split in ("train", "dev", "test"):
-    for ex in demo.demo_qa(split, limit=CORPUS_LIMIT):
+    for ex in demo_corpus.demo_qa(split, limit=CORPUS_LIMIT):
       if qa_inputs.blocks_with_answer(texts, ex["answer"]).any():
         out.append(ex)
   if len(out) < n:

@@ -11,7 +11,7 @@ import torch
 from transformers.models.deprecated.realm import configuration_realm
 from transformers.models.deprecated.realm import modeling_realm
 
-from realm_jax.models import config as config_lib
+from realm_jax.models import model_config as config_lib
 
 # Several small shapes, so a transposed or mis-split weight cannot hide behind
 # a square matrix or a single head. Each: (hidden, layers, heads, intermediate,

@@ -58,7 +58,7 @@ def _stop_after_metrics(n: int):
   metrics.MetricsWriter.write = write
 
 
-def _state(pid: int) -> str | None:
+def process_state(pid: int) -> str | None:
   try:
     with open(f"/proc/{pid}/stat") as f:
       return f.read().rsplit(")", 1)[1].split()[0]
@@ -70,7 +70,7 @@ def wait_until_stopped(proc, deadline_s: float = 600):
   """Blocks until `proc` (a Popen of this script) has stopped itself; fails
   if it exited first. The deadline is a hang guard only."""
   deadline = time.monotonic() + deadline_s
-  while _state(proc.pid) != "T":
+  while process_state(proc.pid) != "T":
     assert proc.poll() is None, (
         f"the child exited (status {proc.returncode}) before its stop point")
     assert time.monotonic() < deadline, "the child never reached its stop point"

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from realm_jax.models import config as config_lib
+from realm_jax.models import model_config as config_lib
 from realm_jax.models.bert import BertEncoder, activation
 from random_params import random_params
 

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from realm_jax.models import config as config_lib
 from realm_jax.models import convert
+from realm_jax.models import model_config as config_lib
 from realm_jax.models.bert import BertEncoder
 from realm_jax.models.reader import MLMEncoder
 from random_params import random_params

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from realm_jax.data import block_builder, catalog, corpus, demo, packing, sources
+from realm_jax.data import block_builder, catalog, corpus, demo_corpus, packing, sources
 from realm_jax.data import tokenizer as tk
 import openqa_workdir as ow
 
@@ -20,7 +20,7 @@ def tok():
 
 @pytest.fixture(scope="module")
 def docs():
-  return demo.demo_documents(limit=150)
+  return demo_corpus.demo_documents(limit=150)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import pytest
 pytest.importorskip("bm25s")   # the `baselines` extra: the BM25 system
 
 from realm_jax import demo as demo_run
-from realm_jax.data import demo as demo_data
+from realm_jax.data import demo_corpus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORPUS_LIMIT = 150     # 247 blocks; the test split then has 11 questions
@@ -88,7 +88,7 @@ def second(workdir, first):
 
 @pytest.fixture(scope="module")
 def num_test_questions():
-  n = len(demo_data.demo_qa("test", limit=CORPUS_LIMIT))
+  n = len(demo_corpus.demo_qa("test", limit=CORPUS_LIMIT))
   assert n >= 8
   return n
 

@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -124,7 +125,7 @@ def test_processes_take_contiguous_shard_ranges():
 
 def test_watch_embeds_only_the_newest_export(tmp_path, tokens, caplog):
   workdir = str(tmp_path)
-  from realm_jax.models import config as config_lib
+  from realm_jax.models import model_config as config_lib
   cfg = config_lib.RealmConfig(bert=config_lib.tiny())
   for step, scale in ((100, 1.0), (200, 2.0)):
     export.write_export(workdir, step, {"scale": np.float32(scale),
@@ -145,7 +146,7 @@ def test_watch_embeds_only_the_newest_export(tmp_path, tokens, caplog):
 def test_watch_every_export_builds_each_in_order(tmp_path, tokens):
   """Deterministic refresh mode waits for every version: none is skipped."""
   workdir = str(tmp_path)
-  from realm_jax.models import config as config_lib
+  from realm_jax.models import model_config as config_lib
   cfg = config_lib.RealmConfig(bert=config_lib.tiny())
   for step in (300, 100, 200):
     export.write_export(workdir, step, {"scale": np.float32(step),
@@ -162,15 +163,15 @@ def test_watch_every_export_builds_each_in_order(tmp_path, tokens):
 
 
 def build_demo_store(path, num_docs):
-  from realm_jax.data import block_builder, demo
+  from realm_jax.data import block_builder, demo_corpus
   from realm_jax.data import tokenizer as tk
-  return block_builder.build_block_store(demo.demo_documents(limit=num_docs),
+  return block_builder.build_block_store(demo_corpus.demo_documents(limit=num_docs),
                                   tk.minilm_tokenizer(), path, block_len=64,
                                   shard_rows=256, progress=False)
 
 
 def export_random_embedder(workdir, bert):
-  from realm_jax.models import config as config_lib
+  from realm_jax.models import model_config as config_lib
   from realm_jax.models.retriever import RetrieverEmbedder
   cfg = config_lib.RealmConfig(bert=bert, proj_size=16)
   ids = jnp.zeros((1, 64), jnp.int32)
@@ -257,7 +258,7 @@ def kill_mid_write_then_resume(workdir, blocks, export_path, cfg, shard_rows,
 def demo(tmp_path_factory):
   """A real block store (150 summaries, ~365 blocks of 64 tokens) and an
   export of a small random RetrieverEmbedder over the MiniLM vocabulary."""
-  from realm_jax.models import config as config_lib
+  from realm_jax.models import model_config as config_lib
   root = tmp_path_factory.mktemp("demo")
   blocks = build_demo_store(str(root / "blocks"), 150)
   export_path, cfg = export_random_embedder(
@@ -403,7 +404,7 @@ def test_two_processes_embed_their_shards_and_one_commits(tmp_path, demo):
 @pytest.mark.slow
 def test_killed_embedding_process_resumes_on_the_whole_demo_corpus(tmp_path):
   """All 10,033 summaries (~25k blocks of 64 tokens), 1024-row shards."""
-  from realm_jax.models import config as config_lib
+  from realm_jax.models import model_config as config_lib
   blocks = build_demo_store(str(tmp_path / "blocks"), None)
   export_path, cfg = export_random_embedder(
       str(tmp_path / "trainer"),
@@ -411,3 +412,79 @@ def test_killed_embedding_process_resumes_on_the_whole_demo_corpus(tmp_path):
                       intermediate_size=256))
   kill_mid_write_then_resume(str(tmp_path / "work"), blocks, export_path, cfg,
                              shard_rows=1024, batch_size=64, kill_after_shards=3)
+
+
+def _wait_for_text(path, text, deadline_s=600):
+  """Blocks until `text` appears in the file at `path` (hang guard only)."""
+  deadline = time.monotonic() + deadline_s
+  while True:
+    if os.path.exists(path) and text in open(path, errors="replace").read():
+      return
+    assert time.monotonic() < deadline, f"{text!r} never appeared in {path}"
+    time.sleep(0.05)
+
+
+def test_an_orphaned_job_stops_within_a_shard_and_never_shares_a_version(
+    tmp_path, demo):
+  """The trainer is SIGKILLed while its job builds: the job stops before its
+  next shard instead of finishing the build, and a second job (the restarted
+  trainer's) waits on the index lock until the orphan is gone, then resumes
+  its finished shards. Stop points are fixed (SIGSTOP), not timed."""
+  blocks, export_path, _ = demo
+  workdir = str(tmp_path / "w")
+  shutil.copytree(os.path.dirname(os.path.dirname(export_path)), workdir)
+  job_args = ["realm_jax.main", "--config=configs/tiny_cpu.py",
+              "--config.task=embed", f"--config.workdir={workdir}",
+              f"--config.data.block_store={blocks.path}",
+              "--config.index.embed_shard_rows=4",
+              "--config.index.embed_batch_size=4",
+              "--config.index.searcher=exact",
+              "--config.index.embed_idle_timeout=0.05"]
+  # A stand-in trainer: starts the job as its child, naming itself the parent.
+  trainer_code = (
+      "import os, signal, subprocess, sys\n"
+      "p = subprocess.Popen(sys.argv[1:] + "
+      "[f'--config.index.embed_parent_pid={os.getpid()}'])\n"
+      "print(p.pid, flush=True)\n"
+      "signal.pause()\n")
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  first_log = tmp_path / "first.log"
+  with open(first_log, "w") as out:
+    trainer = subprocess.Popen(
+        [sys.executable, "-c", trainer_code,
+         *stopping_child.command("shard:2", *job_args)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=out, text=True)
+  job_pid = int(trainer.stdout.readline())
+  second = None
+  try:
+    deadline = time.monotonic() + 600          # hang guard only
+    while stopping_child.process_state(job_pid) != "T":
+      assert trainer.poll() is None and time.monotonic() < deadline
+      time.sleep(0.01)
+    # The restarted trainer's job: it must not touch index/0.tmp meanwhile.
+    second_log = tmp_path / "second.log"
+    with open(second_log, "w") as out:
+      second = subprocess.Popen([sys.executable, "-m", *job_args], cwd=ROOT,
+                                env=env, stdout=out, stderr=subprocess.STDOUT)
+    _wait_for_text(second_log, "holds")
+    trainer.send_signal(signal.SIGKILL)
+    trainer.wait()
+    os.kill(job_pid, signal.SIGCONT)
+    _wait_for_text(first_log, "is gone")
+    assert second.wait(timeout=600) == 0
+  finally:
+    for p in (trainer, second):
+      if p is not None and p.poll() is None:
+        p.kill()
+    try:
+      os.kill(job_pid, signal.SIGKILL)
+    except ProcessLookupError:
+      pass
+  first = first_log.read_text()
+  assert "stopped before shard 3" in first, first[-3000:]
+  assert "committed" not in first          # the orphan committed nothing
+  second_text = second_log.read_text()
+  assert "3 already finished and verified" in second_text, second_text[-3000:]
+  index_dir = os.path.join(workdir, "index")
+  assert store.list_versions(index_dir) == [0]
+  store.verify(store.version_path(index_dir, 0), blocks.fingerprint)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from realm_jax.index import export
-from realm_jax.models import config as config_lib
+from realm_jax.models import model_config as config_lib
 
 
 def test_export_round_trips_params_and_config(tmp_path):

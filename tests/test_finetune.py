@@ -17,7 +17,7 @@ import pytest
 from realm_jax import checkpoint as ckpt_lib
 from realm_jax import evaluate
 from realm_jax.data import corpus
-from realm_jax.data import demo
+from realm_jax.data import demo_corpus
 from realm_jax.data import qa
 from realm_jax.qa import model as qa_model
 from realm_jax.retrieval import openqa
@@ -172,7 +172,7 @@ def test_finetune_builds_a_missing_block_store(tmp_path, explicit_store):
   # No pretraining run: fine-tuning builds the block store from data.corpus,
   # as pretraining does, at <workdir>/blocks or a data.block_store not yet
   # built.
-  docs = demo.demo_documents(6)
+  docs = demo_corpus.demo_documents(6)
   corpus_file = ow.write_jsonl(str(tmp_path / "corpus.jsonl"),
                                [{"title": t, "text": x} for t, x in docs])
   qa_file = ow.write_jsonl(str(tmp_path / "qa.jsonl"), [
@@ -190,3 +190,19 @@ def test_finetune_builds_a_missing_block_store(tmp_path, explicit_store):
   assert store.title(0) == docs[0][0]
   assert openqa.read_record(work)["block_store"] == blocks
   assert ckpt_lib.restore_params(work)[0] == 2
+
+
+def test_a_recorded_index_that_went_bad_before_training_is_chosen_again(
+    run, tmp_path):
+  """openqa.json pins the index a run trains against. If that version is
+  moved away or corrupt before any checkpoint exists, a rerun chooses the
+  newest intact version again instead of failing on the pinned one."""
+  pre_index = os.path.join(run["pre"], "index")
+  work = str(tmp_path / "work")
+  gone = os.path.join(str(tmp_path), "moved_away", "0")
+  openqa.write_record(work, gone, run["store"], openqa.read_record(
+      run["config"].workdir)["model"])
+  config = ow.tiny_config(work, **{"finetune.init_from": run["pre"]})
+  _, _, _, index_path, recorded = finetune._resolve(config)
+  assert not recorded
+  assert os.path.dirname(index_path) == pre_index

@@ -118,9 +118,9 @@ def test_prune_keeps_the_newest_versions(tmp_path, emb):
 
 @pytest.fixture
 def blocks(tmp_path):
-  from realm_jax.data import block_builder, demo, tokenizer
+  from realm_jax.data import block_builder, demo_corpus, tokenizer
   return block_builder.build_block_store(
-      demo.demo_documents(limit=30), tokenizer.minilm_tokenizer(),
+      demo_corpus.demo_documents(limit=30), tokenizer.minilm_tokenizer(),
       str(tmp_path / "blocks"), block_len=64, progress=False)
 
 

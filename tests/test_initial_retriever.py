@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from realm_jax.data import catalog
-from realm_jax.data import demo as demo_data
+from realm_jax.data import demo_corpus
 from realm_jax.data import pipeline
 from realm_jax.index import build
 from realm_jax.models.bert import BertEncoder
@@ -57,7 +57,7 @@ def test_identity_start_matches_zero_shot_minilm(tmp_path):
   assert cfg.bert.num_layers == 6
   params = model_init.init_params(config, cfg, jax.random.PRNGKey(0),
                                   with_reader=False)["retriever"]["embedder"]
-  questions = demo_data.demo_qa("test", limit=LIMIT)
+  questions = demo_corpus.demo_qa("test", limit=LIMIT)
   assert len(questions) >= 15
   q_ids, q_mask = map(np.stack, zip(*[pipeline.pad_or_truncate(
       tok.encode(q["question"]).ids, 24, tok.cls_id, tok.sep_id, tok.pad_id)

@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from realm_jax.models import config as config_lib
 from realm_jax.models import losses
+from realm_jax.models import model_config as config_lib
 from realm_jax.models.retriever import Retriever, relevance_scores
 from random_params import random_params
 

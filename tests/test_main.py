@@ -119,3 +119,21 @@ def test_a_saved_config_loads_back_with_its_types_and_takes_overrides(tmp_path):
     load("--config.index.embed_parent_pid=soon")
   # Without an argument the module is the defaults' config file.
   assert config_lib.get_config().to_dict() == config_lib.default_config().to_dict()
+
+
+def test_bad_input_is_one_line_and_the_traceback_is_on_request(tmp_path):
+  """A ValueError of a task (here: train.keep_checkpoints=0, refused before
+  anything is deleted) ends the run with one `error:` line, not a traceback;
+  REALM_JAX_TRACEBACK=1 shows the traceback."""
+  args = ("--config=configs/tiny_cpu.py", "--config.task=finetune",
+          f"--config.workdir={tmp_path}", "--config.train.keep_checkpoints=0",
+          "--config.data.corpus_limit=5")
+  r = _main(*args)
+  assert r.returncode == 1
+  errors = [l for l in r.stderr.splitlines() if l.startswith("error:")]
+  assert errors == [errors[0]] and "keep_checkpoints=0" in errors[0]
+  assert "Traceback" not in r.stderr
+  r = subprocess.run([sys.executable, "-m", "realm_jax.main", *args], cwd=ROOT,
+                     capture_output=True, text=True, timeout=300,
+                     env=dict(os.environ, REALM_JAX_TRACEBACK="1"))
+  assert r.returncode != 0 and "Traceback" in r.stderr

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from realm_jax.data import block_builder, demo, masking, ner
+from realm_jax.data import block_builder, demo_corpus, masking, ner
 from realm_jax.data import tokenizer as tk
 
 
@@ -19,7 +19,7 @@ def tok():
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, tok):
   path = str(tmp_path_factory.mktemp("stores") / "demo40")
-  return block_builder.build_block_store(demo.demo_documents(limit=40), tok, path,
+  return block_builder.build_block_store(demo_corpus.demo_documents(limit=40), tok, path,
                                   progress=False)
 
 

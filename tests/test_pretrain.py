@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from realm_jax.data import block_builder
-from realm_jax.data import demo
+from realm_jax.data import demo_corpus
 from realm_jax.data import tokenizer as tokenizer_lib
 from realm_jax.retrieval import candidates
+from realm_jax.train import pretrain
 import stopping_child
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,7 +27,7 @@ def shared(tmp_path_factory):
   """A SentencePiece vocabulary (small, so a tiny model learns fast) and a
   block store of the first demo documents, shared by every run below."""
   d = tmp_path_factory.mktemp("shared")
-  texts = [t for doc in demo.demo_documents(200) for t in doc]
+  texts = [t for doc in demo_corpus.demo_documents(200) for t in doc]
   sp = tokenizer_lib.train_sentencepiece(texts, 1000, str(d / "sp"))
   return {"tokenizer": f"sentencepiece:{sp}", "blocks": str(d / "blocks")}
 
@@ -68,7 +69,7 @@ DETERMINISTIC = ("--config.index.deterministic=True",
 
 def test_reader_inputs_put_query_then_body_and_null_first(shared, tmp_path):
   tok = tokenizer_lib.load_tokenizer(shared["tokenizer"])
-  store = block_builder.build_block_store(demo.demo_documents(5), tok,
+  store = block_builder.build_block_store(demo_corpus.demo_documents(5), tok,
                                    str(tmp_path / "b"), block_len=32,
                                    progress=False)
   q = np.array([[tok.cls_id, 7, tok.mask_id, 9, tok.sep_id, tok.pad_id]], np.int32)
@@ -165,3 +166,24 @@ def test_an_update_that_overflows_is_never_saved(shared, tmp_path):
   assert not os.path.isdir(work / "checkpoints") or not any(
       n.isdigit() for n in os.listdir(work / "checkpoints"))
   assert sorted(os.listdir(work / "exports")) == ["0"]
+
+
+def test_a_dead_embedding_job_is_restarted_then_the_run_stops(tmp_path):
+  """EmbedJob.check (run at every export): a job that exited is started
+  again, index.embed_restarts times, then the trainer stops naming its log.
+  The real job is started; it dies because its block store is missing."""
+  from realm_jax import config as config_lib
+  config = config_lib.default_config()
+  config.workdir = str(tmp_path)
+  config.index.embed_restarts = 1
+  job = pretrain.EmbedJob(config, str(tmp_path / "no_block_store"))
+  try:
+    assert job.proc.wait(timeout=600) != 0
+    job.check()
+    assert job.restarts_left == 0
+    assert job.proc.wait(timeout=600) != 0
+    with pytest.raises(RuntimeError, match="embed_job.log"):
+      job.check()
+  finally:
+    job.close()
+  assert (tmp_path / "embed_job.log").read_text().count("no_block_store") >= 2

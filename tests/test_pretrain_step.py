@@ -4,8 +4,8 @@ import jax
 import numpy as np
 
 from realm_jax import config as config_lib
-from realm_jax.models import config as mc
 from realm_jax.models import convert
+from realm_jax.models import model_config as mc
 from realm_jax.models.reader import MLMEncoder
 from realm_jax.models.retriever import Retriever
 from realm_jax.train import pretrain

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 
 from realm_jax.data import catalog
-from realm_jax.data import demo
+from realm_jax.data import demo_corpus
 from realm_jax.data import pipeline
 from realm_jax.data import qa
 from realm_jax.data import tokenizer as tokenizer_lib
-from realm_jax.models import config as config_lib
 from realm_jax.models import convert
+from realm_jax.models import model_config as config_lib
 from realm_jax.models import openqa as openqa_model
 from realm_jax.models.bert import MASK_VALUE
 from realm_jax.models.reader import SpanReader
@@ -33,10 +33,10 @@ def store(tmp_path_factory):
 
 
 def test_blocks_with_answer_agrees_with_has_answer():
-  texts = [t for _, t in demo.demo_documents(300)]
+  texts = [t for _, t in demo_corpus.demo_documents(300)]
   texts += ["O'Neill met the Beatles in São Paulo.", "Pelé: 1,000 goals!",
             "the", "U.S. Army", "an apple a day"]
-  answers = [[title] for title, _ in demo.demo_documents(60)] + [
+  answers = [[title] for title, _ in demo_corpus.demo_documents(60)] + [
       ["ONeill"], ["O'Neill"], ["beatles"], ["The Beatles!"], ["sao paulo"],
       ["Pele"], ["Pelé"], ["1000 goals"], ["1,000"], ["the"], ["US army"],
       ["apple a day"], ["a"], ["", "U.S."], ["Jane Austen", "english"]]
@@ -213,7 +213,7 @@ def test_every_answer_gives_gold_spans(tok):
   # Demo answers: "Point (geometry)" never occurs in the text, "Point" does.
   text = "A point is a location. Points have no size."
   examples = [{"question": "fundamental object of geometry",
-               "answer": demo.answers_of("Point (geometry)")}]
+               "answer": demo_corpus.answers_of("Point (geometry)")}]
   q = next(iter(pipeline.qa_dataset(examples, tok, 0, 1, 16, train=False,
                                     read_threads=0)))
   batch = qa_inputs.training_batch(

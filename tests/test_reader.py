@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from realm_jax.models import config as config_lib
 from realm_jax.models import losses
+from realm_jax.models import model_config as config_lib
 from realm_jax.models.bert import MASK_VALUE
 from realm_jax.models.reader import MLMEncoder, SpanReader, span_candidates
 from random_params import random_params

@@ -22,7 +22,7 @@ import sys
 import numpy as np
 import pytest
 
-from realm_jax.data import demo
+from realm_jax.data import demo_corpus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 60
@@ -32,7 +32,7 @@ STEPS = 60
 def mirrored_corpus(tmp_path_factory):
   path = tmp_path_factory.mktemp("corpus") / "mirrored.jsonl"
   with open(path, "w", encoding="utf-8") as f:
-    for title, text in demo.demo_documents(150):
+    for title, text in demo_corpus.demo_documents(150):
       for t in (title, f"{title} (mirror)"):
         f.write(json.dumps({"title": t, "text": text}) + "\n")
   return str(path)

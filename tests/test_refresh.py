@@ -168,3 +168,21 @@ def test_wait_for_loads_exactly_the_requested_version(tmp_path):
   write(index_dir, 30, commit=False)
   with pytest.raises(TimeoutError):                # a .tmp is never loaded
     watcher.wait_for(30, timeout=0.1)
+
+
+def test_resume_serves_the_newest_intact_version_when_its_own_is_corrupt(
+    tmp_path):
+  """A checkpoint recorded index version 1; on resume it is corrupt and 2 is
+  intact: the trainer serves 2 instead of crashing."""
+  from realm_jax.train import pretrain
+  index_dir = str(tmp_path)
+  write(index_dir, 1, torn=True)
+  write(index_dir, 2)
+  with refresh.IndexWatcher(index_dir, FP, functools.partial(
+      searchers.make_searcher, kind="exact"), poll_interval=None) as watcher:
+    pretrain._serve_first_index(watcher, 1, index_dir, job=None)
+    assert watcher.version == 2 and 1 in watcher.refused
+  with refresh.IndexWatcher(index_dir, FP, functools.partial(
+      searchers.make_searcher, kind="exact"), poll_interval=None) as watcher:
+    pretrain._serve_first_index(watcher, 2, index_dir, job=None)
+    assert watcher.version == 2

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from realm_jax.models import config as config_lib
+from realm_jax.models import model_config as config_lib
 from realm_jax.models.retriever import (Retriever, RetrieverEmbedder,
                                         doc_embedder_params,
                                         query_embedder_params, relevance_scores)

@@ -11,7 +11,7 @@ import textwrap
 
 SCRIPT = textwrap.dedent("""
     import jax, numpy as np
-    from realm_jax.models import config as mc
+    from realm_jax.models import model_config as mc
     from realm_jax.models.reader import MLMEncoder
     from realm_jax.models.retriever import Retriever
     from realm_jax.models import convert

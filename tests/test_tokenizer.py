@@ -5,13 +5,13 @@ import unicodedata
 import numpy as np
 import pytest
 
-from realm_jax.data import demo
+from realm_jax.data import demo_corpus
 from realm_jax.data import tokenizer as tk
 
 
 @pytest.fixture(scope="module")
 def texts():
-  return [text for _, text in demo.demo_documents(limit=120)]
+  return [text for _, text in demo_corpus.demo_documents(limit=120)]
 
 
 @pytest.fixture(scope="module")

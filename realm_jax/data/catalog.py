@@ -12,7 +12,7 @@ from absl import logging
 
 from realm_jax.data import block_builder
 from realm_jax.data import corpus
-from realm_jax.data import demo
+from realm_jax.data import demo_corpus
 from realm_jax.data import ner
 from realm_jax.data import qa
 from realm_jax.data import sources
@@ -31,7 +31,7 @@ def documents(config):
   """(title, text) pairs of the knowledge corpus Z, in a fixed order."""
   name, limit = config.data.corpus, config.data.corpus_limit or None
   if name == "demo":
-    return demo.demo_documents(limit)
+    return demo_corpus.demo_documents(limit)
   if name.startswith("jsonl:"):
     docs = sources.JsonlDocuments(name.split(":", 1)[1])
   elif name == "wikipedia" or name.startswith("wikipedia/"):
@@ -138,7 +138,7 @@ def qa_examples(config, split: str):
   """[{"question", "answer": [...]}] for finetune/eval."""
   name = config.finetune.dataset
   if name == "demo":
-    return demo.demo_qa(split, limit=config.data.corpus_limit or None)
+    return demo_corpus.demo_qa(split, limit=config.data.corpus_limit or None)
   if name.startswith("jsonl:"):
     # "{split}" in the path picks the split's file, e.g. the resplit files
     # CuratedTrec.resplit.{split}.jsonl; a path without it is every split.

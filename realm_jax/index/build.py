@@ -98,6 +98,10 @@ def _finished_shard(tmp: str, i: int, rows: int) -> dict | None:
 _WIDTH_STEP = 16
 
 
+class BuildStopped(Exception):
+  """build_index was asked to stop (should_stop) before it finished."""
+
+
 class NonFiniteEmbeddingError(ValueError):
   """An export embeds some block as NaN/inf: its index is never committed."""
 
@@ -172,7 +176,8 @@ def build_index(embed_fn: Callable, params, source: BlockSource, index_dir: str,
                 dtype: str = "float32", keep: int = 3, export: dict | None = None,
                 progress: bool = True, devices=None,
                 searcher: str | None = None,
-                scann_overrides: dict | None = None) -> str:
+                scann_overrides: dict | None = None,
+                should_stop: Callable[[], bool] | None = None) -> str:
   """Embeds every block of `source` into index version `step`; returns its path.
 
   searcher: a `searchers.make_searcher` kind to build and serialize into the
@@ -181,6 +186,10 @@ def build_index(embed_fn: Callable, params, source: BlockSource, index_dir: str,
 
   Resumes a previous attempt's <step>.tmp/ when it was for the same job
   (same export, corpus, shard size, dtype); otherwise starts over.
+
+  should_stop: asked before each shard; True raises BuildStopped, leaving the
+  finished shards for a later run to resume (the job stops this way when its
+  trainer dies mid-build).
   """
   final = store.version_path(index_dir, step)
   if os.path.isdir(final):
@@ -215,6 +224,10 @@ def build_index(embed_fn: Callable, params, source: BlockSource, index_dir: str,
   bar = _progress_bar(total_rows, done_rows, step, progress)
   embedder = Embedder(embed_fn, params, batch_size, dtype, devices) if todo else None
   for i in todo:
+    if should_stop is not None and should_stop():
+      bar.close()
+      raise BuildStopped(f"index {step}: stopped before shard {i}; the "
+                         f"finished shards in {tmp} are resumed by the next run")
     lo, hi = ranges[i]
     emb = embedder(source, lo, hi, bar.update)
     if emb is None:  # an empty corpus: one empty shard keeps the format uniform

@@ -6,7 +6,7 @@ the trainer's exports, in its own process.
 
 It runs with the trainer's config, so the two agree on every shared setting
 (block store, searcher and its ScaNN settings, dtype, versions kept). The
-trainer starts it itself (realm_jax/train/pretrain.py: spawn_embed_job);
+trainer starts it itself (realm_jax/train/pretrain.py: EmbedJob);
 launch/ starts it on its own accelerators. The index.embed_* fields and
 index.bootstrap configure it (realm_jax/config.py):
 
@@ -22,6 +22,8 @@ Each version is built by realm_jax/index/build.py (resumable, sharded over
 devices and processes). With several processes the watch loops agree on the
 export to build (process 0's choice), and process 0 commits.
 """
+import contextlib
+import fcntl
 import os
 import time
 
@@ -60,7 +62,9 @@ def watch(workdir: str, source: build.BlockSource, index_dir: str | None = None,
     instead of only the newest (the trainer's deterministic refresh mode
     waits for each version in turn).
   parent_pid: exit when this process is no longer our parent, so a trainer
-    killed with SIGKILL does not leave its embedding job behind.
+    killed with SIGKILL does not leave its embedding job behind. Checked
+    between shards too: an orphan stops within one shard, not after a build
+    of minutes, and the next job resumes its finished shards.
   kwargs: for build.embed_export (batch_size, shard_rows, dtype, keep, ...).
 
   Returns the committed paths when `max_versions` were built, no new export
@@ -69,6 +73,8 @@ def watch(workdir: str, source: build.BlockSource, index_dir: str | None = None,
   """
   index_dir = index_dir or os.path.join(workdir, "index")
   built, idle_since = [], time.monotonic()
+  if parent_pid is not None:
+    kwargs["should_stop"] = lambda: _parent_gone(parent_pid)
   while not (stop is not None and stop.is_set()):
     if _parent_gone(parent_pid):
       logging.info("the trainer (pid %d) is gone; the embedding job exits",
@@ -85,8 +91,12 @@ def watch(workdir: str, source: build.BlockSource, index_dir: str | None = None,
     step = _same_on_all_processes(
         (todo[0] if every_export else todo[-1]) if todo else -1)
     if step >= 0:
-      built.append(build.embed_export(export_lib.export_path(workdir, step),
-                                      source, index_dir, **kwargs))
+      try:
+        built.append(build.embed_export(export_lib.export_path(workdir, step),
+                                        source, index_dir, **kwargs))
+      except build.BuildStopped as e:
+        logging.info("the trainer (pid %d) is gone: %s", parent_pid, e)
+        break
       idle_since = time.monotonic()
       if max_versions is not None and len(built) >= max_versions:
         break
@@ -111,14 +121,45 @@ def run(config):
                 dtype=ix.embed_dtype, keep=ix.keep, progress=ix.embed_progress,
                 searcher=options.pop("kind"), scann_overrides=options)
   index_dir = os.path.join(config.workdir, "index")
-  if ix.bootstrap:
-    build.embed_export(ix.bootstrap, source, index_dir, **kwargs)
+  parent_pid = ix.embed_parent_pid or None
+  with _only_job(index_dir, parent_pid):
+    if ix.bootstrap:
+      build.embed_export(ix.bootstrap, source, index_dir, **kwargs)
+      return
+    # every_export follows index.deterministic rather than being a setting
+    # of its own: a deterministic trainer waits for each version in turn, so
+    # a job that skipped one would stall it.
+    watch(config.workdir, source, index_dir,
+          poll_interval=ix.embed_poll_interval,
+          idle_timeout=ix.embed_idle_timeout or None,
+          every_export=ix.deterministic, parent_pid=parent_pid, **kwargs)
+
+
+@contextlib.contextmanager
+def _only_job(index_dir: str, parent_pid: int | None, poll: float = 0.5):
+  """Holds <index_dir>/.embed.lock (an exclusive flock, released by the
+  kernel however the job ends) so two jobs never write one index version,
+  e.g. an orphan of a killed trainer and the job of its restart. A second
+  job waits for the first to end (or for its own trainer to die). Process 0
+  holds it for a multi-process job, whose other processes follow its lead."""
+  if jax.process_index() != 0:
+    yield
     return
-  # every_export follows index.deterministic rather than being a setting of
-  # its own: a deterministic trainer waits for each version in turn, so a
-  # job that skipped one would stall it.
-  watch(config.workdir, source, index_dir,
-        poll_interval=ix.embed_poll_interval,
-        idle_timeout=ix.embed_idle_timeout or None,
-        every_export=ix.deterministic,
-        parent_pid=ix.embed_parent_pid or None, **kwargs)
+  os.makedirs(index_dir, exist_ok=True)
+  with open(os.path.join(index_dir, ".embed.lock"), "w") as lock:
+    waited = False
+    while True:
+      try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        break
+      except BlockingIOError:
+        if not waited:
+          logging.warning("another embedding job holds %s/.embed.lock; "
+                          "waiting for it to end", index_dir)
+          waited = True
+        if _parent_gone(parent_pid):
+          logging.info("the trainer (pid %d) is gone; the embedding job "
+                       "exits", parent_pid)
+          raise SystemExit(0)
+        time.sleep(poll)
+    yield

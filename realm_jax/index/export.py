@@ -20,7 +20,7 @@ import numpy as np
 from flax import serialization
 
 from realm_jax.index import store
-from realm_jax.models.config import BertConfig, RealmConfig
+from realm_jax.models.model_config import BertConfig, RealmConfig
 
 PARAMS = "params.msgpack"
 MODEL = "model.json"

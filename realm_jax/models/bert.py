@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from realm_jax.models.config import BertConfig
+from realm_jax.models.model_config import BertConfig
 
 # Added to attention scores of padded keys. Finite (not -inf) so that a row with
 # every key masked (an all-padding sequence) gives a uniform softmax, not NaN.

@@ -37,7 +37,7 @@ import numpy as np
 
 from realm_jax import packaged
 from realm_jax.models.bert import BertEncoder
-from realm_jax.models.config import BertConfig, RealmConfig
+from realm_jax.models.model_config import BertConfig, RealmConfig
 from realm_jax.models.reader import MLMEncoder, SpanReader
 from realm_jax.models.retriever import Retriever, RetrieverEmbedder
 

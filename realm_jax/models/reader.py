@@ -12,7 +12,7 @@ import numpy as np
 
 from realm_jax.models.bert import (MASK_VALUE, BertEncoder, activation, dense,
                                    layer_norm)
-from realm_jax.models.config import RealmConfig
+from realm_jax.models.model_config import RealmConfig
 
 
 class MLMEncoder(nn.Module):

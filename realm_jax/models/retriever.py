@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from realm_jax.models.bert import BertEncoder, dense, layer_norm
-from realm_jax.models.config import RealmConfig
+from realm_jax.models.model_config import RealmConfig
 
 
 class RetrieverEmbedder(nn.Module):

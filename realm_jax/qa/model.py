@@ -8,7 +8,7 @@ import dataclasses
 
 from realm_jax import checkpoint as ckpt_lib
 from realm_jax.data import corpus
-from realm_jax.models.config import RealmConfig
+from realm_jax.models.model_config import RealmConfig
 from realm_jax.models.reader import SpanReader
 from realm_jax.retrieval import model_init
 from realm_jax.retrieval import openqa

@@ -23,8 +23,8 @@ from absl import logging
 
 from realm_jax import checkpoint as ckpt_lib
 from realm_jax.index import export as export_lib
-from realm_jax.models import config as model_config
 from realm_jax.models import convert
+from realm_jax.models import model_config as model_config
 from realm_jax.models.reader import MLMEncoder, SpanReader
 from realm_jax.models.retriever import Retriever
 

@@ -126,6 +126,22 @@ class QuestionEmbedder:
 def _resolve(config):
   """(store, tokenizer, cfg, index path or None, record) for this workdir."""
   record = openqa.read_record(config.workdir)
+  checkpoints = os.path.join(config.workdir, "checkpoints")
+  trained = os.path.isdir(checkpoints) and any(
+      name.isdigit() for name in os.listdir(checkpoints))
+  if record is not None and not trained:
+    # Recorded, but nothing trained against it yet: if that version is no
+    # longer intact (corrupt, or moved away) choose again rather than stay
+    # pinned to it. With checkpoints the run must keep its index; open_index
+    # then refuses it with a message naming the version.
+    try:
+      openqa.check_index(record["index_path"],
+                         corpus.BlockStore(record["block_store"]),
+                         openqa.searcher_cache(config))
+    except (index_store.CorruptIndexError, FileNotFoundError) as e:
+      logging.warning("the recorded index is not usable (%s); choosing the "
+                      "newest intact version again", e)
+      record = None
   if record is not None:
     # A resumed run (or a rerun in this workdir) keeps what it started with.
     logging.info("using the index %s and block store %s recorded in %s",
@@ -152,28 +168,28 @@ def _random_params(cfg, rng):
 
 def run(config):
   partition.maybe_initialize_distributed()
-  c = config
-  f = c.finetune
+  f = config.finetune
   if f.search_lag not in (0, 1):
     raise ValueError(f"finetune.search_lag must be 0 or 1, got {f.search_lag}")
-  os.makedirs(c.workdir, exist_ok=True)
-  store, tok, cfg, index_path, recorded = _resolve(c)
+  os.makedirs(config.workdir, exist_ok=True)
+  store, tok, cfg, index_path, recorded = _resolve(config)
   mesh = partition.make_mesh()
   partition.check_batch_size(f.batch_size, mesh)
-  checkpointer = ckpt_lib.Checkpointer(c.workdir, keep=c.train.keep_checkpoints)
+  checkpointer = ckpt_lib.Checkpointer(config.workdir,
+                                      keep=config.train.keep_checkpoints)
   resuming = checkpointer.latest_step() is not None
   init = (functools.partial(_random_params, cfg) if resuming else
-          lambda rng: model_init.openqa_params(c, cfg, rng))
-  tx = optimizer(c)
-  state, data_state, _ = loop.create_or_restore(checkpointer, init, tx, c.seed,
-                                                mesh)
+          lambda rng: model_init.openqa_params(config, cfg, rng))
+  tx = optimizer(config)
+  state, data_state, _ = loop.create_or_restore(checkpointer, init, tx,
+                                                config.seed, mesh)
   if index_path is None:
-    index_path = openqa.bootstrap_index(c, cfg, state["params"]["retriever"],
-                                          store)
+    index_path = openqa.bootstrap_index(config, cfg,
+                                        state["params"]["retriever"], store)
   if not recorded and jax.process_index() == 0:
-    openqa.write_record(c.workdir, index_path, store, cfg)
-  emb, searcher = openqa.open_index(index_path, store, c.index,
-                                      openqa.searcher_cache(c))
+    openqa.write_record(config.workdir, index_path, store, cfg)
+  emb, searcher = openqa.open_index(index_path, store, config.index,
+                                      openqa.searcher_cache(config))
   beam = min(f.retriever_beam, store.num_blocks)
   logging.info("Open-QA fine-tuning: %d blocks, index %s (version %s), "
                "retriever beam %d, reader beam %d, start step %d of %d",
@@ -181,12 +197,12 @@ def run(config):
                index_store.read_manifest(index_path)["step"], beam,
                min(f.reader_beam, beam), int(state["step"]), f.num_steps)
 
-  examples = catalog.qa_examples(c, f.split)
+  examples = catalog.qa_examples(config, f.split)
   if not examples:
     raise ValueError(f"finetune.dataset={f.dataset!r} split {f.split!r} has "
                      "no questions")
   dataset = pipeline.qa_dataset(
-      examples, tok, c.seed, f.batch_size // jax.process_count(),
+      examples, tok, config.seed, f.batch_size // jax.process_count(),
       question_len=f.question_len, max_answer_len=min(f.max_answer_len,
                                                       cfg.max_span_width))
   data_iter = iter(dataset)
@@ -208,9 +224,9 @@ def run(config):
   try:
     return loop.train(
         state, functools.partial(train_step, cfg=cfg, tx=tx), batches,
-        schedule=loop.Schedule(f.num_steps, f.batch_size, c.train.log_every,
-                               c.train.checkpoint_every),
-        mesh=mesh, checkpointer=checkpointer, workdir=c.workdir,
+        schedule=loop.Schedule(f.num_steps, f.batch_size, config.train.log_every,
+                               config.train.checkpoint_every),
+        mesh=mesh, checkpointer=checkpointer, workdir=config.workdir,
         name="finetune", describe=_describe)
   finally:
     checkpointer.close()

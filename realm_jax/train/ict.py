@@ -55,11 +55,11 @@ def train_step(state, batch, cfg, tx):
 
 
 def run(config):
-  c = config
-  r = setup.prepare(c, with_reader=False)
+  r = setup.prepare(config, with_reader=False)
   dataset = pipeline.ict_dataset(
-      r.store, r.tokenizer, c.seed, c.train.batch_size // jax.process_count(),
-      query_len=c.ict.query_len, remove_prob=c.ict.remove_prob)
+      r.store, r.tokenizer, config.seed,
+      config.train.batch_size // jax.process_count(),
+      query_len=config.ict.query_len, remove_prob=config.ict.remove_prob)
   data_iter = iter(dataset)
   if r.data_state is not None:
     data_iter.set_state(r.data_state)
@@ -74,16 +74,15 @@ def run(config):
     return (f"ICT step {step} loss {values['loss']:.4f} "
             f"accuracy {values['accuracy']:.3f}")
 
-  export = loop.Hook(c.index.refresh_every, lambda step, state, _:
-                     setup.export_retriever(c, r.cfg, state, step))
+  export = loop.Hook(config.index.refresh_every, lambda step, state, _:
+                     setup.export_retriever(config, r.cfg, state, step))
   logging.info("ICT: %d blocks, start step %d of %d", r.store.num_blocks,
-               int(r.state["step"]), c.train.num_steps)
+               int(r.state["step"]), config.train.num_steps)
   try:
     return loop.train(
         r.state, functools.partial(train_step, cfg=r.cfg, tx=r.tx), next_batch,
-        schedule=loop.Schedule(c.train.num_steps, c.train.batch_size,
-                               c.train.log_every, c.train.checkpoint_every),
-        mesh=r.mesh, checkpointer=r.checkpointer, workdir=c.workdir,
+        schedule=loop.Schedule.of(config.train),
+        mesh=r.mesh, checkpointer=r.checkpointer, workdir=config.workdir,
         name="ict", describe=describe, hooks=[export])
   finally:
     r.checkpointer.close()

@@ -92,6 +92,12 @@ class Schedule(NamedTuple):
   log_every: int
   checkpoint_every: int
 
+  @classmethod
+  def of(cls, train_config) -> "Schedule":
+    """config.train's schedule (ICT and pretraining)."""
+    return cls(train_config.num_steps, train_config.batch_size,
+               train_config.log_every, train_config.checkpoint_every)
+
 
 def train(state: dict, step_fn: Callable, next_batch: Callable, *,
           schedule: Schedule, mesh, checkpointer: ckpt_lib.Checkpointer,

@@ -101,26 +101,57 @@ def train_step(state: dict, batch, cfg, tx, per_token=True,
 
 # ------------------------------------------------------- the embedding job
 
-def spawn_embed_job(config, store_path: str, deterministic: bool):
-  """Starts the embedding job (task=embed) as a child process.
+class EmbedJob:
+  """The embedding job (task=embed) as this trainer's child process.
 
   The child runs with exactly this trainer's config: saved as JSON in the
   workdir (realm_jax/config.py: save_config) and loaded back by the child's
   --config, whatever built it (a file and overrides, or code). Only what is
-  the job's alone is set on its command line: the task, and this process as
-  the parent to watch. `deterministic` is config.index.deterministic, which
-  the job reads itself; `store_path` is the block store this trainer opened,
-  passed on so that both surely read the same one.
+  the job's alone is set on its command line: the task, this process as the
+  parent to watch, and the block store this trainer opened.
+
+  `check()` runs at every export: a job that died (a crash, an OOM kill, a
+  stray SIGKILL) would otherwise leave the trainer on an ever staler index.
+  It is restarted, up to index.embed_restarts times (its builds resume), and
+  beyond that the run stops with the job's exit status and log.
   """
-  del deterministic
-  config_arg = config_lib.save_config(
-      config, os.path.join(config.workdir, "embed_job_config.json"))
-  cmd = [sys.executable, "-m", "realm_jax.main", f"--config={config_arg}",
-         "--config.task=embed", f"--config.data.block_store={store_path}",
-         f"--config.index.embed_parent_pid={os.getpid()}"]
-  log = open(os.path.join(config.workdir, "embed_job.log"), "ab")
-  logging.info("starting the embedding job: %s", " ".join(cmd))
-  return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+
+  def __init__(self, config, store_path: str):
+    config_arg = config_lib.save_config(
+        config, os.path.join(config.workdir, "embed_job_config.json"))
+    self.cmd = [sys.executable, "-m", "realm_jax.main",
+                f"--config={config_arg}", "--config.task=embed",
+                f"--config.data.block_store={store_path}",
+                f"--config.index.embed_parent_pid={os.getpid()}"]
+    self.log_path = os.path.join(config.workdir, "embed_job.log")
+    self.restarts_left = config.index.embed_restarts
+    self.proc = self._start()
+
+  def _start(self):
+    logging.info("starting the embedding job: %s", " ".join(self.cmd))
+    with open(self.log_path, "ab") as log:
+      return subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT)
+
+  def poll(self):
+    return self.proc.poll()
+
+  def check(self):
+    code = self.proc.poll()
+    if code is None:
+      return
+    if self.restarts_left <= 0:
+      raise RuntimeError(
+          f"the embedding job exited with status {code} and may not be "
+          f"restarted again (index.embed_restarts); see {self.log_path}")
+    self.restarts_left -= 1
+    logging.error("the embedding job exited with status %d (see %s); "
+                  "restarting it (%d restart(s) left)", code, self.log_path,
+                  self.restarts_left)
+    self.proc = self._start()
+
+  def close(self):
+    self.proc.terminate()
+    self.proc.wait(timeout=60)
 
 
 def version_for_step(step: int, every: int, delay: int) -> int:
@@ -139,28 +170,28 @@ class BatchMaker:
     self.embedder = QueryEmbedder(cfg, config.workdir)
 
   def __call__(self) -> dict:
-    c = self.config
-    if self.step >= c.train.num_steps:
+    config = self.config
+    if self.step >= config.train.num_steps:
       raise StopIteration   # nothing past the last step: don't wait on an index
     batch = next(self.data_iter)
     data_state = self.data_iter.get_state()
-    if c.index.deterministic:
+    if config.index.deterministic:
       current = self.watcher.wait_for(version_for_step(
-          self.step, c.index.refresh_every, c.index.refresh_delay))
+          self.step, config.index.refresh_every, config.index.refresh_delay))
     else:
       current = self.watcher.current
-    if c.index.query_params == "latest" and self.embedder.latest is not None:
+    if config.index.query_params == "latest" and self.embedder.latest is not None:
       q_params = self.embedder.latest
     else:
       q_params = self.embedder.params_of_export(current.version)
     q_emb = self.embedder(q_params, batch["query_ids"], batch["query_mask"])
     source_rows = self.store.rows_for_uids(list(batch["source_uid"]))
     rows, _ = candidates.retrieve_candidates(
-        current.searcher, q_emb, source_rows, c.train.num_candidates - 1)
+        current.searcher, q_emb, source_rows, config.train.num_candidates - 1)
     cand = candidates.candidate_doc_inputs(self.store, rows, self.tok)
     reader = candidates.reader_inputs(
         batch["query_ids"], batch["query_mask"], self.store, rows,
-        c.data.reader_len, self.tok.sep_id, self.tok.pad_id)
+        config.data.reader_len, self.tok.sep_id, self.tok.pad_id)
     out = {k: batch[k] for k in ("query_ids", "query_mask", "mlm_positions",
                                  "mlm_labels", "mlm_weights")}
     out.update(cand_ids=cand[0], cand_segments=cand[1], cand_mask=cand[2],
@@ -180,46 +211,42 @@ def _make_searcher_fn(config):
 
 
 def run(config):
-  c = config
-  if c.index.deterministic and c.index.query_params != "index":
+  if config.index.deterministic and config.index.query_params != "index":
     raise ValueError("index.deterministic needs index.query_params=index")
-  r = setup.prepare(c, with_reader=True)
+  r = setup.prepare(config, with_reader=True)
   tok, store, cfg, state = r.tokenizer, r.store, r.cfg, r.state
-  records = catalog.query_records(c, store, split="train")
+  records = catalog.query_records(config, store, split="train")
   start = int(state["step"])
   logging.info("REALM pretraining: %d params, %d blocks, %d query records, "
                "start step %d", model_init.param_count(state["params"]),
                store.num_blocks, len(records), start)
 
-  index_dir = os.path.join(c.workdir, "index")
-  if not export_lib.list_exports(c.workdir) or start % c.index.refresh_every == 0:
-    setup.export_retriever(c, cfg, state, start, keep=c.index.keep + 2)
-  job = (spawn_embed_job(c, store.path, c.index.deterministic)
-         if c.index.spawn_embed_job and jax.process_index() == 0 else None)
+  index_dir = os.path.join(config.workdir, "index")
+  if (not export_lib.list_exports(config.workdir)
+      or start % config.index.refresh_every == 0):
+    setup.export_retriever(config, cfg, state, start, keep=config.index.keep + 2)
+  job = (EmbedJob(config, store.path)
+         if config.index.spawn_embed_job and jax.process_index() == 0 else None)
   watcher = refresh.IndexWatcher(
-      index_dir, store.fingerprint, _make_searcher_fn(c),
-      poll_interval=None if c.index.deterministic else 0.5)
+      index_dir, store.fingerprint, _make_searcher_fn(config),
+      poll_interval=None if config.index.deterministic else 0.5)
   try:
-    if not c.index.deterministic:
-      first = r.meta.get("index_version")
-      logging.info("waiting for the first index in %s", index_dir)
-      watcher.wait_for(first if first is not None and first in
-                       index_store.list_versions(index_dir) else
-                       _first_version(index_dir, job))
+    if not config.index.deterministic:
+      _serve_first_index(watcher, r.meta.get("index_version"), index_dir, job)
     dataset = pipeline.pretraining_dataset(
-        records, tok, c.seed, c.train.batch_size // jax.process_count(),
-        mask_fn=c.data.masking, query_len=c.data.query_len,
-        max_masks=c.data.max_masks)
+        records, tok, config.seed, config.train.batch_size // jax.process_count(),
+        mask_fn=config.data.masking, query_len=config.data.query_len,
+        max_masks=config.data.max_masks)
     data_iter = iter(dataset)
     if r.data_state is not None:
       data_iter.set_state(r.data_state)
-    maker = BatchMaker(c, cfg, store, tok, data_iter, watcher, start)
-    if c.index.query_params == "latest":
+    maker = BatchMaker(config, cfg, store, tok, data_iter, watcher, start)
+    if config.index.query_params == "latest":
       maker.embedder.latest = jax.tree.map(jnp.copy, state["params"]["retriever"])
-    feeder = prefetch.Prefetcher(maker, depth=c.train.prefetch)
-    exporter = setup.BackgroundExporter(c, cfg, keep=c.index.keep + 2)
+    feeder = prefetch.Prefetcher(maker, depth=config.train.prefetch)
+    exporter = setup.BackgroundExporter(config, cfg, keep=config.index.keep + 2)
     try:
-      _train(c, r, maker, feeder, exporter)
+      _train(config, r, maker, feeder, exporter, job)
     finally:
       feeder.close()
       exporter.close()
@@ -227,8 +254,28 @@ def run(config):
     watcher.close()
     r.checkpointer.close()
     if job is not None:
-      job.terminate()
-      job.wait(timeout=60)
+      job.close()
+
+
+def _serve_first_index(watcher, recorded, index_dir, job):
+  """Puts in service the version a resumed checkpoint trained against, if it
+  is intact, else the newest intact one (a corrupt version is skipped, as
+  the watcher always skips it), waiting for the job's first if none."""
+  if recorded is not None and recorded in index_store.list_versions(index_dir):
+    try:
+      watcher.wait_for(recorded)
+      return
+    except index_store.CorruptIndexError as e:
+      logging.warning("the checkpoint's index version %d is refused (%s); "
+                      "serving the newest intact version", recorded, e)
+  logging.info("waiting for the first index in %s", index_dir)
+  while not watcher.poll_once():
+    _first_version(index_dir, job)   # raises if the job died first
+    if watcher.refused and not watcher.poll_once():
+      logging.warning("no intact index version in %s yet (refused: %s); "
+                      "waiting for the embedding job", index_dir,
+                      sorted(watcher.refused))
+      time.sleep(5)
 
 
 def _first_version(index_dir, job, poll=0.5):
@@ -243,9 +290,13 @@ def _first_version(index_dir, job, poll=0.5):
     time.sleep(poll)
 
 
-def _train(c, r, maker, feeder, exporter):
+def _train(config, r, maker, feeder, exporter, job):
   """The shared loop, fed by the prefetch thread; exports the retriever every
-  index.refresh_every steps for the embedding job."""
+  index.refresh_every steps for the embedding job, checking the job each
+  time, and warns when the index in service falls too far behind."""
+  max_staleness = (config.index.max_staleness
+                   or 3 * config.index.refresh_every + config.index.refresh_delay)
+  warned_at = [None]
   def next_batch(state, step):
     del state   # the prefetch thread built the batch with stale params
     item, _ = feeder.get()
@@ -253,6 +304,15 @@ def _train(c, r, maker, feeder, exporter):
     if info["step"] != step:
       raise RuntimeError(f"batch for step {info['step']} arrived at step {step}")
     version = info["index_version"]
+    if step - version > max_staleness and (
+        warned_at[0] is None
+        or step - warned_at[0] >= config.index.refresh_every):
+      warned_at[0] = step
+      logging.warning(
+          "the index in service is %d steps stale (version %d at step %d; "
+          "index.max_staleness=%d): the embedding job is not keeping up or "
+          "is not running; see %s/embed_job.log", step - version, version,
+          step, max_staleness, config.workdir)
     return loop.Batch(item["arrays"], data_state=info["data_state"],
                       meta={"index_version": version},
                       logged={"index_version": version,
@@ -270,15 +330,19 @@ def _train(c, r, maker, feeder, exporter):
     maker.embedder.latest = jax.tree.map(jnp.copy, state["params"]["retriever"])
 
   step_fn = functools.partial(
-      train_step, cfg=r.cfg, tx=r.tx, per_token=c.train.loss == "per_token",
-      retriever_frozen_steps=c.train.retriever_frozen_steps)
-  export = loop.Hook(c.index.refresh_every, lambda step, state, _:
-                     exporter.submit(state, step), at_end=False)
+      train_step, cfg=r.cfg, tx=r.tx, per_token=config.train.loss == "per_token",
+      retriever_frozen_steps=config.train.retriever_frozen_steps)
+  def export_and_check(step, state, _):
+    exporter.submit(state, step)
+    if job is not None:
+      job.check()
+
+  export = loop.Hook(config.index.refresh_every, export_and_check,
+                     at_end=False)
   return loop.train(
       r.state, step_fn, next_batch,
-      schedule=loop.Schedule(c.train.num_steps, c.train.batch_size,
-                             c.train.log_every, c.train.checkpoint_every),
-      mesh=r.mesh, checkpointer=r.checkpointer, workdir=c.workdir,
+      schedule=loop.Schedule.of(config.train),
+      mesh=r.mesh, checkpointer=r.checkpointer, workdir=config.workdir,
       name="pretrain", describe=describe, hooks=[export],
-      on_step=[publish_latest] if c.index.query_params == "latest" else [],
+      on_step=[publish_latest] if config.index.query_params == "latest" else [],
       write_every_step=True)

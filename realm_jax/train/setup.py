@@ -32,29 +32,31 @@ class Run(NamedTuple):
   meta: dict
 
 
-def prepare(c, with_reader: bool) -> Run:
+def prepare(config, with_reader: bool) -> Run:
   """Corpus, model config, mesh, optimizer and the (resumed) train state."""
   partition.maybe_initialize_distributed()
-  os.makedirs(c.workdir, exist_ok=True)
-  tok = catalog.tokenizer(c)
-  store = catalog.block_store(c)
-  cfg = model_init.realm_config(c, tok.vocab_size)
+  os.makedirs(config.workdir, exist_ok=True)
+  tok = catalog.tokenizer(config)
+  store = catalog.block_store(config)
+  cfg = model_init.realm_config(config, tok.vocab_size)
   mesh = partition.make_mesh()
-  partition.check_batch_size(c.train.batch_size, mesh)
-  checkpointer = ckpt_lib.Checkpointer(c.workdir, keep=c.train.keep_checkpoints)
-  tx = state_lib.bert_adamw(c.train)
+  partition.check_batch_size(config.train.batch_size, mesh)
+  checkpointer = ckpt_lib.Checkpointer(config.workdir,
+                                      keep=config.train.keep_checkpoints)
+  tx = state_lib.bert_adamw(config.train)
   state, data_state, meta = loop.create_or_restore(
       checkpointer,
-      lambda rng: model_init.init_params(c, cfg, rng, with_reader=with_reader),
-      tx, c.seed, mesh)
+      lambda rng: model_init.init_params(config, cfg, rng,
+                                         with_reader=with_reader),
+      tx, config.seed, mesh)
   return Run(tok, store, cfg, mesh, checkpointer, tx, state, data_state, meta)
 
 
-def export_retriever(c, cfg, state: dict, step: int, keep: int | None = None):
+def export_retriever(config, cfg, state: dict, step: int, keep: int | None = None):
   """Writes the document embedder to <workdir>/exports/<step>/ (process 0),
   keeping the newest `keep` exports."""
   if jax.process_index() == 0:
-    _write_export(c.workdir, cfg, doc_embedder_params(
+    _write_export(config.workdir, cfg, doc_embedder_params(
         state["params"]["retriever"], cfg), step, keep)
 
 
@@ -74,8 +76,8 @@ class BackgroundExporter:
   failed write is raised at the next submit or at close.
   """
 
-  def __init__(self, c, cfg, keep: int | None = None):
-    self.c, self.cfg, self.keep = c, cfg, keep
+  def __init__(self, config, cfg, keep: int | None = None):
+    self.config, self.cfg, self.keep = config, cfg, keep
     self._pool = concurrent.futures.ThreadPoolExecutor(
         max_workers=1, thread_name_prefix="export")
     self._pending = []
@@ -87,7 +89,7 @@ class BackgroundExporter:
         state["params"]["retriever"], self.cfg))
     if jax.process_index() == 0:
       self._pending.append(self._pool.submit(
-          _write_export, self.c.workdir, self.cfg, params, step, self.keep))
+          _write_export, self.config.workdir, self.cfg, params, step, self.keep))
 
   def _raise_failures(self):
     done = [f for f in self._pending if f.done()]

@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
 
-from realm_jax.data import block_builder, demo, masking, ner
+from realm_jax.data import block_builder, demo_corpus, masking, ner
 from realm_jax.data import tokenizer as tk
 
 
@@ -49,7 +49,7 @@ def main():
   rows = []
   work = tempfile.mkdtemp(prefix="bench_data_")
   try:
-    docs = demo.demo_documents()
+    docs = demo_corpus.demo_documents()
     start = time.perf_counter()
     store = block_builder.build_block_store(docs, tok, os.path.join(work, "demo"),
                                      block_len=args.block_len, progress=False)
@@ -64,7 +64,7 @@ def main():
                  f"{sizes['blocks.jsonl'] / 2**20:.1f} MiB, other "
                  f"{(total - sizes['tokens'] - sizes['blocks.jsonl']) / 2**10:.0f} KiB"))
 
-    small = block_builder.build_block_store(demo.demo_documents(args.ner_docs), tok,
+    small = block_builder.build_block_store(demo_corpus.demo_documents(args.ner_docs), tok,
                                      os.path.join(work, "small"),
                                      block_len=args.block_len, progress=False)
     start = time.perf_counter()

@@ -364,13 +364,13 @@ def bench_demo(workdir):
   """Real embeddings: demo corpus with MiniLM weights; embedding throughput."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from realm_jax.data import block_builder, demo  # pylint: disable=g-import-not-at-top
+  from realm_jax.data import block_builder, demo_corpus  # pylint: disable=g-import-not-at-top
   from realm_jax.data import tokenizer as tk  # pylint: disable=g-import-not-at-top
   from realm_jax.index import build as index_build  # pylint: disable=g-import-not-at-top
-  from realm_jax.models import config as config_lib, convert  # pylint: disable=g-import-not-at-top
+  from realm_jax.models import model_config as config_lib, convert  # pylint: disable=g-import-not-at-top
   from realm_jax.models.retriever import RetrieverEmbedder  # pylint: disable=g-import-not-at-top
   tok = tk.minilm_tokenizer()
-  blocks = block_builder.build_block_store(demo.demo_documents(limit=ARGS.demo_docs), tok,
+  blocks = block_builder.build_block_store(demo_corpus.demo_documents(limit=ARGS.demo_docs), tok,
                                     os.path.join(workdir, "blocks"), block_len=288,
                                     progress=False)
   bert_cfg, bert_params = convert.load_minilm()
@@ -404,7 +404,7 @@ def compare_real(index_path, fn=None, params=None, tok=None):
   with the demo QA test questions embedded by the index's own export (or by
   fn/params when given)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from realm_jax.data import demo, pipeline  # pylint: disable=g-import-not-at-top
+  from realm_jax.data import demo_corpus, pipeline  # pylint: disable=g-import-not-at-top
   from realm_jax.data import tokenizer as tk  # pylint: disable=g-import-not-at-top
   from realm_jax.index import build as index_build, export  # pylint: disable=g-import-not-at-top
   tok = tok or tk.minilm_tokenizer()
@@ -413,7 +413,7 @@ def compare_real(index_path, fn=None, params=None, tok=None):
         store.read_manifest(index_path)["export"]["path"])
     fn = index_build.make_embed_fn(cfg)
   emb = np.asarray(store.load(index_path))
-  questions = [qa["question"] for qa in demo.demo_qa("test")][:ARGS.queries]
+  questions = [qa["question"] for qa in demo_corpus.demo_qa("test")][:ARGS.queries]
   q_ids, q_mask = map(np.stack, zip(*[pipeline.pad_or_truncate(
       e.ids, 32, tok.cls_id, tok.sep_id, tok.pad_id)
       for e in tok.encode_batch(questions)]))

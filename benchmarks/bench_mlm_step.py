@@ -25,8 +25,8 @@ import time
 import jax
 import numpy as np
 
-from realm_jax.models import config as config_lib
 from realm_jax.models import convert, losses
+from realm_jax.models import model_config as config_lib
 from realm_jax.models.reader import MLMEncoder
 
 BATCH, K, SEQ, MASKS = 2, 8, 128, 10

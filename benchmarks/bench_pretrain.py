@@ -33,7 +33,7 @@ current document embedder), so a swap also makes the prefetch thread load the
 new export, as in training.
 
 Configs (k = 8 candidates, null included; 10 masks per query):
-  small  models.config.tiny (2 layers, hidden 32) with vocab 30522;
+  small  models.model_config.tiny (2 layers, hidden 32) with vocab 30522;
          query 32 / doc 64 / reader 96 (configs/tiny_cpu.py's lengths).
   base   BERT-base (12 layers, hidden 768); query 96 / doc 288 / reader 384,
          the paper's lengths.
@@ -93,7 +93,7 @@ import jax
 import numpy as np
 
 from realm_jax import config as config_lib
-from realm_jax.data import block_builder, corpus, demo, ner, pipeline
+from realm_jax.data import block_builder, corpus, demo_corpus, ner, pipeline
 from realm_jax.data import tokenizer as tokenizer_lib
 from realm_jax.index import refresh, searchers
 from realm_jax.index import store as index_store
@@ -470,7 +470,7 @@ def main():
   workdir = args.workdir or tempfile.mkdtemp(prefix="bench_pretrain-")
   os.makedirs(workdir, exist_ok=True)
   tok = tokenizer_lib.minilm_tokenizer()
-  docs = demo.demo_documents(args.docs)
+  docs = demo_corpus.demo_documents(args.docs)
   results = []
   try:
     for name in names:

@@ -92,19 +92,27 @@ def verify(directory: str, step: int):
 FINITE_KEYS = ("loss", "param_norm")
 
 
-def check_finite(step: int, metrics: dict):
+def check_finite(step: int, metrics: dict, max_param_norm: float = 0.0):
   """Stops the run with a clear message on a NaN/inf loss or updated params,
-  before any save."""
+  or params whose norm passed `max_param_norm` (0: no bound), before any
+  save: a learning rate of 1e6 keeps the loss finite for a while but leaves
+  params of magnitude 1e14, which no later step recovers from."""
   for key in FINITE_KEYS:
     if key not in metrics:
       continue
     value = float(metrics[key])
+    what = "loss" if key == "loss" else "the updated params' norm"
     if not math.isfinite(value):
-      what = "loss" if key == "loss" else "the updated params' norm"
       raise NonFiniteLossError(
           f"{what} is {value} at step {step}; stopping without saving. The "
           "last good checkpoint is kept; lower train.learning_rate or check "
           "the data.")
+    if key == "param_norm" and max_param_norm and value > max_param_norm:
+      raise NonFiniteLossError(
+          f"{what} is {value:.3g} at step {step}, above "
+          f"train.max_param_norm={max_param_norm:g}: the run diverged; "
+          "stopping without saving. The last good checkpoint is kept; lower "
+          "train.learning_rate.")
 
 
 def pack_states(states: list) -> tuple[np.ndarray, np.ndarray]:

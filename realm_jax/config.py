@@ -94,6 +94,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.log_every = 50
   c.train.checkpoint_every = 1000
   c.train.keep_checkpoints = 3
+  # A run whose params' global L2 norm passes this is stopped before it saves
+  # (diverged: BERT-base and MiniLM start near 10^2-10^3). 0: no bound.
+  c.train.max_param_norm = 1e5
   c.train.prefetch = 2             # retrieval batches prepared ahead of the device
 
   c.ict = ml_collections.ConfigDict()

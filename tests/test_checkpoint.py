@@ -166,3 +166,13 @@ def test_a_state_of_another_layout_is_refused_in_one_line(tmp_path):
     cp.restore(new)
   assert "\n" not in str(e.value)
   cp.close()
+
+
+def test_diverged_params_are_refused_before_a_save():
+  """lr=1e6 keeps the loss finite but leaves params of magnitude 1e14: the
+  norm bound (train.max_param_norm) stops the run before anything is saved."""
+  ckpt_lib.check_finite(3, {"loss": 2.0, "param_norm": 400.0}, 1e5)
+  with pytest.raises(ckpt_lib.NonFiniteLossError,
+                     match=r"1e\+14 at step 3, above train.max_param_norm"):
+    ckpt_lib.check_finite(3, {"loss": 2.0, "param_norm": 1e14}, 1e5)
+  ckpt_lib.check_finite(3, {"loss": 2.0, "param_norm": 1e14}, 0.0)  # no bound

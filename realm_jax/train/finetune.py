@@ -224,8 +224,10 @@ def run(config):
   try:
     return loop.train(
         state, functools.partial(train_step, cfg=cfg, tx=tx), batches,
-        schedule=loop.Schedule(f.num_steps, f.batch_size, config.train.log_every,
-                               config.train.checkpoint_every),
+        schedule=loop.Schedule(f.num_steps, f.batch_size,
+                               config.train.log_every,
+                               config.train.checkpoint_every,
+                               config.train.max_param_norm),
         mesh=mesh, checkpointer=checkpointer, workdir=config.workdir,
         name="finetune", describe=_describe)
   finally:

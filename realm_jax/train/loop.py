@@ -91,12 +91,14 @@ class Schedule(NamedTuple):
   batch_size: int          # global; examples per step for the throughput
   log_every: int
   checkpoint_every: int
+  max_param_norm: float = 0.0   # 0: no bound (checkpoint.check_finite)
 
   @classmethod
   def of(cls, train_config) -> "Schedule":
     """config.train's schedule (ICT and pretraining)."""
     return cls(train_config.num_steps, train_config.batch_size,
-               train_config.log_every, train_config.checkpoint_every)
+               train_config.log_every, train_config.checkpoint_every,
+               train_config.max_param_norm)
 
 
 def train(state: dict, step_fn: Callable, next_batch: Callable, *,
@@ -146,7 +148,8 @@ def train(state: dict, step_fn: Callable, next_batch: Callable, *,
       due = [h for h in (*hooks, save) if h.due(done, last)]
       if due:   # never export or save non-finite params
         ckpt_lib.check_finite(done, fetch(
-            {k: metrics[k] for k in ckpt_lib.FINITE_KEYS}))
+            {k: metrics[k] for k in ckpt_lib.FINITE_KEYS}),
+            schedule.max_param_norm)
       for hook in due:
         hook.fn(done, state, batch)
   finally:

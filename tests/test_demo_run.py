@@ -23,7 +23,7 @@ from realm_jax.data import demo_corpus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORPUS_LIMIT = 150     # 247 blocks; the test split then has 11 questions
-SYSTEM_KEYS = ["no_retrieval", "bm25", "dense_zero_shot",
+SYSTEM_KEYS = ["no_retrieval", "bm25", "dense_zero_shot", "realm_zero_shot",
                "no_realm_pretraining", "realm"]
 OVERRIDES = [
     f"--config.data.corpus_limit={CORPUS_LIMIT}",
@@ -163,6 +163,7 @@ def test_summary_json(first, workdir, num_test_questions):
   # An extractive reader with no evidence has nothing to extract.
   assert results["no_retrieval"]["exact_match"] == 0.0
   assert set(summary["realm_minus_no_realm"]) == set(demo_run.METRICS)
+  assert set(summary["zero_shot_realm_minus_initial"]) == set(demo_run.METRICS)
 
 
 def test_metrics_recompute_from_predictions(first):

@@ -220,7 +220,7 @@ def kill_mid_write_then_resume(workdir, blocks, export_path, cfg, shard_rows,
     job.wait()
   assert job.returncode == -signal.SIGKILL
   # What a killed job leaves: a .tmp dir with some shards, and nothing loadable.
-  assert os.listdir(index_dir) == ["0.tmp"]
+  assert sorted(os.listdir(index_dir)) == [".embed.lock", "0.tmp"]
   finished = len([n for n in os.listdir(tmp) if n.endswith(".npy.sha256")])
   assert finished == kill_after_shards < num_shards
   torn = store.shard_file(kill_after_shards)
@@ -239,7 +239,7 @@ def kill_mid_write_then_resume(workdir, blocks, export_path, cfg, shard_rows,
   assert job.returncode == 0, log
   reused = int(re.search(r"(\d+) already finished and verified", log).group(1))
   assert reused == finished
-  assert os.listdir(index_dir) == ["0"]
+  assert sorted(os.listdir(index_dir)) == [".embed.lock", "0"]
   watcher.wait_for(0, timeout=120)     # committed: returns at once
   # Row i is block i, embedded by the real RetrieverEmbedder with the export's
   # params (batch shapes differ from the job's, hence allclose).

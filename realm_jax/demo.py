@@ -45,15 +45,15 @@ from realm_jax.train import pretrain
 
 def _derive(config, workdir, **overrides) -> ml_collections.ConfigDict:
   """A copy of the demo config for one stage, with dotted-key overrides."""
-  c = ml_collections.ConfigDict(config.to_dict())
-  c.workdir = workdir
+  derived = ml_collections.ConfigDict(config.to_dict())
+  derived.workdir = workdir
   for key, value in overrides.items():
-    node = c
+    node = derived
     *path, leaf = key.split(".")
     for part in path:
       node = node[part]
     node[leaf] = value
-  return c
+  return derived
 
 
 def _done(workdir, steps) -> bool:
@@ -118,11 +118,11 @@ def run(config):
                        "finetune.index_version": 0})
   realm = _derive(base, os.path.join(w, "finetune_realm"), task="finetune",
                   **{"finetune.init_from": pre.workdir})
-  for name, c in (("initial", initial), ("realm", realm)):
-    if not _done(c.workdir, c.finetune.num_steps):
+  for name, run_config in (("initial", initial), ("realm", realm)):
+    if not _done(run_config.workdir, run_config.finetune.num_steps):
       _, timings[f"fine-tune ({name})"] = _stage(
           f"5. fine-tune the {name} model on demo QA train",
-          lambda c=c: finetune.run(c))
+          lambda run_config=run_config: finetune.run(run_config))
 
   def evaluate_all():
     runs = {"no_retrieval": (realm, "null"), "bm25": (initial, "bm25"),
@@ -131,12 +131,13 @@ def run(config):
             "no_realm_pretraining": (initial, "index"),
             "realm": (realm, "index")}
     out = {}
-    for key, (c, mode) in runs.items():
-      r = evaluate_lib.evaluate(c, retrieval=mode, predictions_path=os.path.join(
-          w, "predictions", f"{key}.jsonl"))
+    for key, (run_config, mode) in runs.items():
+      r = evaluate_lib.evaluate(
+          run_config, retrieval=mode,
+          predictions_path=os.path.join(w, "predictions", f"{key}.jsonl"))
       out[key] = dict({m: r[m] for m in METRICS}, ci95=r["ci95"],
                       num_questions=r["num_questions"],
-                      predictions=r["predictions"], workdir=c.workdir)
+                      predictions=r["predictions"], workdir=run_config.workdir)
     return out
   results, timings["evaluation"] = _stage("6. evaluate on demo QA test",
                                           evaluate_all)

@@ -1,4 +1,3 @@
-"""Inference with a fine-tuned model: load it with its index, predict.
-
-`Answerer`-style use: model.load_finetuned(config) then
-predictor.Predictor(model, tokenizer, ...).predict(qa_batch)."""
+"""Inference with a fine-tuned model: model.load_finetuned(config) loads it
+with its frozen index; predictor.Predictor(model, tokenizer, ...) answers
+batches of questions (eval and answer use both)."""

@@ -137,3 +137,13 @@ def test_bad_input_is_one_line_and_the_traceback_is_on_request(tmp_path):
                      capture_output=True, text=True, timeout=300,
                      env=dict(os.environ, REALM_JAX_TRACEBACK="1"))
   assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+def test_index_keep_zero_is_refused_before_any_work(tmp_path):
+  """index.keep=0 would delete each index version as it is committed (the
+  trainer then trained on a dead job's last index): refused at once."""
+  r = _main("--config=configs/tiny_cpu.py", "--config.task=pretrain",
+            f"--config.workdir={tmp_path}", "--config.index.keep=0")
+  assert r.returncode == 1
+  assert "error: ValueError: index.keep=0: keep at least 1" in r.stderr
+  assert not os.path.exists(tmp_path / "blocks")   # nothing was built

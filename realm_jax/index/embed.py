@@ -113,6 +113,7 @@ def watch(workdir: str, source: build.BlockSource, index_dir: str | None = None,
 def run(config):
   """Dispatcher entry: bootstrap once, or watch until killed (or orphaned)."""
   ix = config.index
+  store.check_keep(ix.keep)
   # Opened, never built: the trainer or launch/prepare_data.py builds it at
   # this same path (catalog.block_store_path) before the job starts.
   source = corpus.BlockStore(catalog.block_store_path(config))

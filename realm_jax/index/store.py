@@ -114,6 +114,14 @@ def commit(index_dir: str, step: int, *, dim: int, shards: list[dict],
   return final
 
 
+def check_keep(keep: int):
+  """index.keep below 1 would prune the version just committed (the one in
+  service): refused at the start of a run, not after its first build."""
+  if keep < 1:
+    raise ValueError(f"index.keep={keep}: keep at least 1 index version (0 "
+                     "would delete each version as soon as it is committed)")
+
+
 def prune(index_dir: str, keep: int) -> list[int]:
   """Deletes all but the newest `keep` committed versions, and *.tmp dirs
   (their job was superseded) and *.bad-* dirs (refused versions kept for a
@@ -122,8 +130,7 @@ def prune(index_dir: str, keep: int) -> list[int]:
   Returns the deleted steps. A reader still mapping a deleted version keeps its
   data: on POSIX the files live until they are unmapped.
   """
-  if keep < 1:
-    raise ValueError(f"keep must be >= 1, got {keep}")
+  check_keep(keep)
   versions = list_versions(index_dir)
   doomed = versions[:-keep]
   for step in doomed:

@@ -213,6 +213,7 @@ def _make_searcher_fn(config):
 def run(config):
   if config.index.deterministic and config.index.query_params != "index":
     raise ValueError("index.deterministic needs index.query_params=index")
+  index_store.check_keep(config.index.keep)
   r = setup.prepare(config, with_reader=True)
   tok, store, cfg, state = r.tokenizer, r.store, r.cfg, r.state
   records = catalog.query_records(config, store, split="train")

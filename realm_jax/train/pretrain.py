@@ -23,6 +23,7 @@ import functools
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -125,6 +126,7 @@ class EmbedJob:
                 f"--config.index.embed_parent_pid={os.getpid()}"]
     self.log_path = os.path.join(config.workdir, "embed_job.log")
     self.restarts_left = config.index.embed_restarts
+    self.lock = threading.Lock()   # checked by the trainer and prefetch threads
     self.proc = self._start()
 
   def _start(self):
@@ -136,6 +138,10 @@ class EmbedJob:
     return self.proc.poll()
 
   def check(self):
+    with self.lock:
+      self._check()
+
+  def _check(self):
     code = self.proc.poll()
     if code is None:
       return
@@ -163,11 +169,21 @@ class BatchMaker:
   """The prefetch thread's work: one query batch -> one full train batch."""
 
   def __init__(self, config, cfg, store, tokenizer, data_iter, watcher,
-               start_step):
+               start_step, job=None):
     self.config, self.store, self.tok = config, store, tokenizer
-    self.data_iter, self.watcher = data_iter, watcher
+    self.data_iter, self.watcher, self.job = data_iter, watcher, job
     self.step = start_step
     self.embedder = QueryEmbedder(cfg, config.workdir)
+
+  def _wait_for(self, version: int):
+    """Deterministic mode waits for exactly `version`; meanwhile the job is
+    checked (and restarted if it died), or the wait would never end."""
+    while True:
+      try:
+        return self.watcher.wait_for(version, timeout=5.0)
+      except TimeoutError:
+        if self.job is not None:
+          self.job.check()
 
   def __call__(self) -> dict:
     config = self.config
@@ -176,7 +192,7 @@ class BatchMaker:
     batch = next(self.data_iter)
     data_state = self.data_iter.get_state()
     if config.index.deterministic:
-      current = self.watcher.wait_for(version_for_step(
+      current = self._wait_for(version_for_step(
           self.step, config.index.refresh_every, config.index.refresh_delay))
     else:
       current = self.watcher.current
@@ -241,7 +257,7 @@ def run(config):
     data_iter = iter(dataset)
     if r.data_state is not None:
       data_iter.set_state(r.data_state)
-    maker = BatchMaker(config, cfg, store, tok, data_iter, watcher, start)
+    maker = BatchMaker(config, cfg, store, tok, data_iter, watcher, start, job)
     if config.index.query_params == "latest":
       maker.embedder.latest = jax.tree.map(jnp.copy, state["params"]["retriever"])
     feeder = prefetch.Prefetcher(maker, depth=config.train.prefetch)

@@ -3,11 +3,13 @@
 
 Command: python -m realm_jax.main --config=configs/demo_full.py
 Hardware: a 2-core CPU is enough, but slow: every index build embeds 16,585
-blocks with all 6 MiniLM layers (about 10 minutes at ~28 blocks/s), and
-the run builds two (the initial and the final pretrained retriever's).
-Runtime: estimated at 1 to 1.5 hours on 2 cores from the stage rates of
-configs/demo.py; not yet measured end to end (README).
-Expected result: the table of configs/demo.py over 924 test questions.
+blocks with all 6 MiniLM layers, and the run builds two (the initial and
+the final pretrained retriever's).
+Runtime: 1 h 13 min on a 2-core CPU with the test suite running beside it
+(README: stage times).
+Expected result (README): recall@5 BM25 72.2, zero-shot dense 67.2,
+fine-tuned without REALM pretraining 72.0 (EM 41.9), REALM-pretrained +
+fine-tuned 71.9 (EM 39.7).
 """
 import importlib.util
 import os

@@ -9,9 +9,11 @@ beside it (12 min 41 s idle before the sixth system was added; README).
 Expected result: one table over the 253 demo QA test questions with 95%
 bootstrap CIs (EM, recall@1, recall@5) for no retrieval, BM25, zero-shot
 dense retrieval with the initial and with the REALM-pretrained retriever,
-fine-tuning without REALM pretraining and REALM-pretrained + fine-tuned; the paired CI of what REALM pretraining adds; held-out masked
-recall before and after pretraining; three answers marked right or wrong;
-plots under workdir/demo/plots. The README gives the measured table.
+fine-tuning without REALM pretraining and REALM-pretrained + fine-tuned;
+the paired CIs of what REALM pretraining adds, fine-tuned and zero-shot;
+held-out masked recall before and after pretraining; three answers marked
+right or wrong; plots under workdir/demo/plots. The README gives the
+measured table.
 """
 from realm_jax import config as config_lib
 

@@ -187,3 +187,17 @@ def test_a_dead_embedding_job_is_restarted_then_the_run_stops(tmp_path):
   finally:
     job.close()
   assert (tmp_path / "embed_job.log").read_text().count("no_block_store") >= 2
+
+
+def test_a_stale_index_is_warned_about_once_per_refresh():
+  """index.max_staleness (0: 3 * refresh_every + refresh_delay)."""
+  from realm_jax import config as config_lib
+  index = config_lib.default_config().index
+  index.refresh_every, index.refresh_delay = 10, 5
+  alarm = pretrain.StalenessAlarm(index, "w")
+  assert alarm.max_staleness == 35
+  assert [step for step in range(0, 80) if alarm.check(step, 0)] == [
+      36, 46, 56, 66, 76]
+  index.max_staleness = 3
+  alarm = pretrain.StalenessAlarm(index, "w")
+  assert not alarm.check(13, 10) and alarm.check(14, 10)

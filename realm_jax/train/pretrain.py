@@ -307,13 +307,37 @@ def _first_version(index_dir, job, poll=0.5):
     time.sleep(poll)
 
 
+class StalenessAlarm:
+  """Warns, at most once per refresh, while the index in service is more
+  than index.max_staleness steps behind the trainer (0: 3 * refresh_every +
+  refresh_delay, past what a healthy job ever lags)."""
+
+  def __init__(self, index_config, workdir: str):
+    self.every = index_config.refresh_every
+    self.max_staleness = (index_config.max_staleness or
+                          3 * self.every + index_config.refresh_delay)
+    self.workdir = workdir
+    self.warned_at = None
+
+  def check(self, step: int, version: int) -> bool:
+    """True when it warned for this step."""
+    if step - version <= self.max_staleness or (
+        self.warned_at is not None and step - self.warned_at < self.every):
+      return False
+    self.warned_at = step
+    logging.warning(
+        "the index in service is %d steps stale (version %d at step %d; "
+        "index.max_staleness=%d): the embedding job is not keeping up or is "
+        "not running; see %s/embed_job.log", step - version, version, step,
+        self.max_staleness, self.workdir)
+    return True
+
+
 def _train(config, r, maker, feeder, exporter, job):
   """The shared loop, fed by the prefetch thread; exports the retriever every
   index.refresh_every steps for the embedding job, checking the job each
   time, and warns when the index in service falls too far behind."""
-  max_staleness = (config.index.max_staleness
-                   or 3 * config.index.refresh_every + config.index.refresh_delay)
-  warned_at = [None]
+  alarm = StalenessAlarm(config.index, config.workdir)
   def next_batch(state, step):
     del state   # the prefetch thread built the batch with stale params
     item, _ = feeder.get()
@@ -321,15 +345,7 @@ def _train(config, r, maker, feeder, exporter, job):
     if info["step"] != step:
       raise RuntimeError(f"batch for step {info['step']} arrived at step {step}")
     version = info["index_version"]
-    if step - version > max_staleness and (
-        warned_at[0] is None
-        or step - warned_at[0] >= config.index.refresh_every):
-      warned_at[0] = step
-      logging.warning(
-          "the index in service is %d steps stale (version %d at step %d; "
-          "index.max_staleness=%d): the embedding job is not keeping up or "
-          "is not running; see %s/embed_job.log", step - version, version,
-          step, max_staleness, config.workdir)
+    alarm.check(step, version)
     return loop.Batch(item["arrays"], data_state=info["data_state"],
                       meta={"index_version": version},
                       logged={"index_version": version,

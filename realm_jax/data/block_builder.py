@@ -23,6 +23,7 @@ from typing import Iterable, Mapping
 import numpy as np
 import tqdm
 
+from realm_jax import integrity
 from realm_jax.data import packing
 from realm_jax.data.corpus import FORMAT, BlockStore
 from realm_jax.data.tokenizer import Tokenizer
@@ -124,12 +125,6 @@ class _ShardBuffer:
 def _save(path: str, array: np.ndarray):
   with open(path + ".partial", "wb") as f:
     np.save(f, array)
-  os.replace(path + ".partial", path)
-
-
-def _write_json(path: str, obj):
-  with open(path + ".partial", "w") as f:
-    json.dump(obj, f, indent=1)
   os.replace(path + ".partial", path)
 
 
@@ -302,7 +297,7 @@ def _committed_uids(tmp: str, shards: int, drop_last: int) -> np.ndarray:
 
 def _commit_shard(buffer, tmp, k, config, counts, next_doc, skip_blocks):
   buffer.write(tmp, k)
-  _write_json(os.path.join(tmp, "progress.json"), {
+  integrity.write_json_atomic(os.path.join(tmp, "progress.json"), {
       "config": config, "shards": k + 1, "next_doc": next_doc,
       "skip_blocks": skip_blocks, "counts": counts})
 
@@ -361,7 +356,7 @@ def _finalize(tmp, out_dir, num_shards, tokenizer, config, counts):
                 "split_sentences": counts.get("split_sentences", 0),
                 "sentences": num_sent}}
   del title_len, body_len, uids, sent_ptr, sent_starts, line_offsets
-  _write_json(os.path.join(tmp, "manifest.json"), manifest)
+  integrity.write_json_atomic(os.path.join(tmp, "manifest.json"), manifest)
   # The rename is the commit. Killed before it, a rerun redoes this merge from
   # the intact per-shard files; the leftovers are only removed afterwards.
   os.rename(tmp, out_dir)

@@ -207,11 +207,7 @@ def write_record(workdir: str, index_path: str, store: corpus.BlockStore,
   record = {"index_path": os.path.abspath(index_path),
             "block_store": os.path.abspath(store.path),
             "model": export_lib.config_to_dict(cfg)}
-  os.makedirs(workdir, exist_ok=True)
-  tmp = record_path(workdir) + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(record, f, indent=1)
-  os.replace(tmp, record_path(workdir))
+  integrity.write_json_atomic(record_path(workdir), record)
 
 
 def read_record(workdir: str) -> dict | None:

@@ -286,9 +286,11 @@ def _serve_first_index(watcher, recorded, index_dir, job):
       logging.warning("the checkpoint's index version %d is refused (%s); "
                       "serving the newest intact version", recorded, e)
   logging.info("waiting for the first index in %s", index_dir)
-  while not watcher.poll_once():
+  # The watcher's own thread may put a version in service first: wait on
+  # `current`, not on this thread's poll_once() swapping it in.
+  while watcher.current is None and not watcher.poll_once():
     _first_version(index_dir, job)   # raises if the job died first
-    if watcher.refused and not watcher.poll_once():
+    if watcher.current is None and not watcher.poll_once():
       logging.warning("no intact index version in %s yet (refused: %s); "
                       "waiting for the embedding job", index_dir,
                       sorted(watcher.refused))

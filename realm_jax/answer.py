@@ -1,4 +1,5 @@
-"""Ask the fine-tuned model (config.task == "answer").
+"""Ask the fine-tuned model, or a knowledge base built with one
+(config.task == "answer").
 
   python -m realm_jax.main --config=configs/finetune_nq.py --config.task=answer \
       --config.answer.question="who wrote the novel dracula"
@@ -23,14 +24,10 @@ import sys
 import time
 
 import jax
-import numpy as np
 from absl import logging
 
-from realm_jax.data import corpus
-from realm_jax.data import pipeline
-from realm_jax.qa import model as qa_model
-from realm_jax.qa import predictor as predictor_lib
-from realm_jax.retrieval import openqa
+from realm_jax.qa import answerer as answerer_lib
+from realm_jax.qa.answerer import check_question
 
 _BOLD, _RESET = "\033[1m\033[4m", "\033[0m"
 
@@ -53,17 +50,6 @@ def read_questions(config) -> list[str]:
     sys.exit(f"error: answer.questions_file={a.questions_file} holds no "
              "questions (one a line, or JSONL with \"question\")")
   return questions
-
-
-def check_question(question: str, tokenizer, question_len: int) -> str | None:
-  """None if the question fits `[CLS] q [SEP]` of question_len, else why not."""
-  if not question.strip():
-    return "the question is empty"
-  n = len(tokenizer.encode(question).ids)
-  if n > question_len - 2:
-    return (f"the question is {n} tokens long; at most {question_len - 2} fit "
-            f"(finetune.question_len={question_len} minus [CLS] and [SEP])")
-  return None
 
 
 def highlight(text: str, span, color: bool) -> str:
@@ -116,12 +102,7 @@ def _enable_compilation_cache(workdir: str):
 
 def run(config):
   questions = read_questions(config)
-  record = openqa.read_record(config.workdir)
-  if record is None:
-    sys.exit(f"error: {openqa.record_path(config.workdir)} not found: "
-             f"{config.workdir} is not a fine-tuning workdir (run "
-             "task=finetune first)")
-  tok = corpus.BlockStore(record["block_store"]).tokenizer()
+  tok = answerer_lib.tokenizer_of(config.workdir)
   qlen = config.finetune.question_len
   problems = {i: check_question(q, tok, qlen) for i, q in enumerate(questions)}
   problems = {i: p for i, p in problems.items() if p is not None}
@@ -133,38 +114,21 @@ def run(config):
   if todo:
     start = time.perf_counter()
     _enable_compilation_cache(config.workdir)
-    model = qa_model.load_finetuned(config)
-    f = config.finetune
-    predictor = predictor_lib.Predictor(model, tok, reader_len=f.reader_len,
-                          reader_beam=f.reader_beam)
-    logging.info("loaded step %d and index %s in %.1f s", model.step,
-                 model.index_path, time.perf_counter() - start)
+    answerer = answerer_lib.Answerer(config.workdir, config=config,
+                                     poll_interval=None)
+    logging.info("loaded index %s (version %d) in %.1f s",
+                 answerer.watcher.current.searcher.index_path,
+                 answerer.version, time.perf_counter() - start)
     size = config.eval.batch_size
     color = sys.stdout.isatty()
     for lo in range(0, len(todo), size):
       chunk = todo[lo:lo + size]
-      batch = _question_batch([questions[i] for i in chunk], tok, qlen, size)
-      for i, pred in zip(chunk, predictor.predict(batch)):
+      preds, current = answerer.predict([questions[i] for i in chunk])
+      for i, pred in zip(chunk, preds):
         results[i] = pred
-        print(format_prediction(pred, model.store, config.answer.num_evidence,
-                                color))
+        print(format_prediction(pred, current.searcher.store,
+                                config.answer.num_evidence, color))
         print()
   if problems:
     sys.exit(1)
   return [results[i] for i in sorted(results)]
-
-
-def _question_batch(questions, tokenizer, question_len: int, size: int) -> dict:
-  """A qa_dataset-shaped batch of `size` rows (padded by repeating row 0)."""
-  ids, mask = zip(*[pipeline.pad_or_truncate(
-      tokenizer.encode(q).ids, question_len, tokenizer.cls_id, tokenizer.sep_id,
-      tokenizer.pad_id) for q in questions])
-  pad = [0] * (size - len(questions))
-  question = np.empty(size, dtype=object)
-  question[:] = list(questions) + [questions[0]] * len(pad)
-  answers = np.empty(size, dtype=object)
-  for i in range(size):
-    answers[i] = ()
-  return {"question_ids": np.stack(list(ids) + [ids[0]] * len(pad)),
-          "question_mask": np.stack(list(mask) + [mask[0]] * len(pad)),
-          "question": question, "answers": answers}

@@ -13,7 +13,8 @@ import os
 
 import ml_collections
 
-TASKS = ("ict", "pretrain", "embed", "finetune", "eval", "answer", "demo")
+TASKS = ("ict", "pretrain", "embed", "finetune", "eval", "index", "answer",
+         "demo")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -220,6 +221,14 @@ def default_config() -> ml_collections.ConfigDict:
   # fine-tuned reader: recall@k only, EM None (see realm_jax/evaluate.py).
   c.eval.retrieval = "index"
   c.eval.predictions = ""          # default: <workdir>/predictions.jsonl
+
+  # task=index: a knowledge base of data.corpus in <workdir>
+  # (realm_jax/retrieval/kb.py). kb.model: a fine-tuning workdir (answer and
+  # eval then read with its reader), a pretraining workdir (its newest
+  # export), or "" for config.model's initial retriever (e.g.
+  # model.init=hf_realm). Versions kept: index.keep; searcher: index.searcher.
+  c.kb = ml_collections.ConfigDict()
+  c.kb.model = ""
 
   c.answer = ml_collections.ConfigDict()
   c.answer.question = ""

@@ -49,6 +49,7 @@ from realm_jax.models.reader import SpanReader
 from realm_jax.qa import model as qa_model
 from realm_jax.qa import predictor as predictor_lib
 from realm_jax.qa.model import FineTuned
+from realm_jax.retrieval import kb
 from realm_jax.retrieval import model_init
 from realm_jax.retrieval import openqa
 from realm_jax.retrieval import qa_inputs
@@ -143,7 +144,8 @@ def evaluate(config, params=None, *, model: FineTuned | None = None,
   retrieval = retrieval or config.eval.retrieval
   if model is None:
     if (retrieval in predictor_lib.RETRIEVAL_ONLY_MODES
-        and openqa.read_record(config.workdir) is None):
+        and openqa.read_record(config.workdir) is None
+        and not kb.is_kb(config.workdir)):
       logging.info("%s is not a fine-tuning workdir: %s retrieval only, no EM",
                    config.workdir, retrieval)
       model = retrieval_model(config, retrieval)

@@ -5,6 +5,9 @@ the machine is (a parent that polls and then kills races the child):
   python tests/stopping_child.py shard:N MODULE ARGS...
       stops in the middle of writing embedding shard N: its rows are in the
       shard's *.partial file, fsynced, not yet renamed into place.
+  python tests/stopping_child.py commit:N MODULE ARGS...
+      stops right before index version N is committed (everything of it is
+      written in N.tmp/, not yet renamed).
   python tests/stopping_child.py metrics:N MODULE ARGS...
       stops right after a MetricsWriter wrote the row of step N (or the first
       step after it).
@@ -42,6 +45,18 @@ def _stop_in_shard(n: int):
       os.fsync = real_fsync
 
   store.write_shard = write_shard
+
+
+def _stop_before_commit(n: int):
+  from realm_jax.index import store
+  real_commit = store.commit
+
+  def commit(index_dir, step, **kwargs):
+    if step == n:
+      _stop()
+    return real_commit(index_dir, step, **kwargs)
+
+  store.commit = commit
 
 
 def _stop_after_metrics(n: int):
@@ -84,6 +99,7 @@ def command(where: str, module: str, *args) -> list[str]:
 if __name__ == "__main__":
   where, module, args = sys.argv[1], sys.argv[2], sys.argv[3:]
   kind, n = where.split(":")
-  {"shard": _stop_in_shard, "metrics": _stop_after_metrics}[kind](int(n))
+  {"shard": _stop_in_shard, "commit": _stop_before_commit,
+   "metrics": _stop_after_metrics}[kind](int(n))
   sys.argv = [module, *args]
   runpy.run_module(module, run_name="__main__", alter_sys=True)

@@ -5,18 +5,11 @@ import re
 import subprocess
 import sys
 
-import jax
 import pytest
 
 from realm_jax import answer
-from realm_jax import checkpoint as ckpt_lib
 from realm_jax.data import corpus
-from realm_jax.models import convert
-from realm_jax.models.reader import SpanReader
 from realm_jax.retrieval import openqa
-from realm_jax.train import finetune
-from realm_jax.train import state as state_lib
-from random_params import random_params
 import openqa_workdir as ow
 
 FLAGS = ("--config.finetune.question_len=24", "--config.finetune.reader_len=64",
@@ -30,20 +23,8 @@ def workdir(tmp_path_factory):
   what is tested here is the plumbing, not the answers)."""
   pre = str(tmp_path_factory.mktemp("pretrain"))
   store, pre_params = ow.make_pretrain_workdir(pre)
-  work = str(tmp_path_factory.mktemp("finetuned"))
-  config = ow.tiny_config(work, **{"finetune.init_from": pre})
-  cfg = openqa.model_config(config, store.tokenizer().vocab_size)
-  reader = SpanReader(cfg)
-  params = {"retriever": pre_params["retriever"],
-            "reader": random_params(reader, *convert.example_inputs(reader),
-                                    seed=3)}
-  state = state_lib.create(params, finetune.optimizer(config),
-                           jax.random.PRNGKey(0))
-  checkpointer = ckpt_lib.Checkpointer(work)
-  checkpointer.save(1, state)
-  checkpointer.close()
-  openqa.write_record(work, os.path.join(pre, "index", "0"), store, cfg)
-  return work
+  return ow.make_finetuned_workdir(str(tmp_path_factory.mktemp("finetuned")),
+                                   pre, store, pre_params)
 
 
 def _answer(workdir, *flags, env=None):

@@ -1,7 +1,8 @@
 """The package's shape, checked from the source: layers, no cycles, no
 private imports across modules, no oversized files.
 
-  face       main, demo, evaluate, answer, masked_recall   (any layer below)
+  face       main, demo, evaluate, index_corpus, answer,
+             masked_recall                                 (any layer below)
   train, qa  training; inference with a fine-tuned model    (never each other)
   index, retrieval                                          (retrieval may use index)
   models, data                                              (leaves)
@@ -14,7 +15,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent / "realm_jax"
 LEAVES = {"checkpoint", "config", "integrity", "packaged", "stats"}
-FACE = {"main", "demo", "evaluate", "answer", "masked_recall"}
+FACE = {"main", "demo", "evaluate", "answer", "masked_recall", "index_corpus"}
 # package -> the packages (besides itself and the leaves) it may import.
 ALLOWED = {
     "models": set(),

@@ -34,6 +34,10 @@ SKIP_REASONS = ("empty_text", "undecodable", "long_title",
 log = logging.getLogger(__name__)
 
 
+class NoBlocksError(ValueError):
+  """Every document was skipped: there is no store to commit."""
+
+
 def corpus_fingerprint(uids, tokenizer_identity: str, block_len: int) -> str:
   """sha256 over tokenizer identity, block_len and the uids in row order."""
   h = hashlib.sha256()
@@ -85,7 +89,7 @@ class _ShardBuffer:
     self.title_len, self.body_len, self.uids = [], [], []
     self.sent_count, self.sent_starts, self.lines = [], [], []
 
-  def add(self, b: packing.Block):
+  def add(self, b: packing.Block, doc_id: str | None = None):
     t, n = len(b.title_ids), len(b.body_ids)
     row = self.tokens[self.rows]
     row[:] = self.pad
@@ -100,10 +104,12 @@ class _ShardBuffer:
     self.uids.append(b.uid)
     self.sent_count.append(len(b.sentence_starts))
     self.sent_starts.append(b.sentence_starts)
-    self.lines.append(json.dumps(
-        {"uid": b.uid, "title": b.title, "text": b.text,
-         "sentences": [list(s) for s in b.sentence_spans]},
-        ensure_ascii=False).encode("utf-8") + b"\n")
+    line = {"uid": b.uid, "title": b.title, "text": b.text,
+            "sentences": [list(s) for s in b.sentence_spans]}
+    if doc_id is not None:
+      line["doc"] = doc_id
+    self.lines.append(json.dumps(line, ensure_ascii=False).encode("utf-8")
+                      + b"\n")
 
   def write(self, tmp: str, k: int):
     """Writes shard k's files into tmp (each via a .partial name)."""
@@ -128,12 +134,15 @@ def _save(path: str, array: np.ndarray):
   os.replace(path + ".partial", path)
 
 
-def _decode(doc):
-  """(title, text) as str, or a skip reason."""
+def decode(doc, drop_list_pages: bool = True):
+  """(title, text, id) as str (id None unless a dict gives one), or a skip
+  reason."""
+  doc_id = None
   if isinstance(doc, Mapping):
     if "text" not in doc:
       raise TypeError(f"document dicts need a 'text' key (and may have "
                       f"'title'), got {sorted(doc)}")
+    doc_id = doc.get("id")
     doc = (doc.get("title") or "", doc["text"])
   if not isinstance(doc, (tuple, list)) or len(doc) != 2:
     raise TypeError("documents must be (title, text) pairs or "
@@ -158,16 +167,17 @@ def _decode(doc):
   # a document's blocks are [CLS] [SEP] body [SEP], every token for the body.
   if not text.strip():
     return "empty_text"
-  if packing.is_dropped_title(title):
+  if drop_list_pages and packing.is_dropped_title(title):
     return "list_page"
-  return title.strip(), text
+  return title.strip(), text, doc_id
 
 
 def build_block_store(documents: Iterable, tokenizer: Tokenizer, out_dir: str,
                       block_len: int = 288, shard_rows: int = 65536,
                       max_title_tokens: int | None = None,
                       batch_docs: int = 512,
-                      progress: bool = True, overwrite: bool = False):
+                      progress: bool = True, overwrite: bool = False,
+                      document_ids: bool = False):
   """Builds (or resumes building) a block store at `out_dir`.
 
   Args:
@@ -182,6 +192,11 @@ def build_block_store(documents: Iterable, tokenizer: Tokenizer, out_dir: str,
     batch_docs: documents tokenized per `encode_batch` call.
     progress: show a tqdm progress bar.
     overwrite: replace an existing committed store at `out_dir`.
+    document_ids: documents are dicts with an "id" (a knowledge base's,
+      retrieval/kb.py): each block records it ("doc" in blocks.jsonl) and
+      its uid includes it, so duplicates are dropped within a document only
+      and the blocks of one document never depend on another's. No list-page
+      filter: that is a Wikipedia rule, not a user's.
   Returns:
     The committed `corpus.BlockStore`.
   """
@@ -219,17 +234,18 @@ def build_block_store(documents: Iterable, tokenizer: Tokenizer, out_dir: str,
     batch = list(itertools.islice(docs, batch_docs))
     if not batch:
       break
-    decoded = [_decode(d) for _, d in batch]
+    decoded = [decode(d, drop_list_pages=not document_ids) for _, d in batch]
     ok = [d for d in decoded if isinstance(d, tuple)]
-    title_encs = iter(tokenizer.encode_batch([t for t, _ in ok]))
-    text_encs = iter(tokenizer.encode_batch([x for _, x in ok]))
+    title_encs = iter(tokenizer.encode_batch([d[0] for d in ok]))
+    text_encs = iter(tokenizer.encode_batch([d[1] for d in ok]))
     for (doc_index, _), item in zip(batch, decoded):
       counts_before = dict(counts)
       counts["documents_read"] += 1
       if isinstance(item, str):
         counts[item] += 1
         continue
-      title, text = item
+      title, text, doc_id = item
+      doc_id = str(doc_id) if document_ids else None
       title_enc, text_enc = next(title_encs), next(text_encs)
       if len(title_enc.ids) > max_title_tokens:
         counts["long_title"] += 1
@@ -241,6 +257,9 @@ def build_block_store(documents: Iterable, tokenizer: Tokenizer, out_dir: str,
         counts["empty_text"] += 1
         continue
       counts["documents"] += 1
+      if doc_id is not None:
+        for b in blocks:
+          b.uid = packing.block_uid(doc_id, b.uid)
       accepted = []
       for b in blocks:
         if b.uid in seen:
@@ -250,7 +269,7 @@ def build_block_store(documents: Iterable, tokenizer: Tokenizer, out_dir: str,
           accepted.append(b)
       already = resume_skip if doc_index == resume_doc else 0
       for k, b in enumerate(accepted[already:], start=already):
-        buffer.add(b)
+        buffer.add(b, doc_id)
         if buffer.rows == shard_rows:
           _commit_shard(buffer, tmp, shard, config, counts_before, doc_index,
                         k + 1)
@@ -305,7 +324,7 @@ def _commit_shard(buffer, tmp, k, config, counts, next_doc, skip_blocks):
 def _finalize(tmp, out_dir, num_shards, tokenizer, config, counts):
   """Merges per-shard metadata, writes the manifest, renames tmp -> out_dir."""
   if num_shards == 0:
-    raise ValueError("no blocks were produced; skipped documents: " + ", ".join(
+    raise NoBlocksError("no blocks were produced; skipped documents: " + ", ".join(
         f"{r}={counts.get(r, 0)}" for r in SKIP_REASONS))
   def meta(k):
     with np.load(os.path.join(tmp, f"meta-{k:05d}.npz")) as m:

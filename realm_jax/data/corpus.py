@@ -109,7 +109,7 @@ class BlockStore:
     self.uids = load("uids.npy")  # S40 bytes; uid(i) gives str
     self.sentence_ptr = load("sentence_ptr.npy")
     self.sentence_starts = load("sentence_starts.npy")
-    self._line_offsets = load("blocks_offsets.npy")
+    self.line_offsets = load("blocks_offsets.npy")  # int64 [N + 1]
     self._jsonl_fd = None
     self._uid_order = None
 
@@ -145,7 +145,7 @@ class BlockStore:
       self._jsonl_fd = os.open(os.path.join(self.path, "blocks.jsonl"),
                                os.O_RDONLY)
     # pread: no shared file position, so concurrent reader threads are safe.
-    start, end = int(self._line_offsets[i]), int(self._line_offsets[i + 1])
+    start, end = int(self.line_offsets[i]), int(self.line_offsets[i + 1])
     return json.loads(os.pread(self._jsonl_fd, end - start, start))
 
   def title(self, i: int) -> str:

@@ -295,7 +295,8 @@ class JsonlDocuments(Sequence):
 
   One pass at open time records the byte offset of every non-blank line;
   `[i]` then seeks and parses line i. Each object needs a string `text` and
-  may have `title` (default "").
+  may have `title` (default "") and `id` (a string or integer: the
+  document's identity in a knowledge base, retrieval/kb.py).
   """
 
   def __init__(self, path: str | os.PathLike):
@@ -326,9 +327,12 @@ class JsonlDocuments(Sequence):
     with open(self.path, "rb") as f:
       f.seek(int(self._offsets[index]))
       line = f.readline()
-    where = f"{self.path} line {int(self._line_numbers[index])}"
+    where = self.where(index)
     try:
-      obj = json.loads(line)
+      # Bytes that are not UTF-8 survive as lone surrogates, so the block
+      # builder skips the document as "undecodable" (and counts it) instead
+      # of the whole build failing on one bad line.
+      obj = json.loads(line.decode("utf-8", errors="surrogateescape"))
     except json.JSONDecodeError as e:
       raise ValueError(f"{where}: invalid JSON ({e.msg})") from e
     if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
@@ -336,7 +340,19 @@ class JsonlDocuments(Sequence):
     title = obj.get("title", "")
     if not isinstance(title, str):
       raise ValueError(f"{where}: 'title' must be a string")
-    return {"title": title, "text": obj["text"]}
+    doc = {"title": title, "text": obj["text"]}
+    if "id" in obj:
+      doc_id = obj["id"]
+      if isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)) or (
+          not str(doc_id).strip()):
+        raise ValueError(f"{where}: 'id' must be a non-empty string or an "
+                         f"integer, got {doc_id!r}")
+      doc["id"] = str(doc_id)
+    return doc
+
+  def where(self, index: int) -> str:
+    """"<path> line <n>" of document `index`, for messages."""
+    return f"{self.path} line {int(self._line_numbers[index])}"
 
   def __repr__(self) -> str:
     return f"JsonlDocuments({self.path!r}, {len(self)} documents)"

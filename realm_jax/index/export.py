@@ -104,6 +104,12 @@ def latest_export(workdir: str) -> str | None:
   return export_path(workdir, steps[-1]) if steps else None
 
 
+def load_config(path: str) -> RealmConfig:
+  """The RealmConfig of an export, without reading its params."""
+  with open(os.path.join(path, MODEL)) as f:
+    return config_from_dict(json.load(f))
+
+
 def load_export(path: str):
   """-> (step, params (nested dict of np arrays), RealmConfig)."""
   name = os.path.basename(os.path.normpath(path))

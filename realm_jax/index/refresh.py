@@ -47,13 +47,16 @@ class IndexWatcher:
 
   def __init__(self, index_dir: str, corpus_fingerprint: str | None,
                make_searcher: Callable, poll_interval: float | None = 10.0,
-               nice: int = 10):
+               nice: int = 10, current: Current | None = None):
+    """corpus_fingerprint: None checks none (each version of a knowledge
+    base has its own corpus; its make_searcher checks it). current: a version
+    the caller already loaded, in service from the start."""
     self.index_dir = index_dir
     self.corpus_fingerprint = corpus_fingerprint
     self.make_searcher = make_searcher
     self.poll_interval = poll_interval
     self.nice = nice
-    self.current: Current | None = None
+    self.current: Current | None = current
     self.refused: dict[int, str] = {}
     self._lock = threading.Lock()   # one loader at a time (thread, wait_for)
     self._stop = threading.Event()

@@ -2,7 +2,9 @@
 
 Fine-tuning records what it used in <workdir>/openqa.json (retrieval/openqa.py);
 loading reads that record, so eval and answer search exactly the index the
-model was trained against.
+model was trained against. A knowledge base workdir (task=index,
+retrieval/kb.py) names its fine-tuned model in kb.json; it is loaded with
+the knowledge base's newest committed version instead.
 """
 import dataclasses
 
@@ -10,6 +12,7 @@ from realm_jax import checkpoint as ckpt_lib
 from realm_jax.data import corpus
 from realm_jax.models.model_config import RealmConfig
 from realm_jax.models.reader import SpanReader
+from realm_jax.retrieval import kb
 from realm_jax.retrieval import model_init
 from realm_jax.retrieval import openqa
 
@@ -26,18 +29,44 @@ class FineTuned:
   step: int
 
 
+def reader_workdir(workdir: str) -> str:
+  """The fine-tuning workdir whose reader answers for `workdir`: itself, or
+  the model a knowledge base was indexed with."""
+  if not kb.is_kb(workdir):
+    if openqa.read_record(workdir) is None:
+      raise FileNotFoundError(
+          f"{openqa.record_path(workdir)} not found: {workdir} is not a "
+          "fine-tuning workdir (run task=finetune first) nor a knowledge base "
+          "(task=index)")
+    return workdir
+  model = kb.read_record(workdir)["model"]
+  if not model or openqa.read_record(model) is None:
+    raise ValueError(
+        f"the knowledge base in {workdir} was indexed with kb.model="
+        f"{model or '(config.model)'}, which has no fine-tuned reader; index "
+        "with a fine-tuning workdir to answer questions (eval.retrieval="
+        "bm25 and dense_zero_shot need none)")
+  return model
+
+
 def load_finetuned(config) -> FineTuned:
-  """The latest fine-tuning checkpoint of config.workdir and its index."""
-  record = openqa.read_record(config.workdir)
-  if record is None:
-    raise FileNotFoundError(
-        f"{openqa.record_path(config.workdir)} not found: {config.workdir} is not a "
-        "fine-tuning workdir; run task=finetune with this workdir first")
-  store = corpus.BlockStore(record["block_store"])
-  emb, searcher = openqa.open_index(record["index_path"], store,
-                                    config.index, openqa.searcher_cache(config))
-  step, params = ckpt_lib.restore_params(config.workdir)
+  """The latest fine-tuning checkpoint and its index: config.workdir's own,
+  or for a knowledge base its model's with the newest intact version."""
+  workdir = reader_workdir(config.workdir)
+  record = openqa.read_record(workdir)
+  cache = openqa.searcher_cache(config)
+  if workdir == config.workdir:
+    index_path = record["index_path"]
+    store = corpus.BlockStore(record["block_store"])
+    emb, searcher = openqa.open_index(index_path, store, config.index, cache)
+  else:
+    index_path = kb.newest_version(config.workdir, cache)
+    if index_path is None:
+      raise FileNotFoundError(f"no committed version in "
+                              f"{kb.versions_dir(config.workdir)}")
+    store, emb, searcher = kb.open_version(index_path, config.index, cache)
+  step, params = ckpt_lib.restore_params(workdir)
   cfg = record["model"]
-  model_init.check_shapes(params["reader"], SpanReader(cfg), f"{config.workdir} reader")
+  model_init.check_shapes(params["reader"], SpanReader(cfg), f"{workdir} reader")
   return FineTuned(cfg=cfg, params=params, store=store, emb=emb,
-                   searcher=searcher, index_path=record["index_path"], step=step)
+                   searcher=searcher, index_path=index_path, step=step)

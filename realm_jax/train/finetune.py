@@ -31,6 +31,7 @@ import optax
 from absl import logging
 
 from realm_jax import checkpoint as ckpt_lib
+from realm_jax import config as config_lib
 from realm_jax.data import catalog
 from realm_jax.data import corpus
 from realm_jax.data import pipeline
@@ -188,6 +189,8 @@ def run(config):
                                         state["params"]["retriever"], store)
   if not recorded and jax.process_index() == 0:
     openqa.write_record(config.workdir, index_path, store, cfg)
+  if jax.process_index() == 0:   # how to ask it (qa.Answerer reads this)
+    config_lib.save_config(config, os.path.join(config.workdir, "config.json"))
   emb, searcher = openqa.open_index(index_path, store, config.index,
                                       openqa.searcher_cache(config))
   beam = min(f.retriever_beam, store.num_blocks)

@@ -1,0 +1,28 @@
+"""Index a corpus into a knowledge base (config.task == "index").
+
+  python -m realm_jax.main --config=configs/kb.py \
+      --config.data.corpus=jsonl:my_docs.jsonl --config.workdir=workdir/my_kb \
+      --config.kb.model=workdir/demo/finetune_realm
+
+The first run embeds every block; a rerun after the corpus changed embeds
+only the blocks of new and changed documents and commits a new version
+(realm_jax/retrieval/kb_update.py); `answer`, `eval` and qa.Answerer on
+<workdir> use the newest committed version. A killed run leaves the previous
+version serving and a rerun resumes.
+"""
+import json
+
+from realm_jax.index import store as index_store
+from realm_jax.retrieval import kb_update
+
+
+def run(config):
+  path = kb_update.update(config)
+  manifest = index_store.read_manifest(path)
+  export = manifest["export"]
+  print(json.dumps({"version": manifest["step"], "path": path,
+                    "blocks": manifest["num_blocks"],
+                    "documents": export["documents"],
+                    "changes": export["changes"],
+                    "skipped": export["skipped"]}))
+  return path

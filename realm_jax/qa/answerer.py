@@ -1,0 +1,200 @@
+"""Answers for applications and notebooks: Answerer.
+
+  from realm_jax.qa import Answerer
+  answerer = Answerer("workdir/my_kb")
+  a = answerer.answer("Who designed the Golden Gate Bridge?")
+  a.answer, a.score, a.evidence[0].title, a.evidence[0].p, a.evidence[0].span
+
+`Answerer(workdir)` takes a knowledge base (task=index) or a fine-tuning
+workdir, with the settings that task saved in <workdir>/config.json
+(question_len, reader_len, reader_beam, searcher). For a knowledge base, a
+background thread watches kb/ for newly committed versions through the
+trainer's own verify-then-swap (index/refresh.IndexWatcher): a new version is
+checked and loaded off the answering thread and put in service with one
+assignment. So a long-lived Answerer keeps answering while an update runs
+and answers from the new version once it commits; each answer comes from one
+version, whose blocks, embeddings and searcher were committed together, so
+its evidence is never a removed document or an outdated text.
+"""
+import dataclasses
+import os
+import time
+
+import numpy as np
+
+from realm_jax import config as config_lib
+from realm_jax.data import corpus
+from realm_jax.data import pipeline
+from realm_jax.index import refresh
+from realm_jax.index import store as index_store
+from realm_jax.qa import model as qa_model
+from realm_jax.qa import predictor as predictor_lib
+from realm_jax.retrieval import kb
+from realm_jax.retrieval import openqa
+
+
+@dataclasses.dataclass
+class Evidence:
+  row: int              # block row in the version's store
+  doc: str | None       # document id (knowledge bases)
+  title: str
+  text: str
+  p: float              # p(z|x) over the blocks read
+  span: tuple | None    # char span of the answer inside text, if it is here
+
+
+@dataclasses.dataclass
+class Answer:
+  question: str
+  answer: str | None    # None: the reader found no span
+  score: float | None   # the span's joint logit
+  prob: float | None    # its probability over every span of every block read
+  evidence: list        # [Evidence], best retrieved first
+  version: int          # the index (knowledge base) version that answered
+
+
+def check_question(question: str, tokenizer, question_len: int) -> str | None:
+  """None if the question fits `[CLS] q [SEP]` of question_len, else why not."""
+  if not question.strip():
+    return "the question is empty"
+  n = len(tokenizer.encode(question).ids)
+  if n > question_len - 2:
+    return (f"the question is {n} tokens long; at most {question_len - 2} fit "
+            f"(finetune.question_len={question_len} minus [CLS] and [SEP])")
+  return None
+
+
+def question_batch(questions, tokenizer, question_len: int, size: int) -> dict:
+  """A qa_dataset-shaped batch of `size` rows (padded by repeating row 0)."""
+  ids, mask = zip(*[pipeline.pad_or_truncate(
+      tokenizer.encode(q).ids, question_len, tokenizer.cls_id, tokenizer.sep_id,
+      tokenizer.pad_id) for q in questions])
+  pad = size - len(questions)
+  question = np.empty(size, dtype=object)
+  question[:] = list(questions) + [questions[0]] * pad
+  answers = np.empty(size, dtype=object)
+  for i in range(size):
+    answers[i] = ()
+  return {"question_ids": np.stack(list(ids) + [ids[0]] * pad),
+          "question_mask": np.stack(list(mask) + [mask[0]] * pad),
+          "question": question, "answers": answers}
+
+
+def tokenizer_of(workdir: str):
+  """The tokenizer questions to `workdir` are encoded with, without loading
+  the model (so bad questions are refused at once)."""
+  if kb.is_kb(workdir):
+    latest = index_store.latest_version(kb.versions_dir(workdir))
+    if latest is None:
+      raise FileNotFoundError(f"no committed version in "
+                              f"{kb.versions_dir(workdir)}")
+    path = os.path.join(index_store.version_path(kb.versions_dir(workdir),
+                                                 latest), "blocks")
+  else:
+    path = openqa.read_record(qa_model.reader_workdir(workdir))["block_store"]
+  return corpus.BlockStore(path).tokenizer()
+
+
+def saved_config(workdir: str):
+  """The config task=index or task=finetune saved in <workdir>/config.json."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path} not found: pass config=, or build "
+                            f"{workdir} with task=index or task=finetune")
+  config = config_lib.get_config(path)
+  config.workdir = workdir
+  return config
+
+
+class Answerer:
+  """Answers questions with a fine-tuned reader over a workdir's index."""
+
+  def __init__(self, workdir: str, config=None,
+               poll_interval: float | None = 2.0):
+    """config: default <workdir>/config.json. poll_interval: seconds between
+    looks for a new knowledge base version (None: never)."""
+    self.config = saved_config(workdir) if config is None else config
+    self.config.workdir = workdir
+    model = qa_model.load_finetuned(self.config)
+    self.tokenizer = model.store.tokenizer()
+    self._cache = openqa.searcher_cache(self.config)
+    self._base = model
+    self._predictors = {}
+    version = index_store.read_manifest(model.index_path)["step"]
+    self.watcher = refresh.IndexWatcher(
+        kb.versions_dir(workdir), None, self._open,
+        poll_interval=poll_interval if kb.is_kb(workdir) else None,
+        current=refresh.Current(version, model, time.time()))
+
+  def _open(self, emb, cache_dir: str) -> qa_model.FineTuned:
+    """The watcher's loader: one checked version, ready to answer from."""
+    store, emb, searcher = kb.open_version(cache_dir, self.config.index,
+                                           self._cache)
+    return dataclasses.replace(self._base, store=store, emb=emb,
+                               searcher=searcher, index_path=cache_dir)
+
+  @property
+  def version(self) -> int:
+    return self.watcher.version
+
+  def poll(self) -> bool:
+    """Looks for a newer version now; True if one went into service."""
+    return self.watcher.poll_once()
+
+  def answer(self, question: str) -> Answer:
+    return self.answer_batch([question])[0]
+
+  def answer_batch(self, questions: list[str]) -> list[Answer]:
+    """Answers; a question that is empty or too long raises ValueError
+    before anything runs."""
+    preds, current = self.predict(questions)
+    return [self._answer(p, current) for p in preds]
+
+  def predict(self, questions: list[str]):
+    """(the predictor's raw records, the version in service) for questions."""
+    qlen = self.config.finetune.question_len
+    for i, q in enumerate(questions):
+      problem = check_question(q, self.tokenizer, qlen)
+      if problem:
+        raise ValueError(f"question {i + 1}: {problem}")
+    current = self.watcher.current   # one version for the whole batch
+    predictor = self._predictor(current)
+    size = 1 if len(questions) == 1 else self.config.eval.batch_size
+    out = []
+    for lo in range(0, len(questions), size):
+      chunk = list(questions[lo:lo + size])
+      batch = question_batch(chunk, self.tokenizer, qlen, size)
+      out += predictor.predict(batch)[:len(chunk)]
+    return out, current
+
+  def _predictor(self, current) -> predictor_lib.Predictor:
+    if current.version not in self._predictors:
+      f = self.config.finetune
+      self._predictors = {current.version: predictor_lib.Predictor(
+          current.searcher, self.tokenizer, reader_len=f.reader_len,
+          reader_beam=f.reader_beam)}
+    return self._predictors[current.version]
+
+  def _answer(self, pred: dict, current) -> Answer:
+    store = current.searcher.store
+    span_row = pred["block"]["row"] if pred["block"] else None
+    evidence = []
+    for block in pred["top_blocks"]:
+      record = store.record(block["row"])
+      here = block["row"] == span_row and pred["span"] is not None
+      evidence.append(Evidence(
+          row=block["row"], doc=record.get("doc"), title=record["title"],
+          text=record["text"], p=block["p"],
+          span=tuple(pred["span"]) if here else None))
+    return Answer(question=pred["question"], answer=pred["prediction"] or None,
+                  score=pred["score"], prob=pred["prob"], evidence=evidence,
+                  version=current.version)
+
+  def close(self):
+    self.watcher.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()

@@ -1,0 +1,189 @@
+"""A knowledge base: any corpus indexed with a trained model, kept current.
+
+`task=index` (realm_jax/index_corpus.py) builds one in its workdir;
+kb_update.py updates it; eval, answer and qa.Answerer search it. Layout:
+
+  <workdir>/kb.json        which model indexes this corpus (kb.model, as an
+                           absolute path; "" for config.model's initial
+                           retriever), its tokenizer, block_len and dim
+  <workdir>/config.json    the config task=index ran with (question_len,
+                           reader_len, searcher ...), for answering
+  <workdir>/kb/<n>/        committed version n: one index version
+                           (manifest.json, emb-*.npy; index/store.py) whose
+                           rows are the blocks of its own block store
+                           blocks/, and documents.jsonl (one {"id", "digest",
+                           "start", "rows"} per document, in corpus order:
+                           its blocks are rows start .. start+rows-1)
+  <workdir>/kb/<n>.tmp/    version n being assembled
+  <workdir>/kb/.work-<n>/  the new and changed documents' blocks and
+                           embeddings (resumable; removed after the commit)
+
+Block store and index are one directory, so one rename commits both: a
+reader never pairs an index with another version's blocks. The index
+manifest's `export` records the embedding model and the sha256 of every
+other file of the version, which `check_version` verifies.
+"""
+import hashlib
+import json
+import os
+
+import jax
+from absl import logging
+
+from realm_jax import integrity
+from realm_jax.data import catalog
+from realm_jax.data import corpus
+from realm_jax.index import export as export_lib
+from realm_jax.index import store as index_store
+from realm_jax.models.retriever import doc_embedder_params
+from realm_jax.retrieval import model_init
+from realm_jax.retrieval import openqa
+
+RECORD = "kb.json"
+DOCUMENTS = "documents.jsonl"
+
+
+def is_kb(workdir: str) -> bool:
+  return os.path.isfile(os.path.join(workdir, RECORD))
+
+
+def versions_dir(workdir: str) -> str:
+  return os.path.join(workdir, "kb")
+
+
+def read_record(workdir: str) -> dict:
+  with open(os.path.join(workdir, RECORD)) as f:
+    return json.load(f)
+
+
+def write_record(workdir: str, record: dict):
+  integrity.write_json_atomic(os.path.join(workdir, RECORD), record)
+
+
+# ------------------------------------------------------------------ the model
+
+def document_embedder(config) -> dict:
+  """Which export embeds the documents, and the store settings it needs.
+
+  kb.model is a fine-tuning workdir (openqa.json): the export that built the
+  index it fine-tuned against (its documents were embedded by exactly that,
+  and its query embedder learned to match them); a pretraining workdir: its
+  newest export; "": config.model's initial retriever (e.g.
+  model.init=hf_realm for google/realm-* weights), exported by
+  `initial_export` into <workdir>/exports/0 on the first run and used from
+  there on.
+
+  Returns {"model", "export" (path; None until initial_export), "tokenizer"
+  (Tokenizer), "block_len", "dim"}; reads no params.
+  """
+  model = config.kb.model
+  if not model:
+    tok = catalog.tokenizer(config)
+    existing = export_lib.export_path(config.workdir, 0)
+    dim = (export_lib.load_config(existing).proj_size
+           if os.path.isdir(existing) else
+           model_init.realm_config(config, tok.vocab_size).proj_size)
+    return {"model": "", "export": existing if os.path.isdir(existing) else None,
+            "tokenizer": tok, "block_len": config.data.block_len, "dim": dim}
+  model = os.path.abspath(model)
+  record = openqa.read_record(model)
+  if record is not None:
+    manifest = index_store.read_manifest(record["index_path"])
+    export = manifest["export"].get("path", "")
+    if not os.path.isdir(export):
+      raise FileNotFoundError(
+          f"kb.model={model}: the export that embedded its index "
+          f"({export or 'not recorded'}) is gone; documents must be embedded "
+          "by the model its query embedder was trained against")
+    store = corpus.BlockStore(record["block_store"])
+  else:
+    export = export_lib.latest_export(model)
+    if export is None:
+      raise FileNotFoundError(
+          f"kb.model={model} is neither a fine-tuning workdir ({openqa.RECORD})"
+          " nor a pretraining workdir (exports/)")
+    blocks = os.path.join(model, "blocks")
+    store = (corpus.BlockStore(blocks) if os.path.isfile(
+        os.path.join(blocks, "manifest.json")) else None)
+  return {"model": model, "export": export,
+          "tokenizer": store.tokenizer() if store else catalog.tokenizer(config),
+          "block_len": store.block_len if store else config.data.block_len,
+          "dim": export_lib.load_config(export).proj_size}
+
+
+def initial_export(config) -> str:
+  """<workdir>/exports/0: config.model's initial document embedder."""
+  existing = export_lib.export_path(config.workdir, 0)
+  if os.path.isdir(existing):
+    return existing
+  cfg = model_init.realm_config(config, catalog.tokenizer(config).vocab_size)
+  params = model_init.init_params(config, cfg, model_init.params_key(
+      config.seed), with_reader=False)["retriever"]
+  return export_lib.write_export(
+      config.workdir, 0, jax.device_get(doc_embedder_params(params, cfg)), cfg)
+
+
+# ------------------------------------------------------------------ versions
+
+def read_documents(path: str) -> list[dict]:
+  """documents.jsonl of a committed version: [{"id", "digest", "start",
+  "rows"}] in corpus order."""
+  with open(os.path.join(path, DOCUMENTS), encoding="utf-8") as f:
+    return [json.loads(line) for line in f]
+
+
+def check_version(path: str, cache_root: str | None = None) -> corpus.BlockStore:
+  """The version's BlockStore, once every file is checked: the index (shard
+  sums, and built over this very store) and the block store and document
+  table (the sums in the manifest). Raises CorruptIndexError naming the
+  first bad file. Remembered under <cache_root>/verified/ (verify_once)."""
+  def check():
+    manifest = index_store.read_manifest(path)
+    sums = manifest["export"].get("files")
+    if not sums:
+      raise index_store.CorruptIndexError(f"{path}: not a knowledge base "
+                                          "version (no file sums)")
+    for rel, digest in sums.items():
+      full = os.path.join(path, rel)
+      if not os.path.isfile(full):
+        raise index_store.CorruptIndexError(f"{full}: missing")
+      if integrity.sha256_file(full) != digest:
+        raise index_store.CorruptIndexError(
+            f"{full}: sha256 does not match the version's manifest")
+    store = corpus.BlockStore(os.path.join(path, "blocks"))
+    index_store.verify(path, store.fingerprint)
+  if not os.path.isdir(path):
+    raise index_store.CorruptIndexError(f"{path}: no such version")
+  if cache_root:
+    memo = hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:16]
+    integrity.verify_once(path, integrity.tree_files(path), check,
+                          os.path.join(cache_root, "verified", memo + ".json"))
+  else:
+    check()
+  return corpus.BlockStore(os.path.join(path, "blocks"))
+
+
+def newest_version(workdir: str, cache_root: str | None = None) -> str | None:
+  """Path of the newest intact committed version (a corrupt newer one is
+  skipped with a warning); None when nothing is committed."""
+  directory = versions_dir(workdir)
+  refused = []
+  for version in reversed(index_store.list_versions(directory)):
+    path = index_store.version_path(directory, version)
+    try:
+      check_version(path, cache_root)
+      return path
+    except (index_store.CorruptIndexError, OSError, ValueError) as e:
+      logging.warning("skipping knowledge base version %s: %s", path, e)
+      refused.append(str(e))
+  if refused:
+    raise index_store.CorruptIndexError(
+        f"no intact version in {directory}: " + "; ".join(refused))
+  return None
+
+
+def open_version(path: str, index_config, cache_root: str | None):
+  """(store, emb, searcher) of one version, checked first."""
+  store = check_version(path, cache_root)
+  emb, searcher = openqa.open_index(path, store, index_config, cache_root)
+  return store, emb, searcher

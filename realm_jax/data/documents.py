@@ -45,7 +45,7 @@ def identify(docs: Iterable, where=None) -> tuple[list[Document], dict]:
   """
   where = where or (lambda i: f"document {i}")
   out, skipped = [], collections.Counter()
-  first_place = {}
+  first_place = {}   # id -> index of its document
   for i, doc in enumerate(docs):
     decoded = block_builder.decode(doc, drop_list_pages=False)
     if isinstance(decoded, str):
@@ -58,8 +58,9 @@ def identify(docs: Iterable, where=None) -> tuple[list[Document], dict]:
       if given is None:
         skipped["duplicate"] += 1
         continue
-      raise ValueError(f"duplicate document id {doc_id!r}: {first_place[doc_id]}"
-                       f" and {where(i)}; ids must be unique in a corpus")
-    first_place[doc_id] = where(i)
+      raise ValueError(f"duplicate document id {doc_id!r}: "
+                       f"{where(first_place[doc_id])} and {where(i)}; ids "
+                       "must be unique in a corpus")
+    first_place[doc_id] = i
     out.append(Document(doc_id, title, text, digest))
   return out, {r: skipped.get(r, 0) for r in SKIP_REASONS}

@@ -326,8 +326,19 @@ class JsonlDocuments(Sequence):
                        f"[0, {len(self)})")
     with open(self.path, "rb") as f:
       f.seek(int(self._offsets[index]))
-      line = f.readline()
-    where = self.where(index)
+      return self._parse(f.readline(), index)
+
+  def __iter__(self):
+    """Every document in order, reading the file once (not a seek each)."""
+    with open(self.path, "rb") as f:
+      index = 0
+      for line in f:
+        if line.strip():   # the lines __init__ gave offsets to
+          yield self._parse(line, index)
+          index += 1
+
+  def _parse(self, line: bytes, index: int) -> dict:
+    where = _Where(self, index)
     try:
       # Bytes that are not UTF-8 survive as lone surrogates, so the block
       # builder skips the document as "undecodable" (and counts it) instead
@@ -356,3 +367,13 @@ class JsonlDocuments(Sequence):
 
   def __repr__(self) -> str:
     return f"JsonlDocuments({self.path!r}, {len(self)} documents)"
+
+
+class _Where:
+  """JsonlDocuments.where(index), formatted only if a message needs it."""
+
+  def __init__(self, docs: JsonlDocuments, index: int):
+    self.docs, self.index = docs, index
+
+  def __str__(self) -> str:
+    return self.docs.where(self.index)

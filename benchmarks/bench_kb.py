@@ -2,7 +2,7 @@
 from scratch, side by side in one process.
 
   python benchmarks/bench_kb.py [--copies 4] [--block_len 128]
-      [--encoder tiny] [--searcher exact] [--change 0.01]
+      [--encoder tiny] [--searcher exact] [--change 0.01] [--docs 0]
 
 Corpus: the demo's 10,033 Wikipedia summaries, `copies` times over with
 distinct ids (4 copies at block_len 128: about 100k blocks). Model:
@@ -37,8 +37,8 @@ from realm_jax.retrieval import kb
 from realm_jax.retrieval import kb_update
 
 
-def corpus(copies: int) -> list[dict]:
-  docs = demo_corpus.demo_documents()
+def corpus(copies: int, limit: int = 0) -> list[dict]:
+  docs = demo_corpus.demo_documents(limit or None)
   return [{"id": f"{k}-{i}", "title": t, "text": x}
           for k in range(copies) for i, (t, x) in enumerate(docs)]
 
@@ -91,12 +91,14 @@ def main():
   parser.add_argument("--encoder", default="tiny")
   parser.add_argument("--searcher", default="exact")
   parser.add_argument("--change", type=float, default=0.01)
+  parser.add_argument("--docs", type=int, default=0,
+                      help="demo documents per copy (0: all 10,033)")
   parser.add_argument("--dir", default="")
   args = parser.parse_args()
   logging.set_verbosity(logging.WARNING)
   root = args.dir or tempfile.mkdtemp(prefix="bench_kb_")
   v1, v2 = os.path.join(root, "v1.jsonl"), os.path.join(root, "v2.jsonl")
-  docs = corpus(args.copies)
+  docs = corpus(args.copies, args.docs)
   write(v1, docs)
   write(v2, changed(docs, args.change))
   live = config(os.path.join(root, "kb"), v1, args)

@@ -87,7 +87,8 @@ def format_prediction(pred: dict, store, num_evidence: int,
   return "\n".join(lines)
 
 
-def _enable_compilation_cache(workdir: str):
+def enable_compilation_cache(workdir: str):
+  """Compiled XLA programs persist in <workdir>/jax_cache/ for the next start."""
   if jax.config.jax_compilation_cache_dir is None:
     jax.config.update("jax_compilation_cache_dir",
                       os.path.join(os.path.abspath(workdir), "jax_cache"))
@@ -113,7 +114,7 @@ def run(config):
   results = {}
   if todo:
     start = time.perf_counter()
-    _enable_compilation_cache(config.workdir)
+    enable_compilation_cache(config.workdir)
     answerer = answerer_lib.Answerer(config.workdir, config=config,
                                      poll_interval=None)
     logging.info("loaded index %s (version %d) in %.1f s",

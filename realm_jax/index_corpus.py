@@ -12,11 +12,15 @@ version serving and a rerun resumes.
 """
 import json
 
+from realm_jax.answer import enable_compilation_cache
 from realm_jax.index import store as index_store
 from realm_jax.retrieval import kb_update
 
 
 def run(config):
+  # An update compiles the embedder's programs the first run compiled: they
+  # come from <workdir>/jax_cache/ instead (a second or so per block width).
+  enable_compilation_cache(config.workdir)
   path = kb_update.update(config)
   manifest = index_store.read_manifest(path)
   export = manifest["export"]

@@ -17,6 +17,7 @@ over a 1-D Mesh); with several processes each takes a contiguous range of
 shards by jax.process_index(), and process 0 commits (the index directory
 must then be on a shared filesystem).
 """
+import functools
 import json
 import os
 import shutil
@@ -47,9 +48,12 @@ class BlockSource(Protocol):
     """-> (input_ids, segment_ids, input_mask), each int [len(rows), block_len]."""
 
 
+@functools.lru_cache(maxsize=8)
 def make_embed_fn(realm_config, dtype: str = "float32") -> Callable:
   """embed_fn(params, input_ids, segment_ids, input_mask) -> float32 [B, proj]
-  with the real RetrieverEmbedder; dtype "bfloat16" computes in bf16."""
+  with the real RetrieverEmbedder; dtype "bfloat16" computes in bf16.
+  One function per (config, dtype), so builds in one process (a knowledge
+  base update after a build, the demo's indexes) share compiled programs."""
   import dataclasses  # pylint: disable=g-import-not-at-top
   from realm_jax.models.retriever import RetrieverEmbedder  # pylint: disable=g-import-not-at-top
   if dtype != "float32":
@@ -98,6 +102,17 @@ def _finished_shard(tmp: str, i: int, rows: int) -> dict | None:
 _WIDTH_STEP = 16
 
 
+@functools.lru_cache(maxsize=8)
+def _jitted(embed_fn, devices: tuple):
+  """The jitted embed_fn over `devices`; cached so that every Embedder of the
+  same function reuses its compiled programs."""
+  mesh = Mesh(np.asarray(devices), ("data",))
+  data, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+  return jax.jit(lambda p, i, s, m: embed_fn(p, i, s, m).astype(jnp.float32),
+                 in_shardings=(replicated, data, data, data),
+                 out_shardings=data)
+
+
 class BuildStopped(Exception):
   """build_index was asked to stop (should_stop) before it finished."""
 
@@ -120,10 +135,7 @@ class Embedder:
           lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating)
           else x, params)
     self.params = jax.device_put(params, replicated)
-    self.fn = jax.jit(
-        lambda p, i, s, m: embed_fn(p, i, s, m).astype(jnp.float32),
-        in_shardings=(replicated, self.data, self.data, self.data),
-        out_shardings=self.data)
+    self.fn = _jitted(embed_fn, tuple(devices))
 
   def __call__(self, source, lo, hi, on_batch):
     """Embeddings of blocks lo..hi-1 -> float32 [hi - lo, dim].

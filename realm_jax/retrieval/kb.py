@@ -11,9 +11,10 @@ kb_update.py updates it; eval, answer and qa.Answerer search it. Layout:
   <workdir>/kb/<n>/        committed version n: one index version
                            (manifest.json, emb-*.npy; index/store.py) whose
                            rows are the blocks of its own block store
-                           blocks/, and documents.jsonl (one {"id", "digest",
-                           "start", "rows"} per document, in corpus order:
-                           its blocks are rows start .. start+rows-1)
+                           blocks/, and documents.json ({"id", "digest",
+                           "start", "rows"}: a list each, one entry per
+                           document in corpus order; document j's blocks
+                           are rows start[j] .. start[j]+rows[j]-1)
   <workdir>/kb/<n>.tmp/    version n being assembled
   <workdir>/kb/.work-<n>/  the new and changed documents' blocks and
                            embeddings (resumable; removed after the commit)
@@ -40,7 +41,7 @@ from realm_jax.retrieval import model_init
 from realm_jax.retrieval import openqa
 
 RECORD = "kb.json"
-DOCUMENTS = "documents.jsonl"
+DOCUMENTS = "documents.json"
 
 
 def is_kb(workdir: str) -> bool:
@@ -126,10 +127,20 @@ def initial_export(config) -> str:
 # ------------------------------------------------------------------ versions
 
 def read_documents(path: str) -> list[dict]:
-  """documents.jsonl of a committed version: [{"id", "digest", "start",
+  """documents.json of a committed version: [{"id", "digest", "start",
   "rows"}] in corpus order."""
   with open(os.path.join(path, DOCUMENTS), encoding="utf-8") as f:
-    return [json.loads(line) for line in f]
+    table = json.load(f)
+  return [dict(zip(table, values)) for values in zip(*table.values())]
+
+
+def write_documents(path: str, table: list[dict]):
+  """documents.json from [{"id", "digest", "start", "rows"}] (fsynced)."""
+  keys = ("id", "digest", "start", "rows")
+  with open(os.path.join(path, DOCUMENTS), "w", encoding="utf-8") as f:
+    json.dump({k: [t[k] for t in table] for k in keys}, f, ensure_ascii=False)
+    f.flush()
+    os.fsync(f.fileno())
 
 
 def check_version(path: str, cache_root: str | None = None) -> corpus.BlockStore:
@@ -185,5 +196,7 @@ def newest_version(workdir: str, cache_root: str | None = None) -> str | None:
 def open_version(path: str, index_config, cache_root: str | None):
   """(store, emb, searcher) of one version, checked first."""
   store = check_version(path, cache_root)
+  store.record(0)   # opens blocks.jsonl now: a version pruned while it is
+                    # in service stays readable (its files are all open)
   emb, searcher = openqa.open_index(path, store, index_config, cache_root)
   return store, emb, searcher

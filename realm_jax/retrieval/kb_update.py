@@ -264,10 +264,7 @@ def _assemble(config, directory, version, docs, previous, fresh, skipped,
   shard_rows = config.index.embed_shard_rows
   shards = [index_store.write_shard(tmp, i, emb[lo:lo + shard_rows])
             for i, lo in enumerate(range(0, len(emb), shard_rows))]
-  with open(os.path.join(tmp, kb.DOCUMENTS), "w", encoding="utf-8") as f:
-    f.writelines(json.dumps(t, ensure_ascii=False) + "\n" for t in table)
-    f.flush()
-    os.fsync(f.fileno())
+  kb.write_documents(tmp, table)
   options = searchers.searcher_options(config.index)
   if options["kind"] == "scann":   # saved with the version, loaded by readers
     searchers.make_searcher(emb, cache_dir=tmp, **options)

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 
 from realm_jax import answer
+from realm_jax import evaluate
+from realm_jax.data import corpus
 from realm_jax.data import demo_corpus
 from realm_jax.index import build
 from realm_jax.index import search
@@ -20,6 +22,7 @@ from realm_jax.index import store as index_store
 from realm_jax.qa import Answerer
 from realm_jax.retrieval import kb
 from realm_jax.retrieval import kb_update
+from realm_jax.retrieval import openqa
 import openqa_workdir as ow
 import stopping_child
 
@@ -222,6 +225,29 @@ def test_answer_and_eval_tasks_read_a_knowledge_base(model, tmp_path, capsys):
   (pred,) = answer.run(config)
   out = capsys.readouterr().out
   assert "Evidence (p(z|x)" in out and pred["top_blocks"]
+  config.task = "eval"
+  result = evaluate.evaluate(config, examples=[
+      {"question": "Who was the Chinese novelist and essayist?",
+       "answer": ["Lu Xun"]}], predictions_path=str(tmp_path / "p.jsonl"))
+  assert result["num_questions"] == 1 and result["exact_match"] is not None
+
+
+def test_a_pretraining_workdir_embeds_as_its_own_index(model, tmp_path):
+  """kb.model = a pretraining workdir, data.corpus = demo (ids from title
+  and text): each block's embedding is the one the model's own index holds
+  for the same block."""
+  pre = os.path.dirname(openqa.read_record(model)["block_store"])
+  config = ow.tiny_config(str(tmp_path / "kb"))
+  config.kb.model = pre
+  path = kb_update.update(config, progress=False)
+  store, emb = kb.check_version(path), index_store.load(path)
+  own = corpus.BlockStore(os.path.join(pre, "blocks"))
+  own_emb = index_store.load(os.path.join(pre, "index", "0"))
+  where = {(r["title"], r["text"]): i for i, r in own.iter_records()}
+  rows = [where[(r["title"], r["text"])] for _, r in store.iter_records()]
+  assert len(rows) == own.num_blocks
+  np.testing.assert_allclose(np.asarray(emb), own_emb[np.asarray(rows)],
+                             atol=1e-5)
 
 
 def test_bad_documents_are_skipped_and_counted(model, tmp_path):

@@ -338,26 +338,26 @@ class JsonlDocuments(Sequence):
           index += 1
 
   def _parse(self, line: bytes, index: int) -> dict:
-    where = _Where(self, index)
     try:
       # Bytes that are not UTF-8 survive as lone surrogates, so the block
       # builder skips the document as "undecodable" (and counts it) instead
       # of the whole build failing on one bad line.
       obj = json.loads(line.decode("utf-8", errors="surrogateescape"))
     except json.JSONDecodeError as e:
-      raise ValueError(f"{where}: invalid JSON ({e.msg})") from e
+      raise ValueError(f"{self.where(index)}: invalid JSON ({e.msg})") from e
     if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-      raise ValueError(f"{where}: expected an object with a string 'text'")
+      raise ValueError(f"{self.where(index)}: expected an object with a "
+                       "string 'text'")
     title = obj.get("title", "")
     if not isinstance(title, str):
-      raise ValueError(f"{where}: 'title' must be a string")
+      raise ValueError(f"{self.where(index)}: 'title' must be a string")
     doc = {"title": title, "text": obj["text"]}
     if "id" in obj:
       doc_id = obj["id"]
       if isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)) or (
           not str(doc_id).strip()):
-        raise ValueError(f"{where}: 'id' must be a non-empty string or an "
-                         f"integer, got {doc_id!r}")
+        raise ValueError(f"{self.where(index)}: 'id' must be a non-empty "
+                         f"string or an integer, got {doc_id!r}")
       doc["id"] = str(doc_id)
     return doc
 
@@ -368,12 +368,3 @@ class JsonlDocuments(Sequence):
   def __repr__(self) -> str:
     return f"JsonlDocuments({self.path!r}, {len(self)} documents)"
 
-
-class _Where:
-  """JsonlDocuments.where(index), formatted only if a message needs it."""
-
-  def __init__(self, docs: JsonlDocuments, index: int):
-    self.docs, self.index = docs, index
-
-  def __str__(self) -> str:
-    return self.docs.where(self.index)

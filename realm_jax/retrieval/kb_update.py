@@ -268,9 +268,10 @@ def _assemble(config, directory, version, docs, previous, fresh, skipped,
   options = searchers.searcher_options(config.index)
   if options["kind"] == "scann":   # saved with the version, loaded by readers
     searchers.make_searcher(emb, cache_dir=tmp, **options)
+  # Every other file's sum (the shards' are in the manifest already).
+  skip = {index_store.MANIFEST} | {s["file"] for s in shards}
   files = {rel: integrity.sha256_file(os.path.join(tmp, rel))
-           for rel in integrity.tree_files(tmp)
-           if rel != index_store.MANIFEST}
+           for rel in integrity.tree_files(tmp) if rel not in skip}
   return index_store.commit(
       directory, version, dim=dim, shards=shards,
       corpus_fingerprint=store.fingerprint,

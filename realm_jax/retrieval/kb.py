@@ -29,7 +29,6 @@ import json
 import os
 
 import jax
-from absl import logging
 
 from realm_jax import integrity
 from realm_jax.data import catalog
@@ -177,20 +176,8 @@ def check_version(path: str, cache_root: str | None = None) -> corpus.BlockStore
 def newest_version(workdir: str, cache_root: str | None = None) -> str | None:
   """Path of the newest intact committed version (a corrupt newer one is
   skipped with a warning); None when nothing is committed."""
-  directory = versions_dir(workdir)
-  refused = []
-  for version in reversed(index_store.list_versions(directory)):
-    path = index_store.version_path(directory, version)
-    try:
-      check_version(path, cache_root)
-      return path
-    except (index_store.CorruptIndexError, OSError, ValueError) as e:
-      logging.warning("skipping knowledge base version %s: %s", path, e)
-      refused.append(str(e))
-  if refused:
-    raise index_store.CorruptIndexError(
-        f"no intact version in {directory}: " + "; ".join(refused))
-  return None
+  return openqa.newest_intact(versions_dir(workdir),
+                              lambda path: check_version(path, cache_root))
 
 
 def open_version(path: str, index_config, cache_root: str | None):

@@ -127,18 +127,26 @@ def find_index(config, store: corpus.BlockStore) -> str | None:
     path = index_store.version_path(directory, wanted)
     check_index(path, store, cache)
     return path
+  return newest_intact(directory, lambda path: check_index(path, store, cache))
+
+
+def newest_intact(directory: str, check) -> str | None:
+  """Path of the newest committed version in `directory` that check(path)
+  accepts; a bad newer one is skipped with a warning, as the trainer's
+  IndexWatcher skips it. None when nothing is committed; CorruptIndexError
+  naming each when every version is bad."""
   refused = []
-  for version in reversed(committed):
+  for version in reversed(index_store.list_versions(directory)):
     path = index_store.version_path(directory, version)
     try:
-      check_index(path, store, cache)
+      check(path)
       return path
-    except index_store.CorruptIndexError as e:
-      logging.warning("skipping index version %s: %s", path, e)
+    except (index_store.CorruptIndexError, OSError, ValueError) as e:
+      logging.warning("skipping version %s: %s", path, e)
       refused.append(str(e))
   if refused:
     raise index_store.CorruptIndexError(
-        f"no intact index version in {directory}: " + "; ".join(refused))
+        f"no intact version in {directory}: " + "; ".join(refused))
   return None
 
 

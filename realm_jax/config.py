@@ -88,9 +88,6 @@ def default_config() -> ml_collections.ConfigDict:
   # reader whose MLM head starts untrained (MiniLM) first sends the retriever
   # only noise, which Adam turns into full-size steps that wreck it.
   c.train.retriever_frozen_steps = 0
-  # ... and the reader's BERT for the first N steps, so only its MLM head
-  # learns at first (0 = REALM; for an encoder without an MLM head).
-  c.train.encoder_frozen_steps = 0
   # The retriever's learning rate as a multiple of the reader's (1 = REALM).
   # A strong initial retriever (MiniLM) keeps more of what it knows below 1.
   c.train.retriever_lr_scale = 1.0

@@ -48,30 +48,3 @@ def test_retriever_is_frozen_for_the_first_steps_only():
                  new["params"]["retriever"]) != frozen
     assert (float(metrics["retriever_grad_norm"]) == 0) == frozen
     state = new
-
-
-def test_the_encoder_can_be_held_while_the_mlm_head_learns():
-  cfg = mc.RealmConfig(bert=mc.tiny(vocab_size=64), proj_size=16)
-  rng = jax.random.PRNGKey(0)
-  params = {"retriever": Retriever(cfg).init(
-                rng, *convert.example_inputs(Retriever(cfg)))["params"],
-            "reader": MLMEncoder(cfg).init(
-                rng, *convert.example_inputs(MLMEncoder(cfg)))["params"]}
-  train = config_lib.default_config().train
-  train.learning_rate, train.num_steps, train.warmup_steps = 1e-3, 10, 0
-  tx = state_lib.bert_adamw(train)
-  state = state_lib.create(params, tx, rng)
-  step = jax.jit(lambda s, b: pretrain.train_step(
-      s, b, cfg, tx, retriever_frozen_steps=1, encoder_frozen_steps=2))
-  r = np.random.default_rng(0)
-  same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(
-      jax.tree.leaves(a), jax.tree.leaves(b)))
-  for i in range(3):
-    new, _ = step(state, _batch(r))
-    reader, new_reader = state["params"]["reader"], new["params"]["reader"]
-    assert same(reader["bert"], new_reader["bert"]) == (i < 2)
-    head = {k: v for k, v in reader.items() if k != "bert"}
-    assert head and not same(head, {k: new_reader[k] for k in head})
-    assert same(state["params"]["retriever"],
-                new["params"]["retriever"]) == (i < 1)
-    state = new

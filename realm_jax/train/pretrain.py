@@ -79,44 +79,25 @@ def pretrain_loss(params, batch, rng, cfg, per_token=True, deterministic=False):
 
 
 def train_step(state: dict, batch, cfg, tx, per_token=True,
-               retriever_frozen_steps=0, encoder_frozen_steps=0):
+               retriever_frozen_steps=0):
   """One optimizer step. For the first `retriever_frozen_steps` steps the
-  retriever is held fixed (no gradient, no update) while the reader learns;
-  for the first `encoder_frozen_steps` the reader's BERT is too, so only its
-  MLM head learns (an encoder without one, MiniLM, gets a head that reads
-  before the MLM loss can move the encoder the span reader inherits)."""
+  retriever is held fixed (no gradient, no update) while the reader learns."""
   (loss, aux), grads = jax.value_and_grad(pretrain_loss, has_aux=True)(
       state["params"], batch, state_lib.step_rng(state), cfg, per_token)
-  held = [(path, state["step"] < steps) for path, steps in
-          ((("retriever",), retriever_frozen_steps),
-           (("reader", "bert"), encoder_frozen_steps)) if steps]
-  for path, frozen in held:
-    grads = _set_at(grads, path, jax.tree.map(
-        lambda g, f=frozen: jnp.where(f, jnp.zeros_like(g), g),
-        _at(grads, path)))
+  if retriever_frozen_steps:
+    frozen = state["step"] < retriever_frozen_steps
+    grads = dict(grads, retriever=jax.tree.map(
+        lambda g: jnp.where(frozen, jnp.zeros_like(g), g), grads["retriever"]))
   new_state = state_lib.apply_gradients(state, grads, tx)
-  for path, frozen in held:   # weight decay would still move them: restore
-    new_state = dict(new_state, params=_set_at(
-        new_state["params"], path, jax.tree.map(
-            lambda old, new, f=frozen: jnp.where(f, old, new),
-            _at(state["params"], path), _at(new_state["params"], path))))
+  if retriever_frozen_steps:  # weight decay would still move it: restore it
+    new_state = dict(new_state, params=dict(
+        new_state["params"], retriever=jax.tree.map(
+            lambda old, new: jnp.where(frozen, old, new),
+            state["params"]["retriever"], new_state["params"]["retriever"])))
   metrics = dict(aux, loss=loss, grad_norm=optax.global_norm(grads),
                  param_norm=optax.global_norm(new_state["params"]),
                  retriever_grad_norm=optax.global_norm(grads["retriever"]))
   return new_state, metrics
-
-
-def _at(tree: dict, path: tuple):
-  for key in path:
-    tree = tree[key]
-  return tree
-
-
-def _set_at(tree: dict, path: tuple, value) -> dict:
-  """A copy of the nested dict `tree` with tree[path] = value."""
-  if not path:
-    return value
-  return dict(tree, **{path[0]: _set_at(tree[path[0]], path[1:], value)})
 
 
 # ------------------------------------------------------- the embedding job
@@ -385,8 +366,7 @@ def _train(config, r, maker, feeder, exporter, job):
 
   step_fn = functools.partial(
       train_step, cfg=r.cfg, tx=r.tx, per_token=config.train.loss == "per_token",
-      retriever_frozen_steps=config.train.retriever_frozen_steps,
-      encoder_frozen_steps=config.train.encoder_frozen_steps)
+      retriever_frozen_steps=config.train.retriever_frozen_steps)
   def export_and_check(step, state, _):
     exporter.submit(state, step)
     if job is not None:

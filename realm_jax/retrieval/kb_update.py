@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import shutil
+from typing import NamedTuple
 
 import numpy as np
 from absl import logging
@@ -50,6 +51,21 @@ from realm_jax.index import store as index_store
 from realm_jax.retrieval import kb
 
 FORMAT = 1
+
+
+class Previous(NamedTuple):
+  """The version an update starts from."""
+  path: str
+  store: corpus.BlockStore
+  emb: object               # ShardedEmbeddings [N, D]
+  documents: dict           # id -> {"digest", "start", "rows"}
+
+
+class Fresh(NamedTuple):
+  """The new and changed documents' blocks, embedded."""
+  store: corpus.BlockStore
+  emb: object
+  spans: dict               # id -> (first row, rows)
 
 
 def corpus_documents(config):
@@ -98,9 +114,9 @@ def _check_record(config, model: dict):
           "workdir to use another model)")
 
 
-def _previous(workdir: str, export_info: dict, cache: str):
-  """(path, store, emb, {id: document row}) of the newest intact version,
-  or None: none yet, or embedded by other params (then all is re-embedded)."""
+def _previous(workdir: str, export_info: dict, cache: str) -> Previous | None:
+  """The newest intact version, or None: none yet, or embedded by other
+  params (then everything is embedded again)."""
   try:
     path = kb.newest_version(workdir, cache)
   except index_store.CorruptIndexError as e:
@@ -113,9 +129,9 @@ def _previous(workdir: str, export_info: dict, cache: str):
     logging.warning("%s was embedded with other model params; re-embedding "
                     "every block", path)
     return None
-  table = {d["id"]: d for d in kb.read_documents(path)}
-  return (path, corpus.BlockStore(os.path.join(path, "blocks")),
-          index_store.load(path), table)
+  return Previous(path, corpus.BlockStore(os.path.join(path, "blocks")),
+                  index_store.load(path),
+                  {d["id"]: d for d in kb.read_documents(path)})
 
 
 def _work_dir(directory: str, version: int, key: str) -> str:
@@ -140,9 +156,10 @@ def _work_dir(directory: str, version: int, key: str) -> str:
   return work
 
 
-def _embed_new(work: str, new_docs: list, model: dict, config, progress: bool):
-  """(store, emb, {id: (start, rows)}) of the new documents' blocks; None
-  when there are none (or none of them yields a block)."""
+def _embed_new(work: str, new_docs: list, model: dict, config,
+               progress: bool) -> Fresh | None:
+  """The new documents' blocks, packed and embedded; None when there are
+  none (or none of them yields a block)."""
   if not new_docs:
     return None
   path = os.path.join(work, "blocks")
@@ -163,7 +180,7 @@ def _embed_new(work: str, new_docs: list, model: dict, config, progress: bool):
   for row, record in store.iter_records():
     start, rows = spans.get(record["doc"], (row, 0))
     spans[record["doc"]] = (start, rows + 1)
-  return store, index_store.load(index), spans
+  return Fresh(store, index_store.load(index), spans)
 
 
 def update(config, progress: bool = True) -> str:
@@ -187,11 +204,11 @@ def update(config, progress: bool = True) -> str:
     docs, skipped = documents_lib.identify(raw, where)
     previous = _previous(config.workdir, export_info, cache)
     if not docs:
-      kept = (f"version {previous[0]} keeps serving" if previous else
+      kept = (f"version {previous.path} keeps serving" if previous else
               "nothing was committed")
       raise ValueError(f"data.corpus={config.data.corpus} holds no usable "
                        f"document (skipped: {skipped}); refused, {kept}")
-    old = previous[3] if previous else {}
+    old = previous.documents if previous else {}
     new_docs = [d for d in docs if old.get(d.id, {}).get("digest") != d.digest]
     ids = {d.id for d in docs}
     changes = {"added": sum(d.id not in old for d in new_docs),
@@ -200,8 +217,8 @@ def update(config, progress: bool = True) -> str:
                "unchanged": len(docs) - len(new_docs)}
     if previous and not new_docs and list(old) == [d.id for d in docs]:
       logging.info("the corpus is unchanged: %s stays in service",
-                   previous[0])
-      return previous[0]
+                   previous.path)
+      return previous.path
     committed = index_store.list_versions(directory)
     version = committed[-1] + 1 if committed else 0
     key = hashlib.sha256(json.dumps(
@@ -223,22 +240,17 @@ def update(config, progress: bool = True) -> str:
 def _assemble(config, directory, version, docs, previous, fresh, skipped,
               changes, export_info, dim) -> str:
   """Writes kb/<version>.tmp/ and commits it; returns the version's path."""
-  stores, embs = [], []
-  for part in (previous, fresh):
-    if part is not None:
-      stores.append(part[1] if part is previous else part[0])
-      embs.append(part[2] if part is previous else part[1])
-  old_src = 0 if previous else -1
-  new_src = len(stores) - 1 if fresh else -1
+  parts = [p for p in (previous, fresh) if p is not None]
+  new_src = len(parts) - 1    # fresh is the last part when there is one
   src, rows, table, start = [], [], [], 0
   for d in docs:
-    prior = previous[3].get(d.id) if previous else None
+    prior = previous.documents.get(d.id) if previous else None
     if prior is not None and prior["digest"] == d.digest:
-      s, first, count = old_src, prior["start"], prior["rows"]
+      part, first, count = 0, prior["start"], prior["rows"]
     else:
-      first, count = fresh[2].get(d.id, (0, 0)) if fresh else (0, 0)
-      s = new_src
-    src.append(np.full(count, s, np.int64))
+      part = new_src
+      first, count = fresh.spans.get(d.id, (0, 0)) if fresh else (0, 0)
+    src.append(np.full(count, part, np.int64))
     rows.append(np.arange(first, first + count, dtype=np.int64))
     table.append({"id": d.id, "digest": d.digest, "start": start,
                   "rows": count})
@@ -252,15 +264,15 @@ def _assemble(config, directory, version, docs, previous, fresh, skipped,
   os.makedirs(tmp)
   no_blocks = sum(t["rows"] == 0 for t in table)
   store = block_gather.gather_store(
-      os.path.join(tmp, "blocks"), stores, src, rows,
+      os.path.join(tmp, "blocks"), [p.store for p in parts], src, rows,
       skipped=dict(skipped, no_blocks=no_blocks),
       stats={"documents_read": len(docs) + sum(skipped.values()),
              "documents": len(docs) - no_blocks})
   emb = np.empty((len(rows), dim), np.float32)
-  for s, e in enumerate(embs):
+  for s, part in enumerate(parts):
     sel = np.flatnonzero(src == s)
     if sel.size:
-      emb[sel] = e[rows[sel]]
+      emb[sel] = part.emb[rows[sel]]
   shard_rows = config.index.embed_shard_rows
   shards = [index_store.write_shard(tmp, i, emb[lo:lo + shard_rows])
             for i, lo in enumerate(range(0, len(emb), shard_rows))]

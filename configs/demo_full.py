@@ -11,17 +11,14 @@ Expected result (README): recall@5 BM25 72.2, zero-shot dense 67.2,
 fine-tuned without REALM pretraining 72.0 (EM 41.9), REALM-pretrained +
 fine-tuned 71.9 (EM 39.7).
 """
-import importlib.util
 import os
+
+from realm_jax import config as config_lib
 
 
 def get_config():
-  spec = importlib.util.spec_from_file_location(
-      "demo", os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                           "demo.py"))
-  demo = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(demo)
-  c = demo.get_config()
+  c = config_lib.from_file(
+      os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo.py"))
   c.workdir = "workdir/demo_full"
   c.data.corpus_limit = 0        # all 10,033 documents
   c.finetune.num_steps = 400     # 7,400 training questions: ~0.4 epoch

@@ -13,17 +13,15 @@ Expected result: one JSON line naming the committed version, its blocks and
 documents, what changed and what was skipped (README: "Your own knowledge
 base").
 """
-import importlib.util
 import os
+
+from realm_jax import config as config_lib
 
 
 def get_config():
-  spec = importlib.util.spec_from_file_location(
-      "demo", os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                           "demo.py"))
-  demo = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(demo)
-  c = demo.get_config()   # the reader settings the demo's model was trained with
+  # The demo's config: the reader settings its model was trained with.
+  c = config_lib.from_file(
+      os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo.py"))
   c.task = "index"
   c.workdir = "workdir/my_kb"
   c.kb.model = "workdir/demo/finetune_realm"

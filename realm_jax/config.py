@@ -8,6 +8,7 @@ This file is itself a config file: `--config=realm_jax/config.py` gives the
 defaults, and `--config=realm_jax/config.py:<file.json>` a config saved by
 `save_config` (how the trainer hands its config to the embedding job).
 """
+import importlib.util
 import json
 import os
 
@@ -259,6 +260,16 @@ def _tuples(value):
   if isinstance(value, dict):
     return {k: _tuples(v) for k, v in value.items()}
   return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def from_file(path: str) -> ml_collections.ConfigDict:
+  """get_config() of a config file, e.g. configs/demo.py for a config that
+  starts from it (configs/ is not a package, so it is not imported)."""
+  spec = importlib.util.spec_from_file_location(
+      os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
 
 
 def get_config(saved_json: str | None = None) -> ml_collections.ConfigDict:

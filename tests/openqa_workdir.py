@@ -7,7 +7,6 @@ real embedding job code) and a checkpoint whose params are {"retriever",
 "reader" (MLM encoder)}. The weights are random draws (tests/random_params.py)
 because training them would take minutes; everything downstream is real.
 """
-import importlib.util
 import json
 import os
 
@@ -16,6 +15,7 @@ import jax
 import numpy as np
 
 from realm_jax import checkpoint as ckpt_lib
+from realm_jax import config as config_lib
 from realm_jax.data import catalog
 from realm_jax.data import demo_corpus
 from realm_jax.index import build
@@ -37,11 +37,7 @@ PRETRAIN_STEP = 5
 
 def tiny_config(workdir: str, **overrides):
   """configs/tiny_cpu.py shrunk further; overrides are "section.field"=value."""
-  spec = importlib.util.spec_from_file_location(
-      "tiny_cpu", os.path.join(ROOT, "configs", "tiny_cpu.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config()
+  c = config_lib.from_file(os.path.join(ROOT, "configs", "tiny_cpu.py"))
   c.workdir = workdir
   c.data.corpus_limit = CORPUS_LIMIT
   c.finetune.question_len = 24

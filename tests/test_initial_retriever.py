@@ -2,7 +2,6 @@
 sample of the demo corpus its answer recall@5 is within 1 point of
 zero-shot all-MiniLM-L6-v2 (all 6 layers, mean pooling, cosine), with the
 demo's settings (model.proj_init=identity, proj_size=384)."""
-import importlib.util
 import os
 
 import jax
@@ -10,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from realm_jax import config as config_lib
 from realm_jax.data import catalog
 from realm_jax.data import demo_corpus
 from realm_jax.data import pipeline
@@ -23,11 +23,7 @@ LIMIT = 250   # documents: ~410 blocks, ~20 test questions
 
 
 def _demo_config(tmp_path, **overrides):
-  spec = importlib.util.spec_from_file_location(
-      "demo_config", os.path.join(ow.ROOT, "configs", "demo.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = config_lib.from_file(os.path.join(ow.ROOT, "configs", "demo.py"))
   config.data.corpus_limit = LIMIT
   config.data.block_store = str(tmp_path / "blocks")
   for key, value in overrides.items():

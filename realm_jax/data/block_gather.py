@@ -16,7 +16,7 @@ import numpy as np
 
 from realm_jax import integrity
 from realm_jax.data import block_builder
-from realm_jax.data.corpus import FORMAT, BlockStore
+from realm_jax.data.corpus import BlockStore
 
 
 def gather_store(out_dir: str, stores: list[BlockStore], src: np.ndarray,
@@ -43,24 +43,22 @@ def gather_store(out_dir: str, stores: list[BlockStore], src: np.ndarray,
   shutil.rmtree(out_dir, ignore_errors=True)
   os.makedirs(out_dir)
 
-  def gather(get, dtype, width=()):
+  def gather(field, dtype, width=()):
+    """Row rows[i] of stores[src[i]].<field>, for every i."""
     out = np.empty((n,) + width, dtype)
     for s, store in enumerate(stores):
       sel = np.flatnonzero(src == s)
       if sel.size:
-        out[sel] = get(store)(rows[sel])
+        out[sel] = getattr(store, field)[rows[sel]]
     return out
 
-  tokens = gather(lambda st: st.tokens.__getitem__, np.int32,
-                  (first.block_len,))
+  tokens = gather("tokens", np.int32, (first.block_len,))
   for k, lo in enumerate(range(0, n, shard_rows)):
     _save(out_dir, f"tokens-{k:05d}.npy", tokens[lo:lo + shard_rows])
   num_shards = -(-n // shard_rows)
-  uids = gather(lambda st: np.asarray(st.uids).__getitem__, "S40")
-  for name in ("title_len", "body_len"):
-    _save(out_dir, f"{name}.npy",
-          gather(lambda st: np.asarray(getattr(st, name)).__getitem__,
-                 np.int32))
+  uids = gather("uids", "S40")
+  for field in ("title_len", "body_len"):
+    _save(out_dir, f"{field}.npy", gather(field, np.int32))
   _save_sentences(out_dir, stores, src, rows)
   _save_lines(out_dir, stores, src, rows)
   _save(out_dir, "uids.npy", uids)
@@ -69,7 +67,6 @@ def gather_store(out_dir: str, stores: list[BlockStore], src: np.ndarray,
                   num_shards=num_shards, skipped=skipped, stats=stats,
                   fingerprint=block_builder.corpus_fingerprint(
                       uids, tokenizer.identity, first.block_len))
-  manifest["format"] = FORMAT
   integrity.write_json_atomic(os.path.join(out_dir, "manifest.json"), manifest)
   return BlockStore(out_dir)
 

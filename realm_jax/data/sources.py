@@ -367,4 +367,3 @@ class JsonlDocuments(Sequence):
 
   def __repr__(self) -> str:
     return f"JsonlDocuments({self.path!r}, {len(self)} documents)"
-

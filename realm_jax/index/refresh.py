@@ -47,16 +47,19 @@ class IndexWatcher:
 
   def __init__(self, index_dir: str, corpus_fingerprint: str | None,
                make_searcher: Callable, poll_interval: float | None = 10.0,
-               nice: int = 10, current: Current | None = None):
-    """corpus_fingerprint: None checks none (each version of a knowledge
-    base has its own corpus; its make_searcher checks it). current: a version
-    the caller already loaded, in service from the start."""
+               nice: int = 10, current: Current | None = None,
+               check: Callable[[str], object] | None = None):
+    """check(path) raises on a version that must not serve; default
+    store.verify against corpus_fingerprint (a knowledge base passes its own:
+    each of its versions has its own corpus). current: a version the caller
+    already loaded, in service from the start."""
     self.index_dir = index_dir
     self.corpus_fingerprint = corpus_fingerprint
     self.make_searcher = make_searcher
     self.poll_interval = poll_interval
     self.nice = nice
     self.current: Current | None = current
+    self.check = check or (lambda path: store.verify(path, corpus_fingerprint))
     self.refused: dict[int, str] = {}
     self._lock = threading.Lock()   # one loader at a time (thread, wait_for)
     self._stop = threading.Event()
@@ -131,7 +134,7 @@ class IndexWatcher:
   def _load(self, version: int) -> bool:
     path = store.version_path(self.index_dir, version)
     try:
-      store.verify(path, self.corpus_fingerprint)
+      self.check(path)
       emb = store.load(path)
       searcher = self.make_searcher(emb, cache_dir=path)
     except Exception as e:  # pylint: disable=broad-except

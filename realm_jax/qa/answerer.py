@@ -124,10 +124,12 @@ class Answerer:
     self.watcher = refresh.IndexWatcher(
         kb.versions_dir(workdir), None, self._open,
         poll_interval=poll_interval if kb.is_kb(workdir) else None,
-        current=refresh.Current(version, model, time.time()))
+        current=refresh.Current(version, model, time.time()),
+        check=lambda path: kb.check_version(path, self._cache))
 
   def _open(self, emb, cache_dir: str) -> qa_model.FineTuned:
-    """The watcher's loader: one checked version, ready to answer from."""
+    """The watcher's loader: one version, checked by the watcher (so the
+    checks here are memo hits), ready to answer from."""
     store, emb, searcher = kb.open_version(cache_dir, self.config.index,
                                            self._cache)
     return dataclasses.replace(self._base, store=store, emb=emb,

@@ -24,7 +24,6 @@ reader never pairs an index with another version's blocks. The index
 manifest's `export` records the embedding model and the sha256 of every
 other file of the version, which `check_version` verifies.
 """
-import hashlib
 import json
 import os
 
@@ -79,12 +78,13 @@ def document_embedder(config) -> dict:
   model = config.kb.model
   if not model:
     tok = catalog.tokenizer(config)
-    existing = export_lib.export_path(config.workdir, 0)
-    dim = (export_lib.load_config(existing).proj_size
-           if os.path.isdir(existing) else
-           model_init.realm_config(config, tok.vocab_size).proj_size)
-    return {"model": "", "export": existing if os.path.isdir(existing) else None,
-            "tokenizer": tok, "block_len": config.data.block_len, "dim": dim}
+    export = export_lib.export_path(config.workdir, 0)
+    if not os.path.isdir(export):
+      export = None
+    cfg = (export_lib.load_config(export) if export else
+           model_init.realm_config(config, tok.vocab_size))
+    return {"model": "", "export": export, "tokenizer": tok,
+            "block_len": config.data.block_len, "dim": cfg.proj_size}
   model = os.path.abspath(model)
   record = openqa.read_record(model)
   if record is not None:
@@ -164,12 +164,7 @@ def check_version(path: str, cache_root: str | None = None) -> corpus.BlockStore
     index_store.verify(path, store.fingerprint)
   if not os.path.isdir(path):
     raise index_store.CorruptIndexError(f"{path}: no such version")
-  if cache_root:
-    memo = hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:16]
-    integrity.verify_once(path, integrity.tree_files(path), check,
-                          os.path.join(cache_root, "verified", memo + ".json"))
-  else:
-    check()
+  openqa.verified_once(path, check, cache_root)
   return corpus.BlockStore(os.path.join(path, "blocks"))
 
 

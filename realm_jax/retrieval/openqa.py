@@ -99,7 +99,14 @@ def check_index(path: str, store: corpus.BlockStore, cache_root: str | None):
   and none of them ever serves a corrupted version."""
   if not os.path.isdir(path):
     raise index_store.CorruptIndexError(f"{path}: no such index version")
-  check = lambda: index_store.verify(path, store.fingerprint)
+  verified_once(path, lambda: index_store.verify(path, store.fingerprint),
+                cache_root)
+
+
+def verified_once(path: str, check, cache_root: str | None):
+  """Runs check() (which raises on corruption) once per unchanged set of
+  files under `path`, remembered under <cache_root>/verified/
+  (integrity.verify_once); every time when cache_root is empty."""
   if not cache_root:
     check()
     return

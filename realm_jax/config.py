@@ -180,6 +180,11 @@ def default_config() -> ml_collections.ConfigDict:
   # The query embedder's learning rate as a multiple of the reader's (1 =
   # ORQA/REALM). Below 1 it keeps more of the initial retriever.
   c.finetune.retriever_lr_scale = 1.0
+  # 0: the document embeddings stay those of the fixed index, as in ORQA and
+  # REALM. > 0: this weight x a contrastive loss that also trains the
+  # embedder's document side (each question's highest-ranked retrieved block
+  # with an answer against the batch's other blocks; not in the original).
+  c.finetune.doc_loss_weight = 0.0
   c.finetune.warmup_steps = -1     # -1: min(10000, max(100, num_steps // 10))
   c.finetune.question_len = 64     # [CLS] question [SEP]
   c.finetune.reader_len = 320      # [CLS] question [SEP] block [SEP]

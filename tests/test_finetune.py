@@ -19,8 +19,12 @@ from realm_jax import evaluate
 from realm_jax.data import corpus
 from realm_jax.data import demo_corpus
 from realm_jax.data import qa
+from realm_jax.index import build
+from realm_jax.index import store as index_store
+from realm_jax.models.retriever import embed_queries
 from realm_jax.qa import model as qa_model
 from realm_jax.retrieval import openqa
+from realm_jax.retrieval import qa_inputs
 from realm_jax.train import finetune
 import openqa_workdir as ow
 
@@ -206,3 +210,70 @@ def test_a_recorded_index_that_went_bad_before_training_is_chosen_again(
   _, _, _, index_path, recorded = finetune._resolve(config)
   assert not recorded
   assert os.path.dirname(index_path) == pre_index
+
+
+def test_doc_pairs_take_the_best_ranked_block_with_and_without_an_answer(run):
+  store = run["store"]
+  rows = np.array([[5, 3, 7, 2], [1, 4, 6, 0], [2, 3, 4, 5]])
+  correct = np.array([[0, 1, 0, 1], [0, 0, 0, 0], [1, 1, 1, 1]], bool)
+  pairs = qa_inputs._doc_pairs(rows, correct, store)   # pylint: disable=protected-access
+  assert pairs["doc_valid"].tolist() == [True, False, False]
+  ids, segments, mask = store.doc_inputs(np.array([3, 5]))
+  np.testing.assert_array_equal(pairs["doc_ids"][0], ids)
+  np.testing.assert_array_equal(pairs["doc_segments"][0], segments)
+  np.testing.assert_array_equal(pairs["doc_mask"][0], mask)
+
+
+def test_doc_loss_is_the_in_batch_softmax_and_reaches_the_documents(run):
+  config, store = run["config"], run["store"]
+  _, params = ckpt_lib.restore_params(config.workdir)
+  cfg = openqa.read_record(config.workdir)["model"]
+  q_ids = np.array([[101, 2023, 102, 0], [101, 2008, 2003, 102]], np.int32)
+  q_mask = (q_ids > 0).astype(np.int32)
+  ids, segments, mask = store.doc_inputs(np.array([[0, 1], [2, 3]]))
+  batch = {"question_ids": q_ids, "question_mask": q_mask, "doc_ids": ids,
+           "doc_segments": segments, "doc_mask": mask,
+           "doc_valid": np.array([True, False])}
+  loss = finetune.doc_contrastive_loss(params["retriever"], batch, cfg,
+                                       True, None)
+  q = np.asarray(embed_queries(params["retriever"], q_ids, q_mask, cfg))
+  embed = build.make_embed_fn(cfg)
+  d = np.asarray(embed(params["retriever"]["embedder"], ids.reshape(4, -1),
+                       segments.reshape(4, -1), mask.reshape(4, -1)))
+  scores = q[0] @ d.T            # only question 0 is valid; its target is 0
+  want = np.log(np.sum(np.exp(scores - scores.max()))) + scores.max() - scores[0]
+  assert float(loss) == pytest.approx(want, rel=1e-4)
+  grads = jax.grad(finetune.doc_contrastive_loss)(
+      params["retriever"], batch, cfg, True, None)
+  # Only the documents carry segment 1: its embedding gets a gradient only
+  # through them.
+  seg = grads["embedder"]["bert"]["embeddings"]["token_type_embeddings"][
+      "embedding"]
+  assert np.abs(np.asarray(seg[1])).sum() > 0
+
+
+def test_doc_loss_reembeds_the_corpus_for_eval(run):
+  config = run["config"]
+  work = str(run["tmp"] / "doc_loss")
+  doc_config = ow.tiny_config(work, **{
+      k: config.finetune[k.split(".")[1]] for k in (
+          "finetune.init_from", "finetune.dataset", "finetune.retriever_beam")},
+      **{"finetune.num_steps": 4, "finetune.doc_loss_weight": 1.0})
+  finetune.run(doc_config)
+  rows = ow.read_jsonl(os.path.join(work, "finetune_metrics.jsonl"))
+  assert all(np.isfinite(r["doc_loss"]) for r in rows)
+  record = openqa.read_record(work)
+  assert record["index_path"] == os.path.join(work, "index", "4")
+  step, params = ckpt_lib.restore_params(work)
+  emb = index_store.load(record["index_path"])
+  embed = build.make_embed_fn(record["model"])
+  want = np.asarray(embed(params["retriever"]["embedder"],
+                          *run["store"].doc_inputs(np.arange(4))))
+  np.testing.assert_allclose(emb[:4], want, rtol=1e-4, atol=1e-5)
+  pre_emb = index_store.load(os.path.join(run["pre"], "index", "0"))
+  assert not np.allclose(emb, pre_emb, atol=1e-3)
+  result = evaluate.evaluate(doc_config, predictions_path=str(
+      run["tmp"] / "doc_loss.jsonl"))
+  assert result["num_questions"] == 4 and result["step"] == step
+  finetune.run(doc_config)      # finished: nothing is embedded again
+  assert sorted(os.listdir(os.path.join(work, "index"))) == ["4"]

@@ -79,12 +79,19 @@ def index_dir(config) -> str:
 def bootstrap_index(config, cfg: RealmConfig, retriever_params,
                     store: corpus.BlockStore) -> str:
   """Embeds the corpus with the initial document embedder: <workdir>/index/0."""
-  export = export_lib.write_export(
-      config.workdir, 0, jax.device_get(doc_embedder_params(retriever_params,
-                                                            cfg)), cfg)
   logging.info("no committed index in %s: embedding %d blocks with the "
                "initial retriever into %s/index/0", index_dir(config),
                store.num_blocks, config.workdir)
+  return embed_corpus(config, cfg, retriever_params, store, 0)
+
+
+def embed_corpus(config, cfg: RealmConfig, retriever_params,
+                 store: corpus.BlockStore, step: int) -> str:
+  """Embeds the corpus with the document embedder of `retriever_params`:
+  exports/<step>, then <workdir>/index/<step> (resumable; returns its path)."""
+  export = export_lib.write_export(
+      config.workdir, step, jax.device_get(doc_embedder_params(retriever_params,
+                                                               cfg)), cfg)
   return build.embed_export(
       export, store, os.path.join(config.workdir, "index"),
       batch_size=config.index.embed_batch_size, dtype=config.index.embed_dtype,

@@ -179,7 +179,8 @@ def training_batch(qa_batch: dict, rows: np.ndarray, cand_emb: np.ndarray,
                    max_span_width: int, max_gold_spans: int,
                    answer_match: str = "normalized",
                    regex_answers: bool = False,
-                   whole_word_spans: bool = True) -> dict:
+                   whole_word_spans: bool = True,
+                   doc_pairs: bool = False) -> dict:
   """The arrays of one fine-tuning step.
 
   Args:
@@ -198,6 +199,10 @@ def training_batch(qa_batch: dict, rows: np.ndarray, cand_emb: np.ndarray,
     int32 and block_mask, span_start_mask, span_end_mask bool [B, K, Lr];
     gold_starts, gold_ends int32 [B, K, max_gold_spans] (-1 padded, the
     earliest spans kept).
+    With doc_pairs: doc_ids, doc_segments, doc_mask int32 [B, 2, block_len],
+    the retriever inputs of each question's highest-ranked block with an
+    answer and highest-ranked block without one; doc_valid bool [B], both
+    exist.
   """
   b, s = rows.shape
   k = min(reader_beam, s)
@@ -237,4 +242,19 @@ def training_batch(qa_batch: dict, rows: np.ndarray, cand_emb: np.ndarray,
       for g, (st, en) in enumerate(spans[:max_gold_spans]):
         starts[i, j, g], ends[i, j, g] = st, en
   out.update(gold_starts=starts, gold_ends=ends)
+  if doc_pairs:
+    out.update(_doc_pairs(rows, correct, store))
   return out
+
+
+def _doc_pairs(rows: np.ndarray, correct: np.ndarray, store) -> dict:
+  """A positive and a hard negative block per question (see training_batch)."""
+  pos = np.argmax(correct, axis=1)
+  neg = np.argmax(~correct, axis=1)
+  valid = correct.any(axis=1) & (~correct).any(axis=1)
+  pair_rows = np.stack([np.take_along_axis(rows, pos[:, None], 1)[:, 0],
+                        np.take_along_axis(rows, neg[:, None], 1)[:, 0]], 1)
+  ids, segments, mask = store.doc_inputs(pair_rows)
+  return {"doc_ids": ids.astype(np.int32),
+          "doc_segments": segments.astype(np.int32),
+          "doc_mask": mask.astype(np.int32), "doc_valid": valid}

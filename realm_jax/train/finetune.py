@@ -50,12 +50,18 @@ from realm_jax.train import state as state_lib
 DEVICE_KEYS = ("question_ids", "question_mask", "cand_emb", "retriever_correct",
                "reader_ids", "reader_segments", "reader_mask", "block_mask",
                "span_start_mask", "span_end_mask", "gold_starts", "gold_ends")
+DOC_KEYS = ("doc_ids", "doc_segments", "doc_mask", "doc_valid")
 
 
 # ----------------------------------------------------------------- the step
 
-def finetune_loss(params, batch, rng, cfg, deterministic=False):
-  """losses.openqa_loss of one batch; (loss, aux metrics)."""
+def finetune_loss(params, batch, rng, cfg, deterministic=False,
+                  doc_loss_weight=0.0):
+  """losses.openqa_loss of one batch (+ doc_loss_weight x doc_loss);
+  (loss, aux metrics)."""
+  doc_rng = None
+  if doc_loss_weight and rng is not None:   # the default keeps its stream
+    rng, doc_rng = jax.random.split(rng)
   scores, logits, starts, ends = openqa_model.read(params, batch, cfg,
                                                    deterministic, rng)
   span_correct = losses.correct_spans(starts, ends, batch["gold_starts"],
@@ -69,12 +75,42 @@ def finetune_loss(params, batch, rng, cfg, deterministic=False):
   top = jnp.argmax(scores, axis=-1)
   aux["retriever_top1_correct"] = jnp.mean(jnp.take_along_axis(
       batch["retriever_correct"], top[:, None], axis=-1))
+  if doc_loss_weight:
+    doc_loss = doc_contrastive_loss(params["retriever"], batch, cfg,
+                                    deterministic, doc_rng)
+    aux["doc_loss"] = doc_loss
+    loss = loss + doc_loss_weight * doc_loss
   return loss, jax.tree.map(jax.lax.stop_gradient, aux)
 
 
-def train_step(state: dict, batch, cfg, tx):
+def doc_contrastive_loss(retriever_params, batch, cfg, deterministic, rng):
+  """Trains the document side of the embedder (finetune.doc_loss_weight).
+
+  Each question scores the 2B blocks of the batch (every question's positive
+  and hard negative, embedded live, with gradient); its own positive is the
+  target. Questions without both kinds of block are left out.
+  """
+  q_rng, d_rng = (None, None) if rng is None else jax.random.split(rng)
+  q = embed_queries(retriever_params, batch["question_ids"],
+                    batch["question_mask"], cfg, deterministic, q_rng)
+  b = q.shape[0]
+  docs = Retriever(cfg).apply(
+      {"params": retriever_params}, batch["doc_ids"], batch["doc_segments"],
+      batch["doc_mask"], deterministic, method=Retriever.embed_doc,
+      rngs=None if d_rng is None else {"dropout": d_rng})    # [B, 2, D]
+  scores = jnp.einsum("bd,nd->bn", q.astype(jnp.float32),
+                      docs.reshape(2 * b, -1).astype(jnp.float32))
+  target = jnp.arange(b) * 2
+  valid = batch["doc_valid"]
+  is_target = (jnp.arange(2 * b)[None, :] == target[:, None]) & valid[:, None]
+  per_question = losses.marginal_log_loss(scores, is_target)
+  return jnp.sum(per_question) / jnp.maximum(jnp.sum(valid), 1)
+
+
+def train_step(state: dict, batch, cfg, tx, doc_loss_weight=0.0):
   (loss, aux), grads = jax.value_and_grad(finetune_loss, has_aux=True)(
-      state["params"], batch, state_lib.step_rng(state), cfg)
+      state["params"], batch, state_lib.step_rng(state), cfg,
+      doc_loss_weight=doc_loss_weight)
   new_state = state_lib.apply_gradients(state, grads, tx)
   # param_norm of the params returned (and saved): see check_finite.
   metrics = dict(aux, loss=loss, grad_norm=optax.global_norm(grads),
@@ -219,14 +255,17 @@ def run(config):
         qa_batch, rows, cand_emb, store, tok, reader_beam=f.reader_beam,
         reader_len=f.reader_len, max_span_width=cfg.max_span_width,
         max_gold_spans=f.max_gold_spans, answer_match=f.answer_match,
-        regex_answers=f.regex_answers, whole_word_spans=cfg.whole_word_spans)
+        regex_answers=f.regex_answers, whole_word_spans=cfg.whole_word_spans,
+        doc_pairs=bool(f.doc_loss_weight))
 
+  keys = DEVICE_KEYS + (DOC_KEYS if f.doc_loss_weight else ())
   batches = QuestionBatches(data_iter, QuestionEmbedder(cfg, mesh), make_batch,
-                            f.num_steps, f.search_lag,
+                            f.num_steps, f.search_lag, keys,
                             meta={"index_path": index_path})
   try:
-    return loop.train(
-        state, functools.partial(train_step, cfg=cfg, tx=tx), batches,
+    state = loop.train(
+        state, functools.partial(train_step, cfg=cfg, tx=tx,
+                                 doc_loss_weight=f.doc_loss_weight), batches,
         schedule=loop.Schedule(f.num_steps, f.batch_size,
                                config.train.log_every,
                                config.train.checkpoint_every,
@@ -235,6 +274,28 @@ def run(config):
         name="finetune", describe=_describe)
   finally:
     checkpointer.close()
+  if f.doc_loss_weight:
+    reembed(config, cfg, store)
+  return state
+
+
+def reembed(config, cfg, store):
+  """After fine-tuning that trained the document side (doc_loss_weight > 0):
+  the corpus is embedded again with the final embedder into
+  <workdir>/index/<step>, and openqa.json points eval and answering there.
+  The record is written last, so a run killed before it repeats this (the
+  build resumes) and one killed after it finds it done."""
+  step, params = ckpt_lib.restore_params(config.workdir)
+  record = openqa.read_record(config.workdir)
+  if record and record["index_path"] == os.path.abspath(
+      index_store.version_path(os.path.join(config.workdir, "index"), step)):
+    return
+  logging.info("doc_loss_weight=%s: embedding %d blocks with the fine-tuned "
+               "document embedder (step %d)", config.finetune.doc_loss_weight,
+               store.num_blocks, step)
+  path = openqa.embed_corpus(config, cfg, params["retriever"], store, step)
+  if jax.process_index() == 0:
+    openqa.write_record(config.workdir, path, store, cfg)
 
 
 class QuestionBatches:
@@ -246,8 +307,9 @@ class QuestionBatches:
   """
 
   def __init__(self, data_iter, embedder, make_batch, num_steps: int,
-               search_lag: int, meta: dict):
+               search_lag: int, keys: tuple, meta: dict):
     self.data_iter, self.embedder, self.make_batch = data_iter, embedder, make_batch
+    self.keys = keys
     self.num_steps, self.search_lag, self.meta = num_steps, search_lag, meta
     self.ahead = None   # search_lag=1: the next step's questions, embedded
 
@@ -267,12 +329,14 @@ class QuestionBatches:
     if self.search_lag == 1 and step + 1 < self.num_steps:
       # Dispatched now, before the step donates the params it reads.
       self.ahead = self._questions(state)
-    return loop.Batch({k: arrays[k] for k in DEVICE_KEYS},
+    return loop.Batch({k: arrays[k] for k in self.keys},
                       data_state=data_state, meta=self.meta)
 
 
 def _describe(step, values):
+  doc = f" doc {values['doc_loss']:.4f}" if "doc_loss" in values else ""
   return (f"finetune step {step} loss {values['loss']:.4f} (retriever "
-          f"{values['retriever_loss']:.4f} reader {values['reader_loss']:.4f}) "
+          f"{values['retriever_loss']:.4f} reader {values['reader_loss']:.4f}"
+          f"{doc}) "
           f"span_acc {values['span_accuracy']:.3f} has_answer "
           f"{values['retriever_has_answer']:.3f}")

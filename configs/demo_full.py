@@ -21,6 +21,13 @@ def get_config():
       os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo.py"))
   c.workdir = "workdir/demo_full"
   c.data.corpus_limit = 0        # all 10,033 documents
-  c.finetune.num_steps = 400     # 7,400 training questions: ~0.4 epoch
-  c.finetune.warmup_steps = 40
+  # 800 steps of batch 8: ~0.9 epoch of the 7,161 training questions.
+  c.finetune.num_steps = 800
+  c.finetune.warmup_steps = 80
+  c.finetune.retriever_lr_scale = 0.3
+  # Measured (README): with only the query side learning, recall@5 stays
+  # level with BM25 whatever the steps, rate or batch (72.0-72.7 vs 72.2).
+  # Training the document side too (an addition to ORQA/REALM; the corpus
+  # is embedded again at the end) lifts it well above: 78.9.
+  c.finetune.doc_loss_weight = 1.0
   return c

@@ -118,6 +118,19 @@ def retrieval_model(config, retrieval: str) -> FineTuned:
                             index_path=path, step=None)
 
 
+def _start_index(config, model: FineTuned) -> FineTuned:
+  """The model searching the index fine-tuning started from, where the
+  corpus was embedded again after it (finetune.doc_loss_weight)."""
+  record = openqa.read_record(config.workdir) or {}
+  start = record.get("start_index_path")
+  if not start or start == model.index_path:
+    return model
+  emb, searcher = openqa.open_index(start, model.store, config.index,
+                                    openqa.searcher_cache(config))
+  return dataclasses.replace(model, emb=emb, searcher=searcher,
+                             index_path=start)
+
+
 def evaluate(config, params=None, *, model: FineTuned | None = None,
              examples: Sequence[dict] | None = None,
              retrieval: str | None = None,
@@ -162,6 +175,7 @@ def evaluate(config, params=None, *, model: FineTuned | None = None,
   query_params = None
   if retrieval == "dense_zero_shot" and read:   # else already the initial ones
     query_params = initial_retriever(config, model.cfg)
+    model = _start_index(config, model)
   bm25_index = None
   if retrieval == "bm25":
     bm25_index = bm25.BM25Index(model.store,

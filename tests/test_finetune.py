@@ -275,5 +275,16 @@ def test_doc_loss_reembeds_the_corpus_for_eval(run):
   result = evaluate.evaluate(doc_config, predictions_path=str(
       run["tmp"] / "doc_loss.jsonl"))
   assert result["num_questions"] == 4 and result["step"] == step
+  # The zero-shot baseline still searches the index fine-tuning started
+  # from (with the retriever it started from), not the new one.
+  assert record["start_index_path"] == os.path.join(run["pre"], "index", "0")
+  model = qa_model.load_finetuned(doc_config)
+  start = evaluate._start_index(doc_config, model)   # pylint: disable=protected-access
+  assert model.index_path == record["index_path"]
+  assert start.index_path == record["start_index_path"]
+  np.testing.assert_array_equal(np.asarray(start.emb), pre_emb)
+  zero_shot = evaluate.evaluate(doc_config, retrieval="dense_zero_shot",
+                                predictions_path=str(run["tmp"] / "zs.jsonl"))
+  assert zero_shot["num_questions"] == 4
   finetune.run(doc_config)      # finished: nothing is embedded again
   assert sorted(os.listdir(os.path.join(work, "index"))) == ["4"]

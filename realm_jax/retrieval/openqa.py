@@ -225,10 +225,14 @@ def record_path(workdir: str) -> str:
 
 
 def write_record(workdir: str, index_path: str, store: corpus.BlockStore,
-                 cfg: RealmConfig):
+                 cfg: RealmConfig, start_index_path: str | None = None):
+  """openqa.json: the index answering uses; start_index_path, where it
+  differs, the fixed index fine-tuning trained against (dense_zero_shot's)."""
   record = {"index_path": os.path.abspath(index_path),
             "block_store": os.path.abspath(store.path),
             "model": export_lib.config_to_dict(cfg)}
+  if start_index_path:
+    record["start_index_path"] = os.path.abspath(start_index_path)
   integrity.write_json_atomic(record_path(workdir), record)
 
 

@@ -295,7 +295,8 @@ def reembed(config, cfg, store):
                store.num_blocks, step)
   path = openqa.embed_corpus(config, cfg, params["retriever"], store, step)
   if jax.process_index() == 0:
-    openqa.write_record(config.workdir, path, store, cfg)
+    openqa.write_record(config.workdir, path, store, cfg,
+                        start_index_path=record["index_path"])
 
 
 class QuestionBatches:

@@ -287,7 +287,7 @@ def reembed(config, cfg, store):
   build resumes) and one killed after it finds it done."""
   step, params = ckpt_lib.restore_params(config.workdir)
   record = openqa.read_record(config.workdir)
-  if record and record["index_path"] == os.path.abspath(
+  if record["index_path"] == os.path.abspath(
       index_store.version_path(os.path.join(config.workdir, "index"), step)):
     return
   logging.info("doc_loss_weight=%s: embedding %d blocks with the fine-tuned "
@@ -296,7 +296,8 @@ def reembed(config, cfg, store):
   path = openqa.embed_corpus(config, cfg, params["retriever"], store, step)
   if jax.process_index() == 0:
     openqa.write_record(config.workdir, path, store, cfg,
-                        start_index_path=record["index_path"])
+                        start_index_path=record.get("start_index_path",
+                                                    record["index_path"]))
 
 
 class QuestionBatches:

@@ -16,6 +16,11 @@ reader train. One step, for a batch of questions:
      retriever's marginal log loss over the S blocks (correct = contains an
      answer) plus the reader's over one joint softmax of (block, span).
 
+With finetune.doc_loss_weight > 0 (ours, not ORQA/REALM's) the document side
+learns too: `doc_contrastive_loss` embeds each question's best block with and
+without an answer, with gradient, and `reembed` embeds the corpus again with
+the final embedder when the run ends (the index still stays fixed during it).
+
 Checkpoints (params, optimizer, step, rng, question iterator) and auto-resume
 work as in pretraining. Metrics go to <workdir>/finetune_metrics.jsonl and
 TensorBoard (<workdir>/tensorboard/finetune).

@@ -249,11 +249,10 @@ def training_batch(qa_batch: dict, rows: np.ndarray, cand_emb: np.ndarray,
 
 def _doc_pairs(rows: np.ndarray, correct: np.ndarray, store) -> dict:
   """A positive and a hard negative block per question (see training_batch)."""
-  pos = np.argmax(correct, axis=1)
-  neg = np.argmax(~correct, axis=1)
+  first = np.arange(len(rows))
+  pair_rows = np.stack([rows[first, np.argmax(correct, axis=1)],
+                        rows[first, np.argmax(~correct, axis=1)]], axis=1)
   valid = correct.any(axis=1) & (~correct).any(axis=1)
-  pair_rows = np.stack([np.take_along_axis(rows, pos[:, None], 1)[:, 0],
-                        np.take_along_axis(rows, neg[:, None], 1)[:, 0]], 1)
   ids, segments, mask = store.doc_inputs(pair_rows)
   return {"doc_ids": ids.astype(np.int32),
           "doc_segments": segments.astype(np.int32),

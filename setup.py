@@ -11,6 +11,7 @@ setuptools.setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=setuptools.find_packages(include=["realm_jax", "realm_jax.*"]),
+    package_data={"realm_jax.data": ["demo_natural.jsonl"]},
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.4.35",

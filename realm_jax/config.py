@@ -173,6 +173,10 @@ def default_config() -> ml_collections.ConfigDict:
   # may hold "{split}", e.g. jsonl:CuratedTrec.resplit.{split}.jsonl.
   c.finetune.dataset = "demo"
   c.finetune.regex_answers = False # CuratedTREC answers are regexes
+  # Share of the training questions generated from the corpus's own
+  # sentences, answers inside passages (data/question_gen.py): 0 = the
+  # dataset only (ORQA/REALM); 1 = generated only (a corpus without QA pairs).
+  c.finetune.generated_fraction = 0.0
   c.finetune.split = "train"
   c.finetune.batch_size = 1        # questions per step (ORQA/REALM: 1)
   c.finetune.num_steps = 2000

@@ -15,6 +15,7 @@ from realm_jax.data import corpus
 from realm_jax.data import demo_corpus
 from realm_jax.data import ner
 from realm_jax.data import qa
+from realm_jax.data import question_gen
 from realm_jax.data import sources
 from realm_jax.data import tokenizer as tokenizer_lib
 
@@ -132,6 +133,30 @@ def _query_records(config, store=None):
     return ner.QueryRecords(corpus.BlockStore(path))
   raise ValueError(f"data.queries={name!r}: expected demo, "
                    "salient_span_wikipedia or cc_news")
+
+
+def training_questions(config, store) -> list[dict]:
+  """The fine-tuning questions: finetune.dataset's train split, mixed with
+  reading questions generated from the block store's own sentences
+  (data/question_gen.py) so that they make finetune.generated_fraction of
+  the whole (1: generated only, for a corpus without QA pairs)."""
+  fraction = config.finetune.generated_fraction
+  if not 0 <= fraction <= 1:
+    raise ValueError("finetune.generated_fraction must be in [0, 1], got "
+                     f"{fraction}")
+  examples = ([] if fraction == 1 else
+              list(qa_examples(config, config.finetune.split)))
+  if not fraction:
+    return examples
+  generated = question_gen.from_store(store, ner.QueryRecords(store), "train")
+  want = (len(generated) if fraction == 1 else
+          round(len(examples) * fraction / (1 - fraction)))
+  order = np.random.default_rng(config.seed).permutation(len(generated))
+  chosen = [generated[i] for i in np.sort(order[:want])]
+  logging.info("fine-tuning questions: %d of %s + %d generated from the "
+               "corpus (%d available)", len(examples), config.finetune.dataset,
+               len(chosen), len(generated))
+  return examples + chosen
 
 
 def qa_examples(config, split: str):

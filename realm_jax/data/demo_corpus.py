@@ -12,6 +12,14 @@ topic} (CC BY-SA). The package is located with importlib and never imported
   "Point"), the form the text uses. The descriptions never enter the corpus,
   so the questions are not in the text.
 
+- Natural questions (`natural_qa`): questions as people ask them ("Who
+  founded Amazon?"), written by hand over the first 2,700 summaries (the
+  demo's subset), each answered by a span of one summary, mostly not its
+  title: they measure reading, which the description -> title pairs do not.
+  They ship with realm_jax (demo_natural.jsonl) and were written
+  independently of the question generator (data/question_gen.py). Split by a
+  hash of the source title: "dev" (a third, for tuning) and "test".
+
 Order and splits are deterministic: documents are ordered by sha1 of their
 title, so `demo_documents(limit=N)` is a fixed pseudo-random subset, and the QA
 split of a title is fixed by the same hash (80/10/10 train/dev/test).
@@ -80,6 +88,24 @@ def answers_of(title: str) -> list[str]:
   never be matched in a block, nor be a gold span."""
   short = _SUFFIX.sub("", title)
   return [title, short] if short and short != title else [title]
+
+
+NATURAL_SPLITS = {"dev": (0, 34), "test": (34, 100)}
+
+
+def natural_qa(split: str) -> list[dict]:
+  """The hand-written natural questions {"question", "answer": [...],
+  "title"} of split "dev", "test" or "all" (file order)."""
+  if split != "all" and split not in NATURAL_SPLITS:
+    raise ValueError(f"unknown split {split!r}; expected all or one of "
+                     f"{list(NATURAL_SPLITS)}")
+  path = os.path.join(os.path.dirname(__file__), "demo_natural.jsonl")
+  with open(path, encoding="utf-8") as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  if split == "all":
+    return rows
+  lo, hi = NATURAL_SPLITS[split]
+  return [r for r in rows if lo <= _title_hash(r["title"]) % 100 < hi]
 
 
 def demo_qa(split: str, limit: int | None = None) -> list[dict]:

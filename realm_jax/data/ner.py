@@ -10,8 +10,11 @@ regex below. Without spaCy, `RegexTagger` (capitalised phrases, corpus titles
 as a gazetteer, dates) is used, and a warning says so.
 
 `QueryRecords` turns a block store into REALM's pretraining text X: one record
-{"text": sentence, "spans": [(char_start, char_limit), ...], "source_uid"} per
-sentence of every block, cached as <store>/query_records.<tagger>.jsonl.
+{"text": sentence, "spans": [(char_start, char_limit), ...], "labels": [entity
+label of each span], "source_uid"} per sentence of every block, cached as
+<store>/query_records.<tagger>.jsonl. The labels (spaCy's OntoNotes labels,
+DATE for the regex's dates, ENT for the fallback tagger's phrases) let the
+question generator (data/question_gen.py) pick a wh-word for an answer.
 """
 import json
 import logging
@@ -46,21 +49,32 @@ _DATE_RE = re.compile(
     r")(?!\w|[.,]\d)")
 
 
-def date_spans(text: str) -> list[tuple[int, int]]:
-  """Char spans of dates: years, decades, '12 March 1990', 'March 1990', ..."""
-  return [m.span() for m in _DATE_RE.finditer(text)]
+def date_spans(text: str) -> list[tuple[int, int, str]]:
+  """(start, limit, "DATE") of dates: years, decades, '12 March 1990', ..."""
+  return [(*m.span(), "DATE") for m in _DATE_RE.finditer(text)]
 
 
-def merge_spans(spans) -> list[tuple[int, int]]:
-  """Sorted, non-overlapping spans; of two overlapping spans the longer wins."""
+def merge_spans(spans) -> list[tuple]:
+  """Sorted, non-overlapping spans; of two overlapping spans the longer wins.
+
+  A span is (start, limit) or (start, limit, label); labels ride along.
+  """
   chosen = []
-  for s, l in sorted(set(spans), key=lambda sl: (sl[0] - sl[1], sl[0])):
-    if l > s and all(l <= cs or s >= cl for cs, cl in chosen):
-      chosen.append((s, l))
+  for span in sorted(set(spans), key=lambda sp: (sp[0] - sp[1], sp)):
+    s, l = span[0], span[1]
+    if l > s and all(l <= c[0] or s >= c[1] for c in chosen):
+      chosen.append(span)
   return sorted(chosen)
 
 
-class SpacyTagger:
+class _Tagger:
+  """tag() -> spans per sentence; tag_labeled() -> (start, limit, label)."""
+
+  def tag(self, sentences: Sequence[str]) -> list[list[tuple[int, int]]]:
+    return [[sp[:2] for sp in spans] for spans in self.tag_labeled(sentences)]
+
+
+class SpacyTagger(_Tagger):
   """spaCy NER (only the ner pipe is loaded) plus the date regex."""
 
   def __init__(self, labels: Sequence[str] = CONLL_LIKE_LABELS,
@@ -74,14 +88,15 @@ class SpacyTagger:
     self.labels = frozenset(labels)
     self.batch_size = batch_size
     meta = self._nlp.meta
-    self.name = f"spacy-{meta['name']}-{meta['version']}-v1"
+    # v2: the cache records each span's label.
+    self.name = f"spacy-{meta['name']}-{meta['version']}-v2"
 
-  def tag(self, sentences: Sequence[str]) -> list[list[tuple[int, int]]]:
+  def tag_labeled(self, sentences: Sequence[str]) -> list[list[tuple]]:
     out = []
     for text, doc in zip(sentences, self._nlp.pipe(sentences,
                                                    batch_size=self.batch_size)):
-      ents = [_drop_article(text, e.start_char, e.end_char) for e in doc.ents
-              if e.label_ in self.labels]
+      ents = [(*_drop_article(text, e.start_char, e.end_char), e.label_)
+              for e in doc.ents if e.label_ in self.labels]
       out.append(merge_spans(ents + date_spans(text)))
     return out
 
@@ -101,7 +116,7 @@ _CAP_PHRASE = re.compile(
     rf"{_CAP_WORD}(?:\s+(?:{_CONNECTOR}\s+)*{_CAP_WORD})*")
 
 
-class RegexTagger:
+class RegexTagger(_Tagger):
   """Fallback tagger: gazetteer titles, capitalised phrases and dates.
 
   A capitalised phrase that is a single word at the start of the sentence is
@@ -116,7 +131,7 @@ class RegexTagger:
         self._by_first_word.setdefault(words[0], []).append(title)
     for titles in self._by_first_word.values():
       titles.sort(key=len, reverse=True)
-    self.name = "regex-gazetteer-v1" if gazetteer else "regex-v1"
+    self.name = "regex-gazetteer-v2" if gazetteer else "regex-v2"
 
   def _gazetteer_spans(self, text):
     spans = []
@@ -125,18 +140,18 @@ class RegexTagger:
         end = m.start() + len(title)
         if text.startswith(title, m.start()) and (
             end == len(text) or not text[end].isalnum()):
-          spans.append((m.start(), end))
+          spans.append((m.start(), end, "ENT"))
           break
     return spans
 
-  def tag(self, sentences: Sequence[str]) -> list[list[tuple[int, int]]]:
+  def tag_labeled(self, sentences: Sequence[str]) -> list[list[tuple]]:
     out = []
     for text in sentences:
       spans = self._gazetteer_spans(text) if self._by_first_word else []
       for m in _CAP_PHRASE.finditer(text):
         at_start = not text[:m.start()].strip(" \"'“‘([")
         if not (at_start and " " not in m.group()):
-          spans.append(m.span())
+          spans.append((*m.span(), "ENT"))
       out.append(merge_spans(spans + date_spans(text)))
     return out
 
@@ -218,6 +233,7 @@ class QueryRecords:
 def _parse(line: bytes) -> dict:
   r = json.loads(line)
   r["spans"] = [tuple(s) for s in r["spans"]]
+  r.setdefault("labels", [None] * len(r["spans"]))
   return r
 
 
@@ -247,9 +263,11 @@ def _build_cache(store, tagger, path, meta_path, batch_size, progress):
   pending = []
 
   def flush(out):
-    spans = tagger.tag([s for s, _ in pending])
-    for (sentence, uid), sp in zip(pending, spans):
-      line = json.dumps({"text": sentence, "spans": sp, "source_uid": uid},
+    tagged = tagger.tag_labeled([s for s, _ in pending])
+    for (sentence, uid), spans in zip(pending, tagged):
+      sp = [s[:2] for s in spans]
+      line = json.dumps({"text": sentence, "spans": sp,
+                         "labels": [s[2] for s in spans], "source_uid": uid},
                         ensure_ascii=False).encode("utf-8") + b"\n"
       out.write(line)
       offsets.append(offsets[-1] + len(line))

@@ -241,10 +241,11 @@ def run(config):
                index_store.read_manifest(index_path)["step"], beam,
                min(f.reader_beam, beam), int(state["step"]), f.num_steps)
 
-  examples = catalog.qa_examples(config, f.split)
+  examples = catalog.training_questions(config, store)
   if not examples:
     raise ValueError(f"finetune.dataset={f.dataset!r} split {f.split!r} has "
-                     "no questions")
+                     "no questions (and finetune.generated_fraction="
+                     f"{f.generated_fraction} added none)")
   dataset = pipeline.qa_dataset(
       examples, tok, config.seed, f.batch_size // jax.process_count(),
       question_len=f.question_len, max_answer_len=min(f.max_answer_len,

@@ -1,0 +1,185 @@
+"""Reading questions made offline from any corpus: answers inside passages.
+
+Description -> title pairs teach a reader to name the subject of the block
+it reads. To teach it to read, fine-tuning also draws questions whose answer
+is a salient span inside a sentence (finetune.generated_fraction). They are
+made by rule from the NER-tagged sentences that pretraining already caches
+(data/ner.py), following the unsupervised-QA recipes:
+
+* the answer is a salient span (a named entity or a date), as in Lewis et
+  al. 2019 ("Unsupervised Question Answering by Cloze Translation"); its
+  entity label chooses the wh-word (PERSON -> who, a date after "in" ->
+  when, a bare year -> what year, a place after "in"/"at" -> where, ...);
+* the question is the answer's clause with the answer replaced by the
+  wh-word, either in place (Lewis et al.'s rule-based cloze translation:
+  "Amazon was founded by who?") or with the wh-word moved to the front and
+  the rest left as it was (Fabbri et al. 2020's "Wh + sentence" template,
+  their best: "Who Amazon was founded by?"). Both forms are drawn, by a hash
+  of the sentence, so the reader sees the answer's type in either place;
+* the question must name its subject: a leading pronoun becomes the title
+  ("It is ..." -> "Denver is ..."), and a clause that does not mention the
+  title is prefixed with it ("Denver: ...").
+
+Fabbri et al. also retrieve a *different* sentence with the answer to lower
+the lexical overlap; here the retriever, trained on these questions jointly
+with the reader, already finds the block by other words, and the reader has
+to locate the gap. Answers equal to the title are left out (the
+description -> title pairs teach those), as are answers that also occur in
+the question's own words.
+
+Every question keeps its document's title, and `split_of` assigns whole
+documents to "train" (90%) or "heldout" (10%) by a hash of the title, so
+held-out questions ask about documents the reader never trained on.
+"""
+import hashlib
+import re
+from typing import Iterable
+
+# wh-word by OntoNotes label; places and dates depend on the word before.
+# The small tagger's other labels are too noisy ("Sun" as ORG) for more than
+# "what".
+_WH = {"PERSON": "who", "NORP": "what nationality", "LANGUAGE": "what language"}
+_PLACES = frozenset({"GPE", "LOC", "FAC"})
+_PLACE_PREPOSITIONS = frozenset({"in", "at", "near"})
+_DATE_PREPOSITIONS = frozenset({"in", "on", "during"})
+_SUBJECT_PRONOUNS = frozenset({"it", "he", "she", "they"})
+_POSSESSIVES = frozenset({"its", "his", "her", "their"})
+_CLAUSE_BREAK = re.compile(r"[;:()\[\]]")
+_ARTICLES = frozenset({"the", "a", "an"})
+# Sentence-initial words that are lowercased when the wh-word goes first.
+_FUNCTION_WORDS = frozenset({"the", "a", "an", "in", "on", "at", "it", "he",
+                             "she", "they", "its", "his", "her", "their",
+                             "this", "these", "as", "with", "by", "from",
+                             "after", "before", "during", "since", "for"})
+_YEAR = re.compile(r"^\d{3,4}$")
+_SUFFIX = re.compile(r"\s+\([^()]*\)$")   # Wikipedia's " (geometry)"
+MAX_BEFORE_WORDS = 12
+MAX_AFTER_WORDS = 8
+MAX_ANSWER_WORDS = 6
+HELDOUT_PERCENT = 10
+
+
+def _hash(text: str) -> int:
+  return int(hashlib.sha1(text.encode("utf-8")).hexdigest()[:12], 16)
+
+
+def split_of(title: str) -> str:
+  """"train" or "heldout": a fixed share of documents by hash of the title."""
+  return "heldout" if _hash(title) % 100 < HELDOUT_PERCENT else "train"
+
+
+def wh_phrase(label: str | None, answer: str, previous_word: str):
+  """(wh-phrase, whether it replaces the word before the answer too)."""
+  prev = previous_word.lower()
+  if label == "DATE":
+    if prev in _DATE_PREPOSITIONS:
+      return "when", True
+    return ("what year" if _YEAR.match(answer) else "when"), False
+  if label in _PLACES:
+    if prev in _PLACE_PREPOSITIONS:
+      return "where", True
+    return "what", False
+  return _WH.get(label, "what"), False
+
+
+def _clause_before(text: str) -> list[str]:
+  """The words of the answer's clause before it (at most MAX_BEFORE_WORDS)."""
+  cut = max((m.end() for m in _CLAUSE_BREAK.finditer(text)), default=0)
+  return text[cut:].split()[-MAX_BEFORE_WORDS:]
+
+
+def _clause_after(text: str) -> list[str]:
+  text = text.lstrip(" ,")   # "In 1990, X did Y": the clause goes on
+  m = re.search(r"[,;:()\[\]]|\.(\s|$)", text)
+  return (text[:m.start()] if m else text).split()[:MAX_AFTER_WORDS]
+
+
+def _name_subject(words: list[str], title: str) -> list[str]:
+  """A leading pronoun becomes the title ("Its" -> "Title's")."""
+  if words and words[0].lower() in _SUBJECT_PRONOUNS:
+    return [title] + words[1:]
+  if words and words[0].lower() in _POSSESSIVES:
+    return [title + "'s"] + words[1:]
+  return words
+
+
+def _mentions(question: str, title: str) -> bool:
+  q = question.lower()
+  return any(w.lower() in q for w in re.findall(r"\w{3,}", title)) or not (
+      re.search(r"\w", title))
+
+
+def question_for(sentence: str, span: tuple[int, int], label: str | None,
+                 title: str) -> dict | None:
+  """{"question", "answer": [span text]} for one salient span, or None when
+  the span is no good answer (the title, too long, or repeated in the
+  question)."""
+  start, limit = span
+  answer = sentence[start:limit].strip()
+  short_title = _SUFFIX.sub("", title)
+  if (not answer or len(answer.split()) > MAX_ANSWER_WORDS
+      or answer.lower() in (title.lower(), short_title.lower())):
+    return None
+  before = _clause_before(sentence[:start])
+  after = _clause_after(sentence[limit:])
+  wh, replaces_previous = wh_phrase(label, answer,
+                                    before[-1] if before else "")
+  if replaces_previous or (before and before[-1].lower() in _ARTICLES):
+    before = before[:-1]   # "in 1990" -> "when"; "the what" -> "what"
+  before = _name_subject(before, short_title)
+  if len(before) + len(after) < 3:
+    return None            # too little of the sentence left to ask about
+  if _hash(sentence + answer) % 2 and before:   # Fabbri et al.: wh first
+    if before[0].lower() in _FUNCTION_WORDS:
+      before = [before[0].lower()] + before[1:]
+    words = [wh] + before + after
+  else:                                         # cloze translation in place
+    words = before + [wh] + after
+  question = " ".join(words).strip(" ,")
+  question = question[0].upper() + question[1:]
+  if not _mentions(question, short_title):
+    question = f"{short_title}: {question}"
+  if answer.lower() in question.lower():
+    return None
+  return {"question": question.rstrip(" .") + "?", "answer": [answer]}
+
+
+def generate(records: Iterable[dict], title_of, split: str = "train",
+             per_sentence: int = 1) -> list[dict]:
+  """Questions from NER-tagged sentences (ner.QueryRecords records).
+
+  Args:
+    records: {"text", "spans", "labels", "source_uid"} dicts.
+    title_of: source_uid -> the document title.
+    split: "train", "heldout" (split_of the title) or "all".
+    per_sentence: questions kept per sentence (spans in a fixed hashed order).
+
+  Returns:
+    [{"question", "answer": [str], "title"}], in record order.
+  """
+  out = []
+  for record in records:
+    title = title_of(record["source_uid"])
+    if split != "all" and split_of(title) != split:
+      continue
+    text = record["text"]
+    spans = sorted(zip(record["spans"], record.get("labels") or
+                       [None] * len(record["spans"])),
+                   key=lambda sl: _hash(f"{text}{sl[0]}"))
+    kept = 0
+    for span, label in spans:
+      if kept == per_sentence:
+        break
+      example = question_for(text, tuple(span), label, title)
+      if example is not None:
+        out.append(dict(example, title=title))
+        kept += 1
+  return out
+
+
+def from_store(store, records, split: str = "train") -> list[dict]:
+  """`generate` over a block store's query records (ner.QueryRecords)."""
+  titles = {}
+  for _, record in store.iter_records():
+    titles[record["uid"]] = record["title"]
+  return generate(records, titles.__getitem__, split)

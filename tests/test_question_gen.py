@@ -1,0 +1,98 @@
+"""Generated reading questions (data/question_gen.py) and the natural set.
+
+The generator turns salient spans inside sentences into questions whose
+answer is that span (not the passage's title); the hand-written natural
+questions that measure reading must each be answerable from the corpus.
+"""
+import collections
+
+import pytest
+
+from realm_jax.data import demo_corpus
+from realm_jax.data import qa
+from realm_jax.data import question_gen as gen
+
+
+def _span(sentence, answer):
+  start = sentence.index(answer)
+  return start, start + len(answer)
+
+
+def test_a_person_becomes_who_and_the_answer_leaves_the_question():
+  s = "Amazon was founded by Jeff Bezos in Bellevue, Washington."
+  ex = gen.question_for(s, _span(s, "Jeff Bezos"), "PERSON", "Amazon (company)")
+  assert ex["answer"] == ["Jeff Bezos"]
+  q = ex["question"]
+  assert "who" in q.lower().split() and "Bezos" not in q
+  assert "Amazon" in q and "founded" in q and q.endswith("?")
+
+
+def test_dates_and_places_after_a_preposition_replace_it():
+  s = "The university was founded in 1636 by vote of the Great Court."
+  q = gen.question_for(s, _span(s, "1636"), "DATE", "Harvard University")
+  assert "when" in q["question"].lower() and " in when" not in q["question"]
+  s = "Mozart was born in Salzburg to a musical family."
+  q = gen.question_for(s, _span(s, "Salzburg"), "GPE", "Wolfgang Amadeus Mozart")
+  assert "where" in q["question"].lower() and "in where" not in q["question"]
+  s = "Baku is the capital and largest city of Azerbaijan."
+  q = gen.question_for(s, _span(s, "Baku"), "GPE", "Azerbaijan")
+  assert q["question"] == "What is the capital and largest city of Azerbaijan?"
+
+
+def test_a_leading_pronoun_becomes_the_title():
+  s = "It was first climbed in 1865 by Edward Whymper."
+  q = gen.question_for(s, _span(s, "Edward Whymper"), "PERSON",
+                       "Matterhorn")["question"]
+  assert "Matterhorn" in q and not q.lower().startswith("it ")
+
+
+def test_the_title_is_never_an_answer():
+  s = "Denver is the capital of Colorado."
+  assert gen.question_for(s, _span(s, "Denver"), "GPE", "Denver") is None
+  assert gen.question_for(s, _span(s, "Colorado"), "GPE", "Denver") is not None
+
+
+def test_generated_questions_answer_inside_passages(tmp_path):
+  """On the demo corpus's first 150 documents, tagged for real."""
+  from realm_jax.data import block_builder, corpus, ner, tokenizer
+  docs = demo_corpus.demo_documents(150)
+  path = str(tmp_path / "blocks")
+  block_builder.build_block_store(iter(docs), tokenizer.load_tokenizer("minilm"),
+                                  path, block_len=96)
+  store = corpus.BlockStore(path)
+  records = ner.QueryRecords(store, progress=False)
+  train = gen.from_store(store, records, "train")
+  heldout = gen.from_store(store, records, "heldout")
+  assert len(train) > 150 and heldout
+  assert not {e["title"] for e in train} & {e["title"] for e in heldout}
+  text_of = collections.defaultdict(str)
+  for _, rec in store.iter_records():
+    text_of[rec["title"]] += " " + rec["text"]
+  for ex in train + heldout:
+    answer = ex["answer"][0]
+    assert answer in text_of[ex["title"]]          # a span of its document
+    assert qa.normalize_answer(answer) != qa.normalize_answer(ex["title"])
+    assert answer.lower() not in ex["question"].lower()
+  wh = collections.Counter(e["question"].lower().split(":")[-1].split()[0]
+                           for e in train)
+  assert {"who", "what", "when"} <= set(wh) | {
+      w for e in train for w in e["question"].lower().split()}
+
+
+def test_the_natural_questions_are_answerable_and_mostly_not_titles():
+  rows = demo_corpus.natural_qa("all")
+  assert len(rows) >= 200
+  dev, test = demo_corpus.natural_qa("dev"), demo_corpus.natural_qa("test")
+  assert len(dev) + len(test) == len(rows) and len(test) >= 150
+  texts = dict(demo_corpus.demo_documents(2700))
+  not_title = 0
+  for row in rows:
+    assert row["title"] in texts, row
+    for answer in row["answer"]:
+      assert answer in texts[row["title"]], row
+    not_title += not any(qa.exact_match(a, demo_corpus.answers_of(row["title"]))
+                         for a in row["answer"])
+  assert not_title >= 0.85 * len(rows)
+  assert len({r["question"] for r in rows}) == len(rows)
+  with pytest.raises(ValueError):
+    demo_corpus.natural_qa("train")

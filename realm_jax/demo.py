@@ -38,6 +38,7 @@ from realm_jax.data import qa
 from realm_jax.index import build
 from realm_jax.index import export as export_lib
 from realm_jax.index import store as index_store
+from realm_jax.qa import model as qa_model
 from realm_jax.train import finetune
 from realm_jax.train import metrics as metrics_lib
 from realm_jax.train import pretrain
@@ -124,25 +125,43 @@ def run(config):
           f"5. fine-tune the {name} model on demo QA train",
           lambda run_config=run_config: finetune.run(run_config))
 
+  # Two question sets: the description -> title pairs and the hand-written
+  # natural questions, whose answers are inside passages (reading).
+  question_sets = {
+      "results": demo_corpus.demo_qa("test",
+                                     limit=config.data.corpus_limit or None),
+      "natural": demo_corpus.natural_qa("test", config.data.corpus_limit)}
+
   def evaluate_all():
     runs = {"no_retrieval": (realm, "null"), "bm25": (initial, "bm25"),
             "dense_zero_shot": (initial, "dense_zero_shot"),
             "realm_zero_shot": (realm, "dense_zero_shot"),
             "no_realm_pretraining": (initial, "index"),
             "realm": (realm, "index")}
-    out = {}
+    models = {}   # each fine-tuned model is loaded once for every system
+    out = {name: {} for name in question_sets}
     for key, (run_config, mode) in runs.items():
-      r = evaluate_lib.evaluate(
-          run_config, retrieval=mode,
-          predictions_path=os.path.join(w, "predictions", f"{key}.jsonl"))
-      out[key] = dict({m: r[m] for m in METRICS}, ci95=r["ci95"],
-                      num_questions=r["num_questions"],
-                      predictions=r["predictions"], workdir=run_config.workdir)
+      if run_config.workdir not in models:
+        models[run_config.workdir] = qa_model.load_finetuned(run_config)
+      for name, examples in question_sets.items():
+        suffix = "" if name == "results" else f".{name}"
+        r = evaluate_lib.evaluate(
+            run_config, model=models[run_config.workdir], examples=examples,
+            retrieval=mode, predictions_path=os.path.join(
+                w, "predictions", f"{key}{suffix}.jsonl"))
+        out[name][key] = dict({m: r[m] for m in METRICS}, ci95=r["ci95"],
+                              num_questions=r["num_questions"],
+                              predictions=r["predictions"],
+                              workdir=run_config.workdir)
     return out
-  results, timings["evaluation"] = _stage("6. evaluate on demo QA test",
-                                          evaluate_all)
+  evaluated, timings["evaluation"] = _stage(
+      "6. evaluate on demo QA test and the natural questions", evaluate_all)
+  results, natural = evaluated["results"], evaluated["natural"]
   comparison = realm_vs_baseline(results["realm"]["predictions"],
                                  results["no_realm_pretraining"]["predictions"])
+  natural_comparison = realm_vs_baseline(
+      natural["realm"]["predictions"],
+      natural["no_realm_pretraining"]["predictions"])
   zero_shot = realm_vs_baseline(results["realm_zero_shot"]["predictions"],
                                 results["dense_zero_shot"]["predictions"])
   masked, timings["masked recall"] = _stage(
@@ -152,12 +171,12 @@ def run(config):
           catalog.query_records(base, store, split="heldout"), pre.workdir,
           config.eval.recall_k, config.data.query_len, config.data.max_masks))
 
-  examples = demo_corpus.demo_qa("test", limit=config.data.corpus_limit or None)[:3]
+  examples = question_sets["results"][:3] + question_sets["natural"][:3]
   ask = _derive(realm, realm.workdir, task="answer",
                 **{"answer.question": "", "answer.questions_file":
                    _write_questions(w, [ex["question"] for ex in examples])})
-  answers, timings["answers"] = _stage("7. answer three test questions",
-                                       lambda: answer_lib.run(ask))
+  answers, timings["answers"] = _stage(
+      "7. answer three test questions of each kind", lambda: answer_lib.run(ask))
   print(mark_answers(examples, answers))
 
   plots = []
@@ -171,10 +190,12 @@ def run(config):
           k for k in ("loss", "retrieval_utility", "p_null", "mlm_accuracy",
                       "retriever_loss", "reader_loss")])
   print(summary_table(results, comparison, zero_shot, masked, timings,
-                      store.num_blocks))
+                      store.num_blocks, natural, natural_comparison))
   print(f"plots: {os.path.join(w, 'plots')} ({len(plots)} PNG files)")
   with open(os.path.join(w, "summary.json"), "w") as f:
     json.dump({"results": results, "realm_minus_no_realm": comparison,
+               "natural": natural,
+               "natural_realm_minus_no_realm": natural_comparison,
                "zero_shot_realm_minus_initial": zero_shot,
                "masked_recall": masked, "timings_s": timings}, f, indent=1)
   return results
@@ -244,18 +265,29 @@ def _differences(comparison) -> list[str]:
           for m, d in comparison.items()]
 
 
-def summary_table(results, comparison, zero_shot, masked, timings,
-                  num_blocks) -> str:
-  n = next(iter(results.values()))["num_questions"]
-  lines = ["", f"demo QA test split: {n} questions, {num_blocks} blocks "
-           "(95% bootstrap CI in brackets)",
-           "| system | EM | recall@1 | recall@5 |", "|---|---|---|---|"]
+def _rows(results) -> list[str]:
+  lines = ["| system | EM | recall@1 | recall@5 |", "|---|---|---|---|"]
   for key, r in results.items():
     cells = [_pct(r[m], r["ci95"].get(m)) for m in METRICS]
     lines.append(f"| {SYSTEMS[key]} | " + " | ".join(cells) + " |")
+  return lines
+
+
+def summary_table(results, comparison, zero_shot, masked, timings,
+                  num_blocks, natural, natural_comparison) -> str:
+  n = next(iter(results.values()))["num_questions"]
+  n_natural = next(iter(natural.values()))["num_questions"]
+  lines = ["", f"demo QA test split (description -> title): {n} questions, "
+           f"{num_blocks} blocks (95% bootstrap CI in brackets)"]
+  lines += _rows(results)
+  lines += ["", f"natural questions, test split (answers inside passages): "
+            f"{n_natural} questions"]
+  lines += _rows(natural)
   lines += ["", "REALM pretraining minus none, same fine-tuning budget "
             "(paired bootstrap 95% CI):"]
   lines += _differences(comparison)
+  lines += ["", "The same on the natural questions:"]
+  lines += _differences(natural_comparison)
   lines += ["", "The retriever before fine-tuning (zero-shot), REALM-pretrained "
             "minus initial (paired bootstrap 95% CI):"]
   lines += _differences(zero_shot)

@@ -111,15 +111,20 @@ def test_first_run_runs_every_stage(first):
 def test_stdout_has_the_summary_table(first, num_test_questions):
   stdout, _ = first
   lines = stdout.splitlines()
-  assert (f"demo QA test split: {num_test_questions} questions" in stdout)
+  assert (f"demo QA test split (description -> title): {num_test_questions} "
+          "questions" in stdout)
+  n_natural = len(demo_corpus.natural_qa("test", CORPUS_LIMIT))
+  assert (f"natural questions, test split (answers inside passages): "
+          f"{n_natural} questions" in stdout)
   assert "| system | EM | recall@1 | recall@5 |" in lines
   ci = r"\d+\.\d \[\d+\.\d, \d+\.\d\]"
   for key in SYSTEM_KEYS:
     label = demo_run.SYSTEMS[key]
     rows = [l for l in lines if l.startswith(f"| {label} |")]
-    assert len(rows) == 1, (label, rows)
-    assert re.fullmatch(rf"\| {re.escape(label)} \| {ci} \| {ci} \| {ci} \|",
-                        rows[0]), rows[0]
+    assert len(rows) == 2, (label, rows)   # both question sets
+    for row in rows:
+      assert re.fullmatch(rf"\| {re.escape(label)} \| {ci} \| {ci} \| {ci} \|",
+                          row), row
   i = lines.index("REALM pretraining minus none, same fine-tuning budget "
                   "(paired bootstrap 95% CI):")
   paired = r"[+-]\d+\.\d points \[[+-]\d+\.\d, [+-]\d+\.\d\]"
@@ -132,8 +137,11 @@ def test_stdout_has_the_summary_table(first, num_test_questions):
   assert any(re.fullmatch(r"\| initial \| 0 \| \d+\.\d \|", l) for l in lines)
   assert any(re.fullmatch(r"\| pretrained \| \d+ \| \d+\.\d \|", l)
              for l in lines)
+  i = lines.index("The same on the natural questions:")
+  for line, metric in zip(lines[i + 1:i + 4], demo_run.METRICS):
+    assert re.fullmatch(rf"  {re.escape(metric)}: {paired}", line), line
   answers = [l for l in lines if l.startswith(("RIGHT: ", "WRONG: "))]
-  assert len(answers) == 3, answers
+  assert len(answers) == 6, answers   # three of each question set
   assert answers[0].endswith("(gold: 'Denver')")   # the first test question
 
 
@@ -163,6 +171,15 @@ def test_summary_json(first, workdir, num_test_questions):
   # An extractive reader with no evidence has nothing to extract.
   assert results["no_retrieval"]["exact_match"] == 0.0
   assert set(summary["realm_minus_no_realm"]) == set(demo_run.METRICS)
+  natural = summary["natural"]
+  assert list(natural) == SYSTEM_KEYS
+  n_natural = len(demo_corpus.natural_qa("test", CORPUS_LIMIT))
+  assert n_natural >= 5
+  for key, r in natural.items():
+    assert r["num_questions"] == n_natural, key
+    assert len(_read_jsonl(r["predictions"])) == n_natural, key
+  assert natural["no_retrieval"]["exact_match"] == 0.0
+  assert set(summary["natural_realm_minus_no_realm"]) == set(demo_run.METRICS)
   assert set(summary["zero_shot_realm_minus_initial"]) == set(demo_run.METRICS)
 
 
@@ -195,5 +212,6 @@ def test_second_run_reuses_everything(first, second):
   assert not any(n.startswith("==== 5.") for n in names), names
   assert any(n.startswith("==== 6.") for n in names), names
   assert summary["results"] == first[1]["results"]
+  assert summary["natural"] == first[1]["natural"]
   assert summary["realm_minus_no_realm"] == first[1]["realm_minus_no_realm"]
   assert summary["masked_recall"] == first[1]["masked_recall"]

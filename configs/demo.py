@@ -4,16 +4,17 @@ Command (a fresh machine; `make demo` installs first):
   python -m realm_jax.main --config=configs/demo.py
 The full 10,033-summary corpus: configs/demo_full.py.
 Hardware: a 2-core CPU, no accelerator, no network.
-Runtime: 14 min 19 s after the install on a 2-core CPU with a nice-19 job
-beside it (12 min 41 s idle before the sixth system was added; README).
-Expected result: one table over the 253 demo QA test questions with 95%
-bootstrap CIs (EM, recall@1, recall@5) for no retrieval, BM25, zero-shot
-dense retrieval with the initial and with the REALM-pretrained retriever,
-fine-tuning without REALM pretraining and REALM-pretrained + fine-tuned;
-the paired CIs of what REALM pretraining adds, fine-tuned and zero-shot;
-held-out masked recall before and after pretraining; three answers marked
-right or wrong; plots under workdir/demo/plots. The README gives the
-measured table.
+Runtime: about 26 min after the install on a 2-core CPU (fine-tuning
+2 x 160 steps is 15 of them; README, "Reading").
+Expected result: two tables with 95% bootstrap CIs (EM, recall@1,
+recall@5), over the 253 demo QA test questions (description -> title) and
+the 218 natural test questions (answers inside passages), for no
+retrieval, BM25, zero-shot dense retrieval with the initial and with the
+REALM-pretrained retriever, fine-tuning without REALM pretraining and
+REALM-pretrained + fine-tuned; the paired CIs of what REALM pretraining
+adds on each; held-out masked recall before and after pretraining; six
+answers marked right or wrong; plots under workdir/demo/plots. The README
+gives the measured tables.
 """
 from realm_jax import config as config_lib
 

@@ -1,6 +1,6 @@
 """Your own knowledge base: index a corpus with the demo's fine-tuned model.
 
-Command (after `make demo`, which leaves workdir/demo/finetune_realm):
+Command (after `make demo`, which leaves workdir/demo/finetune_initial):
   python -m realm_jax.main --config=configs/kb.py \
       --config.data.corpus=jsonl:my_docs.jsonl
 then ask with --config.task=answer --config.answer.question="..." (or
@@ -24,7 +24,9 @@ def get_config():
       os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo.py"))
   c.task = "index"
   c.workdir = "workdir/my_kb"
-  c.kb.model = "workdir/demo/finetune_realm"
+  # The demo's reader that read natural questions best (README, "Reading":
+  # EM 22.0 against 7.8 for the REALM-pretrained one).
+  c.kb.model = "workdir/demo/finetune_initial"
   c.data.corpus = ""      # required: jsonl:<path>, one {"id", "title", "text"}
   c.data.corpus_limit = 0
   return c

@@ -189,6 +189,22 @@ def test_a_dead_embedding_job_is_restarted_then_the_run_stops(tmp_path):
   assert (tmp_path / "embed_job.log").read_text().count("no_block_store") >= 2
 
 
+def test_a_job_that_dies_before_the_first_index_names_its_exit(tmp_path):
+  """Waiting for the first index, a dead job stops the wait with its exit
+  code and log (it used to raise AttributeError: EmbedJob has no
+  returncode). The real job is started and dies on a missing block store."""
+  from realm_jax import config as config_lib
+  config = config_lib.default_config()
+  config.workdir = str(tmp_path)
+  job = pretrain.EmbedJob(config, str(tmp_path / "no_block_store"))
+  try:
+    with pytest.raises(RuntimeError, match=r"exited with code [1-9].*"
+                       r"embed_job\.log"):
+      pretrain._first_version(str(tmp_path / "index"), job, poll=0.1)
+  finally:
+    job.close()
+
+
 def test_a_stale_index_is_warned_about_once_per_refresh():
   """index.max_staleness (0: 3 * refresh_every + refresh_delay)."""
   from realm_jax import config as config_lib

@@ -303,9 +303,10 @@ def _first_version(index_dir, job, poll=0.5):
     versions = index_store.list_versions(index_dir)
     if versions:
       return versions[-1]
-    if job is not None and job.poll() is not None:
-      raise RuntimeError(f"the embedding job exited with code {job.returncode} "
-                         "before building the first index; see embed_job.log")
+    code = None if job is None else job.poll()
+    if code is not None:   # EmbedJob has poll(), not a returncode attribute
+      raise RuntimeError(f"the embedding job exited with code {code} before "
+                         "building the first index; see embed_job.log")
     time.sleep(poll)
 
 

@@ -82,11 +82,17 @@ def split_of(title: str) -> str:
   raise AssertionError(bucket)
 
 
+def short_title(title: str) -> str:
+  """The title less Wikipedia's disambiguation suffix: "Point (geometry)"
+  -> "Point", the form the text uses."""
+  return _SUFFIX.sub("", title)
+
+
 def answers_of(title: str) -> list[str]:
-  """[title], or [title, title less a trailing " (...)"] for titles such as
+  """[title], or [title, short_title(title)] for titles such as
   "Point (geometry)": the text says "point", so the full title alone could
   never be matched in a block, nor be a gold span."""
-  short = _SUFFIX.sub("", title)
+  short = short_title(title)
   return [title, short] if short and short != title else [title]
 
 

@@ -233,7 +233,6 @@ class QueryRecords:
 def _parse(line: bytes) -> dict:
   r = json.loads(line)
   r["spans"] = [tuple(s) for s in r["spans"]]
-  r.setdefault("labels", [None] * len(r["spans"]))
   return r
 
 

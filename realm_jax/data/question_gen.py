@@ -35,6 +35,8 @@ import hashlib
 import re
 from typing import Iterable
 
+from realm_jax.data import demo_corpus
+
 # wh-word by OntoNotes label; places and dates depend on the word before.
 # The small tagger's other labels are too noisy ("Sun" as ORG) for more than
 # "what".
@@ -52,7 +54,6 @@ _FUNCTION_WORDS = frozenset({"the", "a", "an", "in", "on", "at", "it", "he",
                              "this", "these", "as", "with", "by", "from",
                              "after", "before", "during", "since", "for"})
 _YEAR = re.compile(r"^\d{3,4}$")
-_SUFFIX = re.compile(r"\s+\([^()]*\)$")   # Wikipedia's " (geometry)"
 MAX_BEFORE_WORDS = 12
 MAX_AFTER_WORDS = 8
 MAX_ANSWER_WORDS = 6
@@ -120,12 +121,12 @@ def question_for(sentence: str, span: tuple[int, int], label: str | None,
   question)."""
   start, limit = span
   answer = sentence[start:limit].strip()
-  short_title = _SUFFIX.sub("", title)
+  short_title = demo_corpus.short_title(title)
   if (not answer or len(answer.split()) > MAX_ANSWER_WORDS
       or answer.lower() in (title.lower(), short_title.lower())):
     return None
-  if label == "NORP" and _hash(sentence + answer) % 100 >= (
-      NATIONALITY_KEEP_PERCENT):
+  draw = _hash(sentence + answer) % 100   # fixed per answer, not random
+  if label == "NORP" and draw >= NATIONALITY_KEEP_PERCENT:
     return None
   before = _clause_before(sentence[:start])
   after = _clause_after(sentence[limit:])
@@ -136,7 +137,7 @@ def question_for(sentence: str, span: tuple[int, int], label: str | None,
   before = _name_subject(before, short_title)
   if len(before) + len(after) < 3:
     return None            # too little of the sentence left to ask about
-  if _hash(sentence + answer) % 2 and before:   # Fabbri et al.: wh first
+  if draw % 2 and before:                       # Fabbri et al.: wh first
     if before[0].lower() in _FUNCTION_WORDS:
       before = [before[0].lower()] + before[1:]
     words = [wh] + before + after

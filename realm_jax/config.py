@@ -177,6 +177,13 @@ def default_config() -> ml_collections.ConfigDict:
   # sentences, answers inside passages (data/question_gen.py): 0 = the
   # dataset only (ORQA/REALM); 1 = generated only (a corpus without QA pairs).
   c.finetune.generated_fraction = 0.0
+  # The first reading_steps of num_steps are reading steps (ours, not in
+  # ORQA/REALM): generated questions only, each read in the block it was
+  # made from and nothing else (retriever and reader beam 1), so only the
+  # reader learns, at a third of an open-QA step's cost. A reader learns to
+  # find an answer inside a passage far sooner this way than among
+  # retrieved blocks and title questions (README, "Reading"). 0: none.
+  c.finetune.reading_steps = 0
   c.finetune.split = "train"
   c.finetune.batch_size = 1        # questions per step (ORQA/REALM: 1)
   c.finetune.num_steps = 2000

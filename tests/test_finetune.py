@@ -288,3 +288,45 @@ def test_doc_loss_reembeds_the_corpus_for_eval(run):
   assert zero_shot["num_questions"] == 4
   finetune.run(doc_config)      # finished: nothing is embedded again
   assert sorted(os.listdir(os.path.join(work, "index"))) == ["4"]
+
+
+def test_reading_steps_train_only_the_reader_and_resume_across_the_switch(
+    run):
+  """finetune.reading_steps: the first steps read each question in one block
+  that holds its answer (no gradient reaches the query embedder), the rest
+  are open-QA steps; a job killed during the reading steps resumes exactly,
+  across the switch."""
+  overrides = {"finetune.init_from": run["pre"],
+               "finetune.dataset": run["config"].finetune.dataset,
+               "finetune.retriever_beam": run["store"].num_blocks,
+               "finetune.num_steps": 8, "finetune.reading_steps": 5,
+               "train.checkpoint_every": 3}
+  config = ow.tiny_config(str(run["tmp"] / "reading"), **overrides)
+  finetune.run(config)
+  rows = ow.read_jsonl(os.path.join(config.workdir, "finetune_metrics.jsonl"))
+  grad = ow.first_logged(rows, "query_grad_norm")
+  assert np.all(grad[:5] == 0) and np.all(grad[5:] > 0)
+  # One block per reading question, one with its answer.
+  assert np.all(ow.first_logged(rows, "retriever_has_answer")[:5] == 1.0)
+  _, straight = ckpt_lib.restore_params(config.workdir)
+
+  work = str(run["tmp"] / "reading_resumed")
+  shutil.copytree(config.workdir, work)
+  for step in ("6", "8"):
+    shutil.rmtree(os.path.join(work, "checkpoints", step))
+  os.remove(os.path.join(work, "finetune_metrics.jsonl"))
+  finetune.run(ow.tiny_config(work, **overrides))
+  resumed = ow.read_jsonl(os.path.join(work, "finetune_metrics.jsonl"))
+  assert [r["step"] for r in resumed] == list(range(4, 9))
+  assert [r["loss"] for r in resumed] == [r["loss"] for r in rows[3:]]
+  _, params = ckpt_lib.restore_params(work)
+  jax.tree.map(np.testing.assert_array_equal, params, straight)
+
+
+def test_reading_steps_beyond_the_run_are_refused(run):
+  config = ow.tiny_config(str(run["tmp"] / "too_many"), **{
+      "finetune.init_from": run["pre"],
+      "finetune.dataset": run["config"].finetune.dataset,
+      "finetune.num_steps": 4, "finetune.reading_steps": 5})
+  with pytest.raises(ValueError, match="reading_steps=5 must be"):
+    finetune.run(config)

@@ -52,6 +52,15 @@ def test_the_title_is_never_an_answer():
   assert gen.question_for(s, _span(s, "Colorado"), "GPE", "Denver") is not None
 
 
+def test_a_span_inside_a_longer_token_is_no_answer():
+  s = "It lies within the Tigris–Euphrates basin, entering Earth's orbit."
+  assert gen.question_for(s, _span(s, "Tigris"), "LOC", "Mesopotamia") is None
+  assert gen.question_for(s, _span(s, "Earth"), "LOC", "Mesopotamia") is None
+  s = "The Indo-European family was studied by Franz Bopp in 1791."
+  assert gen.question_for(s, _span(s, "European"), "NORP", "Languages") is None
+  assert gen.question_for(s, _span(s, "1791"), "DATE", "Languages") is not None
+
+
 def test_generated_questions_answer_inside_passages(tmp_path):
   """On the demo corpus's first 150 documents, tagged for real."""
   from realm_jax.data import block_builder, corpus, ner, tokenizer

@@ -148,7 +148,7 @@ def training_questions(config, store) -> list[dict]:
               list(qa_examples(config, config.finetune.split)))
   if not fraction:
     return examples
-  generated = question_gen.from_store(store, ner.QueryRecords(store), "train")
+  generated = generated_questions(store)
   want = (len(generated) if fraction == 1 else
           round(len(examples) * fraction / (1 - fraction)))
   order = np.random.default_rng(config.seed).permutation(len(generated))
@@ -157,6 +157,12 @@ def training_questions(config, store) -> list[dict]:
                "corpus (%d available)", len(examples), config.finetune.dataset,
                len(chosen), len(generated))
   return examples + chosen
+
+
+def generated_questions(store) -> list[dict]:
+  """Reading questions generated from the block store's own sentences, the
+  train split of question_gen (held-out documents never give one)."""
+  return question_gen.from_store(store, ner.QueryRecords(store), "train")
 
 
 def qa_examples(config, split: str):

@@ -114,6 +114,16 @@ def _mentions(question: str, title: str) -> bool:
       re.search(r"\w", title))
 
 
+def _glued(sentence: str, start: int, limit: int) -> bool:
+  """The span is part of a longer token: "Indo-[European]", "[Earth]'s",
+  "[Tigris]–Euphrates". Cut out, it leaves a broken question ("entering 's
+  atmosphere") and an answer no whole-word span of the block matches."""
+  before = sentence[start - 1] if start > 0 else " "
+  after = sentence[limit] if limit < len(sentence) else " "
+  return not ((before.isspace() or before in "(\"“")
+              and (after.isspace() or after in ",.;:)!?\"”"))
+
+
 def question_for(sentence: str, span: tuple[int, int], label: str | None,
                  title: str) -> dict | None:
   """{"question", "answer": [span text]} for one salient span, or None when
@@ -121,6 +131,8 @@ def question_for(sentence: str, span: tuple[int, int], label: str | None,
   question)."""
   start, limit = span
   answer = sentence[start:limit].strip()
+  if _glued(sentence, start, limit):
+    return None
   short_title = demo_corpus.short_title(title)
   if (not answer or len(answer.split()) > MAX_ANSWER_WORDS
       or answer.lower() in (title.lower(), short_title.lower())):
@@ -163,7 +175,8 @@ def generate(records: Iterable[dict], title_of, split: str = "train",
     per_sentence: questions kept per sentence (spans in a fixed hashed order).
 
   Returns:
-    [{"question", "answer": [str], "title"}], in record order.
+    [{"question", "answer": [str], "title", "source_uid"}], in record order
+    (source_uid: the block the question was made from).
   """
   out = []
   for record in records:
@@ -180,7 +193,8 @@ def generate(records: Iterable[dict], title_of, split: str = "train",
         break
       example = question_for(text, tuple(span), label, title)
       if example is not None:
-        out.append(dict(example, title=title))
+        out.append(dict(example, title=title,
+                        source_uid=record["source_uid"]))
         kept += 1
   return out
 

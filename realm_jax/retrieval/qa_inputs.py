@@ -154,6 +154,34 @@ def search(searcher, emb, query_emb: np.ndarray, beam: int):
   return rows, np.asarray(emb[rows], np.float32)
 
 
+def source_rows(examples, store) -> np.ndarray:
+  """int64 [len(examples)]: the block each generated question was made from
+  (its "source_uid"), -1 for the others and for blocks the store lacks."""
+  uids = [e.get("source_uid") for e in examples]
+  found = [i for i, u in enumerate(uids) if u]
+  rows = np.full(len(examples), -1, np.int64)
+  if found:
+    rows[found] = store.rows_for_uids([uids[i] for i in found])
+  return rows
+
+
+def reading_rows(rows: np.ndarray, source: np.ndarray, store, answers,
+                 match: str) -> np.ndarray:
+  """[B, 1]: the one block each question is read in on a reading step: its
+  source block (source[i] >= 0), else the highest-ranked of its retrieved
+  `rows` [B, S] that holds an answer, else its top block (which then gives
+  the reader no loss)."""
+  out = np.empty((rows.shape[0], 1), np.int64)
+  for i, retrieved in enumerate(rows):
+    if source[i] >= 0:
+      out[i, 0] = source[i]
+      continue
+    correct = blocks_with_answer([store.text(int(r)) for r in retrieved],
+                                 answers[i], match)
+    out[i, 0] = retrieved[int(np.argmax(correct))]   # argmax: the first True
+  return out
+
+
 def reader_batch(question_ids: np.ndarray, question_mask: np.ndarray, store,
                  rows: np.ndarray, reader_len: int, tokenizer) -> dict:
   """Reader inputs of rows [B, K]: reader_ids/segments/mask, block_mask and

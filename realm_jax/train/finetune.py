@@ -64,6 +64,12 @@ def finetune_loss(params, batch, rng, cfg, deterministic=False,
                   doc_loss_weight=0.0):
   """losses.openqa_loss of one batch (+ doc_loss_weight x doc_loss);
   (loss, aux metrics)."""
+  if batch["cand_emb"].shape[1] == 1:
+    # A reading step (finetune.reading_steps): with one candidate the
+    # retriever's loss is 0 and its score shifts every span alike, so its
+    # true gradient is 0; stopped here rather than left as round-off that
+    # Adam would scale up.
+    params = dict(params, retriever=jax.lax.stop_gradient(params["retriever"]))
   doc_rng = None
   if doc_loss_weight and rng is not None:   # the default keeps its stream
     rng, doc_rng = jax.random.split(rng)
@@ -213,6 +219,9 @@ def run(config):
   f = config.finetune
   if f.search_lag not in (0, 1):
     raise ValueError(f"finetune.search_lag must be 0 or 1, got {f.search_lag}")
+  if not 0 <= f.reading_steps <= f.num_steps:
+    raise ValueError(f"finetune.reading_steps={f.reading_steps} must be in "
+                     f"[0, finetune.num_steps={f.num_steps}]")
   os.makedirs(config.workdir, exist_ok=True)
   store, tok, cfg, index_path, recorded = _resolve(config)
   mesh = partition.make_mesh()
@@ -254,11 +263,22 @@ def run(config):
   if data_state is not None:
     data_iter.set_state(data_state)
 
-  def make_batch(qa_batch, q_emb):
+  # Reading steps read each question in one block that holds its answer:
+  # a generated question's own block, or else the highest-ranked retrieved
+  # block with an answer.
+  source_rows = qa_inputs.source_rows(examples, store)
+
+  def make_batch(qa_batch, q_emb, reading):
     rows, cand_emb = qa_inputs.search(searcher, emb,
-                                         QuestionEmbedder.host(q_emb), beam)
+                                      QuestionEmbedder.host(q_emb), beam)
+    k = f.reader_beam
+    if reading:
+      rows = qa_inputs.reading_rows(
+          rows, source_rows[np.asarray(qa_batch["example_index"])], store,
+          qa_batch["answers"], "regex" if f.regex_answers else f.answer_match)
+      cand_emb, k = np.asarray(emb[rows], np.float32), 1
     return qa_inputs.training_batch(
-        qa_batch, rows, cand_emb, store, tok, reader_beam=f.reader_beam,
+        qa_batch, rows, cand_emb, store, tok, reader_beam=k,
         reader_len=f.reader_len, max_span_width=cfg.max_span_width,
         max_gold_spans=f.max_gold_spans, answer_match=f.answer_match,
         regex_answers=f.regex_answers, whole_word_spans=cfg.whole_word_spans,
@@ -267,7 +287,8 @@ def run(config):
   keys = DEVICE_KEYS + (DOC_KEYS if f.doc_loss_weight else ())
   batches = QuestionBatches(data_iter, QuestionEmbedder(cfg, mesh), make_batch,
                             f.num_steps, f.search_lag, keys,
-                            meta={"index_path": index_path})
+                            meta={"index_path": index_path},
+                            reading_steps=f.reading_steps)
   try:
     state = loop.train(
         state, functools.partial(train_step, cfg=cfg, tx=tx,
@@ -311,13 +332,15 @@ class QuestionBatches:
   the current params (finetune.search_lag=0) or of the previous step's
   (search_lag=1: the next questions are embedded while this step runs).
 
-  make_batch(questions, their embeddings) -> the step's host arrays.
+  make_batch(questions, their embeddings, reading) -> the step's host
+  arrays; reading is True for the first `reading_steps` steps.
   """
 
   def __init__(self, data_iter, embedder, make_batch, num_steps: int,
-               search_lag: int, keys: tuple, meta: dict):
+               search_lag: int, keys: tuple, meta: dict,
+               reading_steps: int = 0):
     self.data_iter, self.embedder, self.make_batch = data_iter, embedder, make_batch
-    self.keys = keys
+    self.keys, self.reading_steps = keys, reading_steps
     self.num_steps, self.search_lag, self.meta = num_steps, search_lag, meta
     self.ahead = None   # search_lag=1: the next step's questions, embedded
 
@@ -332,7 +355,7 @@ class QuestionBatches:
     if self.ahead is None:
       self.ahead = self._questions(state)
     questions, data_state, q_emb = self.ahead
-    arrays = self.make_batch(questions, q_emb)
+    arrays = self.make_batch(questions, q_emb, step < self.reading_steps)
     self.ahead = None
     if self.search_lag == 1 and step + 1 < self.num_steps:
       # Dispatched now, before the step donates the params it reads.

@@ -40,11 +40,20 @@ def read_questions(config) -> list[str]:
   if not a.questions_file:
     return [a.question]
   questions = []
-  with open(a.questions_file, encoding="utf-8") as f:
-    for line in f:
+  # utf-8-sig: a byte-order mark (Windows editors write one) is skipped.
+  with open(a.questions_file, encoding="utf-8-sig") as f:
+    for number, line in enumerate(f, start=1):
       line = line.rstrip("\n")
       if line.lstrip().startswith("{"):
-        line = json.loads(line).get("question", "")
+        where = f"answer.questions_file={a.questions_file} line {number}"
+        try:
+          line = json.loads(line).get("question", "")
+        except json.JSONDecodeError as e:
+          raise ValueError(f"{where}: invalid JSON ({e.msg} at column "
+                           f"{e.colno})") from e
+        if not isinstance(line, str):
+          raise ValueError(f"{where}: \"question\" must be a string, got "
+                           f"{line!r}")
       questions.append(line)
   if not questions:
     sys.exit(f"error: answer.questions_file={a.questions_file} holds no "

@@ -263,6 +263,29 @@ def default_config() -> ml_collections.ConfigDict:
 # written "1.0"), None and nested dicts; only tuples come back as lists,
 # hence the conversion. The saved file also records what the child ran with.
 
+# Settings that count something and must be at least the value given; an
+# error deep inside (range() with step 0, "k must be >= 1, got 0") would not
+# name the key.
+AT_LEAST = {"train.batch_size": 1, "train.num_steps": 1,
+            "train.num_candidates": 2,   # the null block + >= 1 retrieved
+            "train.checkpoint_every": 1, "train.log_every": 1,
+            "index.embed_batch_size": 1, "index.refresh_every": 1,
+            "finetune.batch_size": 1, "finetune.num_steps": 1,
+            "finetune.reader_beam": 1, "finetune.retriever_beam": 1,
+            "finetune.question_len": 3, "finetune.reader_len": 4,
+            "finetune.reading_steps": 0, "eval.batch_size": 1}
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the first setting of AT_LEAST below its
+  minimum (checked before any work starts)."""
+  for key, minimum in AT_LEAST.items():
+    section, field = key.split(".")
+    value = config.get(section, {}).get(field)
+    if value is not None and value < minimum:
+      raise ValueError(f"{key}={value}: must be at least {minimum}")
+
+
 def save_config(config: ml_collections.ConfigDict, path: str) -> str:
   """Writes `config` to `path` as JSON (atomically: a reader never sees half
   of it); returns the --config value that loads it back."""

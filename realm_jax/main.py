@@ -133,6 +133,7 @@ def main(argv):
   logging.info("task=%s workdir=%s", config.task, config.workdir)
   task = importlib.import_module(_TASK_MODULES[config.task][0])
   try:
+    config_lib.check(config)
     task.run(config)
   except _USER_ERRORS as e:
     # Bad input (a config value, a missing or corrupt file, a diverged run)

@@ -106,3 +106,23 @@ def test_an_empty_questions_file_is_an_error(workdir, tmp_path, capsys):
   with pytest.raises(SystemExit) as exit_info:
     answer.run(config)
   assert "holds no questions" in str(exit_info.value.code)
+
+
+@pytest.mark.parametrize("second, message", [
+    ('{"question": "q"', "line 2: invalid JSON"),
+    ('{"question": 5}', 'line 2: "question" must be a string, got 5')])
+def test_a_bad_questions_line_is_named_by_its_number(tmp_path, second,
+                                                     message):
+  path = tmp_path / "q.jsonl"
+  path.write_text('\ufeff{"question": "first"}\n' + second + "\n",
+                  encoding="utf-8")
+  config = ow.tiny_config(str(tmp_path), **{"answer.questions_file": str(path)})
+  with pytest.raises(ValueError, match=re.escape(message)):
+    answer.read_questions(config)
+
+
+def test_a_questions_file_with_a_byte_order_mark_is_read(tmp_path):
+  path = tmp_path / "q.txt"
+  path.write_text("\ufeffWho wrote Hamlet?\nWhat is 2+2?\n", encoding="utf-8")
+  config = ow.tiny_config(str(tmp_path), **{"answer.questions_file": str(path)})
+  assert answer.read_questions(config) == ["Who wrote Hamlet?", "What is 2+2?"]

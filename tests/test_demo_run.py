@@ -47,6 +47,7 @@ OVERRIDES = [
     "--config.index.searcher=scann",
     "--config.index.embed_batch_size=64",
     "--config.finetune.num_steps=4",
+    "--config.finetune.reading_steps=2",
     "--config.finetune.batch_size=4",
     "--config.finetune.warmup_steps=1",
     "--config.finetune.question_len=24",

@@ -113,3 +113,18 @@ def test_identity_needs_proj_size_equal_to_hidden(tmp_path):
   with pytest.raises(ValueError, match="proj_size == the encoder's hidden"):
     model_init.init_params(config, cfg, jax.random.PRNGKey(0),
                            with_reader=False)
+
+
+def test_identity_start_traces_for_a_resume(tmp_path):
+  """A resume builds the params under jax.eval_shape (loop.create_or_restore)
+  and restores the values into that tree; the identity projection used
+  np.asarray on tracers, so a killed demo pretraining could never resume."""
+  config = _demo_config(tmp_path, **{"model.num_layers": 1})
+  cfg = model_init.realm_config(config, 30522)
+  init = lambda key: model_init.init_params(config, cfg, key)
+  shapes = jax.eval_shape(init, jax.random.PRNGKey(0))
+  values = init(jax.random.PRNGKey(0))
+  assert (jax.tree.map(lambda x: (x.shape, x.dtype), shapes)
+          == jax.tree.map(lambda x: (x.shape, jnp.asarray(x).dtype), values))
+  np.testing.assert_array_equal(
+      values["retriever"]["embedder"]["projection"]["kernel"], np.eye(384))

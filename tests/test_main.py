@@ -147,3 +147,23 @@ def test_index_keep_zero_is_refused_before_any_work(tmp_path):
   assert r.returncode == 1
   assert "error: ValueError: index.keep=0: keep at least 1" in r.stderr
   assert not os.path.exists(tmp_path / "blocks")   # nothing was built
+
+
+@pytest.mark.parametrize("key,value", [("train.num_candidates", 1),
+                                       ("index.embed_batch_size", 0),
+                                       ("finetune.reader_beam", 0)])
+def test_counts_below_their_minimum_are_named_before_any_work(tmp_path, key,
+                                                             value):
+  """A count of 0 used to fail deep inside, naming no key ("k must be >= 1,
+  got 0"; range() arg 3 must not be zero in the embedding job's log)."""
+  r = _main("--config=configs/tiny_cpu.py", "--config.task=pretrain",
+            f"--config.workdir={tmp_path}", f"--config.{key}={value}")
+  assert r.returncode == 1
+  assert f"error: ValueError: {key}={value}: must be at least" in r.stderr
+  assert not os.path.exists(tmp_path / "blocks")   # nothing was built
+
+
+def test_every_config_file_passes_the_checks():
+  for name in _config_files():
+    config_lib.check(config_flags.config_flags._LoadConfigModule(
+        "c", os.path.join(ROOT, "configs", name)).get_config())

@@ -129,3 +129,10 @@ def test_malformed_jsonl_names_the_line(tmp_path, line, message):
   path.write_text(good + "\n" + line + "\n")
   with pytest.raises(ValueError, match=message):
     qa.read_qa_jsonl(path)
+
+
+def test_a_byte_order_mark_is_skipped(tmp_path):
+  path = tmp_path / "bom.jsonl"
+  path.write_text('\ufeff{"question": "q", "answer": ["a"]}\n',
+                  encoding="utf-8")
+  assert qa.read_qa_jsonl(path) == [{"question": "q", "answer": ["a"]}]

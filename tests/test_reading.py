@@ -41,6 +41,7 @@ def _config(workdir, blocks, fraction):
   c.finetune.reader_beam = 2
   c.finetune.retriever_beam = 50
   c.finetune.generated_fraction = fraction
+  c.finetune.reading_steps = 0     # open-QA steps only, in both arms
   c.train.log_every = 10
   c.train.checkpoint_every = STEPS
   c.index.searcher = "exact"

@@ -164,3 +164,12 @@ def test_document_query_records_split_at_sentences():
       "Paris", "1880"]
   assert {r["source_uid"] for r in records} == {
       sources.source_uid("Emile Zola", text)}
+
+
+def test_a_jsonl_corpus_with_a_byte_order_mark_is_read(tmp_path):
+  """Windows editors start a UTF-8 file with a BOM; it used to make the
+  first line invalid JSON and refuse the whole corpus."""
+  path = tmp_path / "docs.jsonl"
+  path.write_bytes(b"\xef\xbb\xbf" + json.dumps(
+      {"title": "A", "text": "alpha"}).encode() + b"\n")
+  assert list(sources.JsonlDocuments(path)) == [{"title": "A", "text": "alpha"}]

@@ -256,7 +256,8 @@ def read_qa_jsonl(path: str | os.PathLike) -> list[dict]:
     ValueError naming the file and 1-based line number of a malformed line.
   """
   examples = []
-  with open(path, encoding="utf-8") as f:
+  # utf-8-sig: a byte-order mark (Windows editors write one) is skipped.
+  with open(path, encoding="utf-8-sig") as f:
     for line_number, line in enumerate(f, start=1):
       if not line.strip():
         continue

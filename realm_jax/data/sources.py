@@ -33,6 +33,7 @@ Nothing here downloads unless `download=True` is passed.
 """
 from __future__ import annotations
 
+import codecs
 import hashlib
 import importlib
 import json
@@ -338,6 +339,8 @@ class JsonlDocuments(Sequence):
           index += 1
 
   def _parse(self, line: bytes, index: int) -> dict:
+    if line.startswith(codecs.BOM_UTF8):   # Windows editors write one
+      line = line[len(codecs.BOM_UTF8):]
     try:
       # Bytes that are not UTF-8 survive as lone surrogates, so the block
       # builder skips the document as "undecodable" (and counts it) instead

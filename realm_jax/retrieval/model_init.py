@@ -149,12 +149,14 @@ def init_projection(retriever_params, proj_init: str, cfg,
   norm_scale = np.sqrt(score_scale / hidden)
 
   def identity(embedder):
-    bias = np.zeros_like(np.asarray(embedder["projection"]["bias"]))
-    scale = np.full_like(np.asarray(embedder["projection_norm"]["scale"]),
-                         norm_scale)
+    # jnp, not np: a resume builds the params under jax.eval_shape, where
+    # they are tracers that np.asarray cannot convert.
+    kernel = embedder["projection"]["kernel"]
     return dict(embedder, projection={
-        "kernel": np.eye(hidden, dtype=np.float32), "bias": bias},
-        projection_norm=dict(embedder["projection_norm"], scale=scale))
+        "kernel": jnp.eye(hidden, dtype=kernel.dtype),
+        "bias": jnp.zeros_like(embedder["projection"]["bias"])},
+        projection_norm=dict(embedder["projection_norm"], scale=jnp.full_like(
+            embedder["projection_norm"]["scale"], norm_scale)))
   return {name: identity(sub) for name, sub in retriever_params.items()}
 
 

@@ -76,6 +76,8 @@ def test_prints_answer_evidence_and_highlight(workdir, tmp_path):
 @pytest.mark.parametrize("question,message", [
     ("   ", "error: the question is empty"),
     ("why " * 23, "error: the question is 23 tokens long; at most 22 fit"),
+    ("\u200b", "error: the question has no words"),
+    ("\ufeff\x07", "error: the question has no words"),
 ])
 def test_bad_question_is_refused_before_loading(workdir, capsys, question,
                                                 message):
@@ -91,6 +93,17 @@ def test_question_of_exactly_the_limit_is_accepted(workdir):
                           ).tokenizer()
   assert answer.check_question("why " * 22, tok, 24) is None
   assert answer.check_question("why " * 23, tok, 24) is not None
+
+
+def test_answerer_refuses_what_is_not_a_list_of_strings(workdir):
+  """answer(None) was an AttributeError, answer_batch("abc") three answers."""
+  from realm_jax.qa import Answerer   # pylint: disable=g-import-not-at-top
+  with Answerer(workdir, config=ow.tiny_config(workdir)) as answerer:
+    for bad in (None, 3):
+      with pytest.raises(ValueError, match="must be a string, got"):
+        answerer.answer(bad)
+    with pytest.raises(TypeError, match="takes a list of questions"):
+      answerer.answer_batch("abc")
 
 
 def test_highlight_marks_the_span():

@@ -55,9 +55,13 @@ class Answer:
 
 def check_question(question: str, tokenizer, question_len: int) -> str | None:
   """None if the question fits `[CLS] q [SEP]` of question_len, else why not."""
+  if not isinstance(question, str):
+    return f"a question must be a string, got {type(question).__name__}"
   if not question.strip():
     return "the question is empty"
   n = len(tokenizer.encode(question).ids)
+  if not n:   # only characters the tokenizer drops: "\u200b", a lone BOM
+    return "the question has no words (nothing left after tokenization)"
   if n > question_len - 2:
     return (f"the question is {n} tokens long; at most {question_len - 2} fit "
             f"(finetune.question_len={question_len} minus [CLS] and [SEP])")
@@ -155,6 +159,9 @@ class Answerer:
   def predict(self, questions: list[str]):
     """(the predictor's raw records, the version in service) for questions."""
     qlen = self.config.finetune.question_len
+    if isinstance(questions, str):   # would be read as one-letter questions
+      raise TypeError("answer_batch takes a list of questions; for one "
+                      "question use answer(question)")
     for i, q in enumerate(questions):
       problem = check_question(q, self.tokenizer, qlen)
       if problem:

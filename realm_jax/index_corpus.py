@@ -14,6 +14,7 @@ import json
 
 from realm_jax.answer import enable_compilation_cache
 from realm_jax.index import store as index_store
+from realm_jax.retrieval import kb
 from realm_jax.retrieval import kb_update
 
 
@@ -21,12 +22,19 @@ def run(config):
   # An update compiles the embedder's programs the first run compiled: they
   # come from <workdir>/jax_cache/ instead (a second or so per block width).
   enable_compilation_cache(config.workdir)
+  versions = kb.versions_dir(config.workdir)
+  before = set(index_store.list_versions(versions))
   path = kb_update.update(config)
   manifest = index_store.read_manifest(path)
   export = manifest["export"]
+  committed = manifest["step"] not in before
+  # An unchanged corpus commits nothing: its changes are none, not those of
+  # the version still serving.
+  changes = export["changes"] if committed else {
+      "added": 0, "changed": 0, "removed": 0,
+      "unchanged": export["documents"]}
   print(json.dumps({"version": manifest["step"], "path": path,
-                    "blocks": manifest["num_blocks"],
-                    "documents": export["documents"],
-                    "changes": export["changes"],
+                    "committed": committed, "blocks": manifest["num_blocks"],
+                    "documents": export["documents"], "changes": changes,
                     "skipped": export["skipped"]}))
   return path

@@ -317,3 +317,19 @@ def test_the_update_benchmark_runs_small(tmp_path):
   rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
   assert rows[0].startswith("| run |") and len(rows) == 5
   assert '"changed": 5' in rows[3]
+
+
+def test_an_unchanged_rerun_reports_no_changes(model, tmp_path, capsys):
+  """It used to print the serving version's changes ("added": all of them)
+  for a run that committed nothing."""
+  from realm_jax import index_corpus  # pylint: disable=g-import-not-at-top
+  config = kb_config(tmp_path / "kb", write_corpus(tmp_path / "d.jsonl",
+                                                   corpus_v1()), model)
+  index_corpus.run(config)
+  first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert first["committed"] and first["changes"]["added"] == NUM_DOCS
+  index_corpus.run(config)
+  again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert again["version"] == first["version"] and not again["committed"]
+  assert again["changes"] == {"added": 0, "changed": 0, "removed": 0,
+                              "unchanged": NUM_DOCS}

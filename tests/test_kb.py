@@ -268,8 +268,28 @@ def test_bad_documents_are_skipped_and_counted(model, tmp_path):
   version = kb_update.update(config, progress=False)
   export = index_store.read_manifest(version)["export"]
   assert export["skipped"] == {"empty_text": 1, "undecodable": 1,
-                               "duplicate": 1}
+                               "duplicate": 1, "no_blocks": 0}
   assert export["documents"] == 5   # 4 with ids, 1 without
+
+
+def test_a_document_with_a_long_title_is_kept_with_its_title_cut(model,
+                                                                 tmp_path):
+  """A title over block_len // 4 tokens used to give the document 0 blocks
+  while the output counted it among the documents, skipped nothing."""
+  docs = corpus_v1()[:3]
+  docs[1]["title"] = " ".join(["Very long title word"] * 40)
+  config = kb_config(tmp_path / "kb", write_corpus(tmp_path / "d.jsonl", docs),
+                     model)
+  version = kb_update.update(config, progress=False)
+  export = index_store.read_manifest(version)["export"]
+  assert export["documents"] == 3
+  assert export["skipped"]["no_blocks"] == 0
+  _, rows, _ = contents(version)
+  assert "doc-1" in {doc for doc, _ in rows}
+  store = kb.check_version(version)
+  titles = {store.record(i)["title"] for i in range(store.num_blocks)}
+  assert any(t.startswith("Very long title word") and len(t) < 400
+             for t in titles)
 
 
 def test_duplicate_ids_and_an_empty_corpus_are_refused_and_lose_nothing(

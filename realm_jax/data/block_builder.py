@@ -187,8 +187,10 @@ def build_block_store(documents: Iterable, tokenizer: Tokenizer, out_dir: str,
     out_dir: the store directory to create.
     block_len: document input length, `[CLS] title [SEP] body [SEP]`.
     shard_rows: blocks per token shard (the unit of resume).
-    max_title_tokens: documents with longer titles are skipped (long_title);
-      default min(64, block_len // 4), so a body always has room.
+    max_title_tokens: documents with longer titles are skipped (long_title),
+      or with document_ids their title is cut to this many tokens
+      (title_truncated); default min(64, block_len // 4), so a body always
+      has room.
     batch_docs: documents tokenized per `encode_batch` call.
     progress: show a tqdm progress bar.
     overwrite: replace an existing committed store at `out_dir`.
@@ -248,8 +250,15 @@ def build_block_store(documents: Iterable, tokenizer: Tokenizer, out_dir: str,
       doc_id = str(doc_id) if document_ids else None
       title_enc, text_enc = next(title_encs), next(text_encs)
       if len(title_enc.ids) > max_title_tokens:
-        counts["long_title"] += 1
-        continue
+        cut = title[:int(title_enc.offsets[max_title_tokens - 1, 1])].rstrip()
+        cut_enc = tokenizer.encode(cut)
+        if not document_ids or not 0 < len(cut_enc.ids) <= max_title_tokens:
+          counts["long_title"] += 1
+          continue
+        # A knowledge base keeps a user's document whatever its title: the
+        # title is cut to its first max_title_tokens tokens (counted).
+        title, title_enc = cut, cut_enc
+        counts["title_truncated"] += 1
       blocks, n_split = packing.pack_document(title, text, title_enc, text_enc,
                                               block_len)
       counts["split_sentences"] += n_split

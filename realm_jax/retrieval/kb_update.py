@@ -287,6 +287,9 @@ def _assemble(config, directory, version, docs, previous, fresh, skipped,
   return index_store.commit(
       directory, version, dim=dim, shards=shards,
       corpus_fingerprint=store.fingerprint,
-      export=dict(export_info, files=files, documents=len(docs),
-                  skipped=skipped, changes=changes))
+      # documents: those with at least one block; no_blocks: the others,
+      # counted, never silently gone.
+      export=dict(export_info, files=files, documents=len(docs) - no_blocks,
+                  skipped=dict(skipped, no_blocks=no_blocks),
+                  changes=changes))
 

@@ -14,6 +14,8 @@ import os
 
 import ml_collections
 
+from realm_jax import integrity
+
 TASKS = ("ict", "pretrain", "embed", "finetune", "eval", "index", "answer",
          "demo")
 
@@ -315,8 +317,8 @@ def get_config(saved_json: str | None = None) -> ml_collections.ConfigDict:
   """The config-file entry: the defaults, or the config in `saved_json`."""
   if not saved_json:
     return default_config()
-  with open(saved_json) as f:
-    return ml_collections.ConfigDict(_tuples(json.load(f)))
+  return ml_collections.ConfigDict(_tuples(integrity.read_json(
+      saved_json, "pass the config file the run was started with instead")))
 
 
 def paper_finetune_config(dataset: str, workdir: str, num_steps: int,

@@ -43,6 +43,17 @@ def write_json_atomic(path: str, obj):
   os.replace(tmp, path)
 
 
+def read_json(path: str, fix: str = ""):
+  """json.load of `path`; a truncated or corrupt file raises ValueError
+  naming it (and `fix`, what to do), not a bare JSONDecodeError."""
+  with open(path, encoding="utf-8") as f:
+    try:
+      return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      raise ValueError(f"{path} is not valid JSON (truncated or corrupt: "
+                       f"{e}){'; ' + fix if fix else ''}") from e
+
+
 def _stats(directory: str, files) -> dict:
   out = {}
   for rel in files:

@@ -353,3 +353,19 @@ def test_an_unchanged_rerun_reports_no_changes(model, tmp_path, capsys):
   assert again["version"] == first["version"] and not again["committed"]
   assert again["changes"] == {"added": 0, "changed": 0, "removed": 0,
                               "unchanged": NUM_DOCS}
+
+
+def test_a_truncated_record_names_its_file(model, tmp_path):
+  """A truncated kb.json or config.json was a bare JSONDecodeError."""
+  from realm_jax.qa import Answerer  # pylint: disable=g-import-not-at-top
+  config = kb_config(tmp_path / "kb", write_corpus(tmp_path / "d.jsonl",
+                                                   corpus_v1()[:3]), model)
+  kb_update.update(config, progress=False)
+  for name in ("kb.json", "config.json"):
+    path = os.path.join(config.workdir, name)
+    with open(path, "r+") as f:
+      f.truncate(10)
+  with pytest.raises(ValueError, match=r"kb\.json is not valid JSON .*task=index"):
+    kb.read_record(config.workdir)
+  with pytest.raises(ValueError, match=r"config\.json is not valid JSON"):
+    Answerer(config.workdir)

@@ -51,8 +51,9 @@ def versions_dir(workdir: str) -> str:
 
 
 def read_record(workdir: str) -> dict:
-  with open(os.path.join(workdir, RECORD)) as f:
-    return json.load(f)
+  return integrity.read_json(
+      os.path.join(workdir, RECORD), "remove it and run task=index again "
+      "(its committed versions are kept)")
 
 
 def write_record(workdir: str, record: dict):

@@ -240,7 +240,6 @@ def read_record(workdir: str) -> dict | None:
   path = record_path(workdir)
   if not os.path.isfile(path):
     return None
-  with open(path) as f:
-    record = json.load(f)
+  record = integrity.read_json(path)
   record["model"] = export_lib.config_from_dict(record["model"])
   return record

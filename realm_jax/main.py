@@ -132,9 +132,16 @@ def main(argv):
         f"config.task={config.task!r} is not one of {sorted(_TASK_MODULES)}")
   logging.info("task=%s workdir=%s", config.task, config.workdir)
   task = importlib.import_module(_TASK_MODULES[config.task][0])
+  from realm_jax.train import loop  # pylint: disable=g-import-not-at-top
   try:
     config_lib.check(config)
     task.run(config)
+  except loop.Stopped as e:
+    # Preempted: the trainer saved its step; exit 0, as a job that did what
+    # it could, so a scheduler restarts it and the rerun resumes.
+    logging.warning("%s", e)
+    print(f"realm_jax: {e}", file=sys.stderr)
+    sys.exit(0)
   except _USER_ERRORS as e:
     # Bad input (a config value, a missing or corrupt file, a diverged run)
     # is reported in one line; REALM_JAX_TRACEBACK=1 shows where it came

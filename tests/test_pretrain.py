@@ -4,6 +4,7 @@ configs so CI runs them on 2 cores; the end-to-end learning test (ICT, hot
 swaps, loss and retrieval utility) is tests/test_realm_e2e.py."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -110,12 +111,19 @@ def _kill_after(shared, workdir, overrides, lines):
   return [json.loads(line) for line in metrics.read_text().splitlines()]
 
 
-def test_kill_minus_nine_then_resume_is_bitwise_identical(shared, tmp_path):
+@pytest.fixture(scope="module")
+def uninterrupted(shared, tmp_path_factory):
+  """{step: metrics row} of an uninterrupted DETERMINISTIC run."""
+  ref = tmp_path_factory.mktemp("uninterrupted")
+  _run(shared, ref, *DETERMINISTIC)
+  return _metrics(ref)
+
+
+def test_kill_minus_nine_then_resume_is_bitwise_identical(shared, tmp_path,
+                                                          uninterrupted):
   """Deterministic refresh: a run killed with SIGKILL mid-run and resumed
   logs exactly the losses of an uninterrupted run."""
-  ref = tmp_path / "ref"
-  _run(shared, ref, *DETERMINISTIC)
-  expected = _metrics(ref)
+  expected = uninterrupted
 
   work = tmp_path / "killed"
   killed = _kill_after(shared, work, DETERMINISTIC, 12)
@@ -217,3 +225,39 @@ def test_a_stale_index_is_warned_about_once_per_refresh():
   index.max_staleness = 3
   alarm = pretrain.StalenessAlarm(index, "w")
   assert not alarm.check(13, 10) and alarm.check(14, 10)
+
+
+def test_sigterm_saves_the_step_and_exits_zero_then_resume_is_exact(
+    shared, tmp_path, uninterrupted):
+  """Preemption: SIGTERM used to kill the trainer with status 143 and no
+  checkpoint since the last checkpoint_every. Now the step in flight is
+  finished and saved, the embedding job stopped, the exit status is 0, and
+  the rerun continues with the losses of an uninterrupted run."""
+  expected = uninterrupted
+
+  work = tmp_path / "stopped"
+  args = _args(shared, work, *DETERMINISTIC)
+  proc = subprocess.Popen(
+      stopping_child.command("metrics:12", "realm_jax.main", *args[3:]),
+      cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  try:
+    stopping_child.wait_until_stopped(proc)
+    proc.send_signal(signal.SIGTERM)   # delivered when it runs again
+    proc.send_signal(signal.SIGCONT)
+    _, err = proc.communicate(timeout=600)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  assert proc.returncode == 0, err[-3000:]
+  # The signal lands in step 12 or the next one, as Python runs handlers.
+  stopped = int(re.search(r"stopped by SIGTERM after step (\d+)", err)[1])
+  assert stopped in (12, 13)
+  checkpoints = sorted(os.listdir(work / "checkpoints"))
+  assert str(stopped) in checkpoints, checkpoints   # not a multiple of 5
+  assert not [c for c in checkpoints if "tmp" in c]
+  _run(shared, work, *DETERMINISTIC)
+  got = _metrics(work)
+  assert sorted(got) == sorted(expected) == list(range(1, 21))
+  for step in expected:
+    assert got[step]["loss"] == expected[step]["loss"], step

@@ -12,7 +12,10 @@ optimizer closed over), a batch source and its hooks; `train` does the rest:
 The host syncs on the device only at those cadences, so steps in between
 are dispatched back to back.
 """
+import contextlib
 import functools
+import signal
+import threading
 import time
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
@@ -48,6 +51,33 @@ def create_or_restore(checkpointer: ckpt_lib.Checkpointer, init_params,
     state, data_state, meta = checkpointer.restore(template, latest)
     logging.info("resuming from step %d", int(state["step"]))
   return jax.device_put(state, partition.replicated(mesh)), data_state, meta
+
+
+class Stopped(Exception):
+  """SIGTERM (a preemptible VM's or Kubernetes' stop): the step in flight
+  finished and a checkpoint of it was saved; rerunning resumes there."""
+
+  def __init__(self, step: int):
+    super().__init__(f"stopped by SIGTERM after step {step}; its checkpoint "
+                     "is saved: run the same command again to resume")
+    self.step = step
+
+
+@contextlib.contextmanager
+def _sigterm_flag():
+  """An Event set by SIGTERM while the loop runs (the default action would
+  kill the process mid-step, or mid-save, and lose every step since the last
+  checkpoint). Signal handlers belong to the main thread: elsewhere (a test
+  running the loop in a thread) nothing is installed."""
+  flag = threading.Event()
+  if threading.current_thread() is not threading.main_thread():
+    yield flag
+    return
+  previous = signal.signal(signal.SIGTERM, lambda *_: flag.set())
+  try:
+    yield flag
+  finally:
+    signal.signal(signal.SIGTERM, previous)
 
 
 def jit_step(step_fn: Callable, mesh):
@@ -132,7 +162,9 @@ def train(state: dict, step_fn: Callable, next_batch: Callable, *,
                                      enabled=jax.process_index() == 0)
   save = Hook(schedule.checkpoint_every, functools.partial(_save, checkpointer))
   log = _Log(writer, describe, write_every_step)
-  try:
+  with contextlib.ExitStack() as stack:
+    stack.callback(writer.close)
+    sigterm = stack.enter_context(_sigterm_flag())
     for step in range(start, schedule.num_steps):
       wait_start = time.perf_counter()
       batch = next_batch(state, step)
@@ -143,17 +175,23 @@ def train(state: dict, step_fn: Callable, next_batch: Callable, *,
       done = step + 1
       last = done == schedule.num_steps
       log.add(done, metrics, batch.logged)
-      if done % schedule.log_every == 0 or last:
+      stop = sigterm.is_set() and not last
+      if done % schedule.log_every == 0 or last or stop:
         log.flush()
       due = [h for h in (*hooks, save) if h.due(done, last)]
+      if stop and save not in due:
+        due.append(save)   # other hooks wait for their step, as on a resume
       if due:   # never export or save non-finite params
         ckpt_lib.check_finite(done, fetch(
             {k: metrics[k] for k in ckpt_lib.FINITE_KEYS}),
             schedule.max_param_norm)
       for hook in due:
         hook.fn(done, state, batch)
-  finally:
-    writer.close()
+      if stop:
+        checkpointer.wait()
+        logging.warning("SIGTERM: saved the checkpoint of step %d; stopping",
+                        done)
+        raise Stopped(done)
   checkpointer.wait()
   return state
 

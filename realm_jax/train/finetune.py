@@ -16,6 +16,13 @@ reader train. One step, for a batch of questions:
      retriever's marginal log loss over the S blocks (correct = contains an
      answer) plus the reader's over one joint softmax of (block, span).
 
+With finetune.reading_steps = n (ours, not ORQA/REALM's) the first n steps
+are reading steps: each question is read in one block that holds its answer
+(a generated question's own block, else the highest-ranked retrieved block
+with one), S = K = 1, so only the reader learns, at a third of the cost of
+an open-QA step; the question stream is the same, so resume is exact across
+the switch.
+
 With finetune.doc_loss_weight > 0 (ours, not ORQA/REALM's) the document side
 learns too: `doc_contrastive_loss` embeds each question's best block with and
 without an answer, with gradient, and `reembed` embeds the corpus again with

@@ -180,11 +180,11 @@ def default_config() -> ml_collections.ConfigDict:
   # dataset only (ORQA/REALM); 1 = generated only (a corpus without QA pairs).
   c.finetune.generated_fraction = 0.0
   # The first reading_steps of num_steps are reading steps (ours, not in
-  # ORQA/REALM): generated questions only, each read in the block it was
-  # made from and nothing else (retriever and reader beam 1), so only the
-  # reader learns, at a third of an open-QA step's cost. A reader learns to
-  # find an answer inside a passage far sooner this way than among
-  # retrieved blocks and title questions (README, "Reading"). 0: none.
+  # ORQA/REALM): each question is read in one block that holds its answer
+  # and nothing else (a generated question's own block, else the best-ranked
+  # retrieved one; retriever and reader beam 1), so only the reader learns,
+  # at a third of an open-QA step's cost. A reader learns to find an answer
+  # inside a passage far sooner this way (README, "Reading"). 0: none.
   c.finetune.reading_steps = 0
   c.finetune.split = "train"
   c.finetune.batch_size = 1        # questions per step (ORQA/REALM: 1)
@@ -275,7 +275,8 @@ AT_LEAST = {"train.batch_size": 1, "train.num_steps": 1,
             "finetune.batch_size": 1, "finetune.num_steps": 1,
             "finetune.reader_beam": 1, "finetune.retriever_beam": 1,
             "finetune.question_len": 3, "finetune.reader_len": 4,
-            "finetune.reading_steps": 0, "eval.batch_size": 1}
+            "eval.batch_size": 1}
+# (finetune.reading_steps, bounded by num_steps too, is checked by finetune.)
 
 
 def check(config: ml_collections.ConfigDict) -> None:

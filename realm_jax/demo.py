@@ -144,17 +144,22 @@ def run(config):
             "realm_zero_shot": (realm, "dense_zero_shot"),
             "no_realm_pretraining": (initial, "index"),
             "realm": (realm, "index")}
-    models = {}   # each fine-tuned model is loaded once for every system
+    # Each fine-tuned model is loaded once for every system, and its reader
+    # reads each (question, block) pair once: the systems of one model
+    # differ only in the blocks retrieved, and mostly retrieve the same.
+    models, read_caches = {}, {}
     out = {name: {} for name in question_sets}
     for key, (run_config, mode) in runs.items():
       if run_config.workdir not in models:
         models[run_config.workdir] = qa_model.load_finetuned(run_config)
+        read_caches[run_config.workdir] = {}
       for name, examples in question_sets.items():
         suffix = "" if name == "results" else f".{name}"
         r = evaluate_lib.evaluate(
             run_config, model=models[run_config.workdir], examples=examples,
             retrieval=mode, predictions_path=os.path.join(
-                w, "predictions", f"{key}{suffix}.jsonl"))
+                w, "predictions", f"{key}{suffix}.jsonl"),
+            read_cache=read_caches[run_config.workdir])
         out[name][key] = dict({m: r[m] for m in METRICS}, ci95=r["ci95"],
                               num_questions=r["num_questions"],
                               predictions=r["predictions"],

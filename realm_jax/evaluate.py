@@ -134,7 +134,8 @@ def _start_index(config, model: FineTuned) -> FineTuned:
 def evaluate(config, params=None, *, model: FineTuned | None = None,
              examples: Sequence[dict] | None = None,
              retrieval: str | None = None,
-             predictions_path: str | None = None) -> dict:
+             predictions_path: str | None = None,
+             read_cache: dict | None = None) -> dict:
   """EM and recall@k of a fine-tuned model; writes the predictions JSONL.
 
   Args:
@@ -148,6 +149,9 @@ def evaluate(config, params=None, *, model: FineTuned | None = None,
     retrieval: one of predictor_lib.RETRIEVAL_MODES (default eval.retrieval), see the
       module docstring.
     predictions_path: default eval.predictions or <workdir>/predictions.jsonl.
+    read_cache: what the reader found per (question, block), shared by the
+      evaluations of one loaded `model` (Predictor): a block that several
+      retrieval modes return is read once. Not with `params`.
 
   Returns:
     {"exact_match" (None without a reader), "recall@<k>"...,
@@ -165,6 +169,9 @@ def evaluate(config, params=None, *, model: FineTuned | None = None,
     else:
       model = qa_model.load_finetuned(config)
   if params is not None:
+    if read_cache is not None:
+      raise ValueError("read_cache holds what one model's reader read; "
+                       "evaluate(params=...) reads with other params")
     model_init.check_shapes(params["reader"], SpanReader(model.cfg),
                           "evaluate(params=...) reader")
     model = dataclasses.replace(model, params=params)
@@ -183,7 +190,8 @@ def evaluate(config, params=None, *, model: FineTuned | None = None,
   predictor = predictor_lib.Predictor(model, tok, reader_len=f.reader_len,
                         reader_beam=f.reader_beam, recall_k=config.eval.recall_k,
                         retrieval=retrieval, seed=config.seed,
-                        query_params=query_params, bm25_index=bm25_index)
+                        query_params=query_params, bm25_index=bm25_index,
+                        read_cache=read_cache)
   ks = sorted({1, predictor.k, config.eval.recall_k} - {0})
   match = "regex" if f.regex_answers else f.answer_match
   path = (predictions_path or config.eval.predictions

@@ -21,7 +21,9 @@ from realm_jax.data import demo_corpus
 from realm_jax.data import qa
 from realm_jax.index import build
 from realm_jax.index import store as index_store
+from realm_jax.models import openqa as openqa_model
 from realm_jax.models.retriever import embed_queries
+from realm_jax.qa import answerer
 from realm_jax.qa import model as qa_model
 from realm_jax.retrieval import openqa
 from realm_jax.retrieval import qa_inputs
@@ -111,6 +113,47 @@ def test_eval_exact_match_is_the_hand_computed_value(run):
   assert second["exact_match"] == pytest.approx(2 / 5)
   assert [p["correct"] for p in ow.read_jsonl(second["predictions"])] == [
       True, True, False, False, False]
+
+
+def test_predictions_are_the_joint_argmax_and_a_shared_cache_reads_once(run):
+  """The predictor reads (question, block) pairs apart and adds f(x, z) on the
+  host: its answer, score and prob must be those of the training forward's
+  joint (block, span) softmax. A second evaluation sharing the read cache
+  reads nothing again and predicts the same."""
+  config, tmp, store = run["config"], run["tmp"], run["store"]
+  model = qa_model.load_finetuned(config)
+  cache = {}
+  first = evaluate.evaluate(config, model=model, read_cache=cache,
+                            predictions_path=str(tmp / "cached.jsonl"))
+  preds = ow.read_jsonl(first["predictions"])
+  k = config.finetune.reader_beam
+  assert len(cache) == len(preds) * k
+  tok = store.tokenizer()
+  for p in preds:
+    q = answerer.question_batch([p["question"]], tok,
+                                config.finetune.question_len, 1)
+    rows = np.array([[b["row"] for b in p["top_blocks"]]])
+    batch = dict(qa_inputs.reader_batch(q["question_ids"], q["question_mask"],
+                                        store, rows, config.finetune.reader_len,
+                                        tok),
+                 question_ids=q["question_ids"],
+                 question_mask=q["question_mask"],
+                 cand_emb=np.asarray(model.emb[rows], np.float32))
+    _, logits, _, _ = openqa_model.read(model.params, batch, model.cfg)
+    flat = np.asarray(logits, np.float64).reshape(-1)
+    best = int(np.argmax(flat))
+    assert p["block"]["rank"] == best // logits.shape[-1]
+    assert p["score"] == pytest.approx(flat[best], abs=1e-4)
+    valid = flat[flat > -1e8]
+    assert p["prob"] == pytest.approx(
+        np.exp(flat[best] - np.logaddexp.reduce(valid)), rel=1e-4)
+  read_before = dict(cache)
+  again = evaluate.evaluate(config, model=model, read_cache=cache,
+                            predictions_path=str(tmp / "cached2.jsonl"))
+  assert cache == read_before
+  assert ow.read_jsonl(again["predictions"]) == preds
+  with pytest.raises(ValueError, match="read_cache"):
+    evaluate.evaluate(config, params=model.params, read_cache=cache)
 
 
 def test_eval_task_reads_a_jsonl_file_and_baselines(run, capsys):

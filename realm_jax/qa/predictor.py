@@ -9,10 +9,10 @@ Baselines (eval.retrieval, or `retrieval=` of `evaluate`):
   index   the fine-tuned retriever (the default);
   random  K blocks drawn uniformly at random per question (seeded): chance
           retrieval with the same reader;
-  null    no evidence at all: the reader reads `[CLS] q [SEP][SEP]`, REALM's
-          null document. An extractive reader can only copy a span of its
-          evidence, so with none it predicts the empty string and scores EM 0
-          by construction; it is the floor that retrieval lifts;
+  null    no evidence at all: REALM's null document `[CLS] q [SEP][SEP]`.
+          An extractive reader can only copy a span of its evidence, so with
+          none it predicts the empty string and scores EM 0 by construction
+          (nothing is read); it is the floor that retrieval lifts;
   bm25    BM25 (index/bm25.py, the `baselines` extra) over the block store's
           titles and texts, searched with the question string: its top
           max(K, eval.recall_k) blocks give recall@k, and the reader reads its
@@ -31,15 +31,15 @@ Baselines (eval.retrieval, or `retrieval=` of `evaluate`):
           embedder); with init_from the index is the pretraining run's newest,
           whose embedder may be a refresh older than its last checkpoint.
 """
+import dataclasses
 import functools
 
 import jax
 import numpy as np
 
 from realm_jax.index import bm25
-from realm_jax.models import openqa as openqa_model
 from realm_jax.models.bert import MASK_VALUE
-from realm_jax.models.reader import span_candidates
+from realm_jax.models.reader import SpanReader, span_candidates
 from realm_jax.models.retriever import embed_queries
 from realm_jax.qa.model import FineTuned
 from realm_jax.retrieval import candidates
@@ -75,23 +75,50 @@ def span_text(tokenizer, text: str, body_ids: np.ndarray, start: int,
 @functools.lru_cache(maxsize=4)
 def _jitted(cfg):
   """(embed, read) jitted once per model config, so that several
-  evaluations in one process (e.g. the demo's comparisons) compile once."""
+  evaluations in one process (e.g. the demo's comparisons) compile once.
+  read gives the reader's span logits alone; f(x, z) is added on the host."""
   embed = jax.jit(functools.partial(embed_queries, config=cfg))
-  read = jax.jit(lambda params, batch: openqa_model.read(params, batch, cfg)[:2])
-  return embed, read
+
+  def read(reader_params, batch):
+    whole_words = ({"span_start_mask": batch["span_start_mask"],
+                    "span_end_mask": batch["span_end_mask"]}
+                   if cfg.whole_word_spans else {})
+    return SpanReader(cfg).apply(
+        {"params": reader_params}, batch["reader_ids"],
+        batch["reader_segments"], batch["reader_mask"], batch["block_mask"],
+        **whole_words)[0]
+  return embed, jax.jit(read)
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockRead:
+  """What the reader found in one block for one question: its best span's
+  logit and answer (string, char span or None), and the logsumexp of all its
+  spans' logits (for the joint softmax); best is MASK_VALUE where no span can
+  be read (the null document)."""
+  best: float
+  logsumexp: float
+  answer: str = ""
+  chars: tuple | None = None
 
 
 class Predictor:
   """Answers batches of questions with a fine-tuned model and its index.
 
-  predict(qa_batch) -> one dict per question (see the module docstring);
-  the jitted functions compile once per batch shape.
+  predict(qa_batch) -> one dict per question (see the module docstring).
+  The reader reads each (question, block) pair once: `read_cache`, a dict
+  shared by Predictors of the same reader params and reader_len (the demo's
+  systems that differ only in retrieval), keeps what it found, so a block
+  that two retrievers both return is read once; by default the cache lives
+  for one predict call. Pairs are read `read_batch` at a time (k at a time
+  when there are no more than k), the only two shapes that compile.
   """
 
   def __init__(self, model: FineTuned, tokenizer, *, reader_len: int,
                reader_beam: int, recall_k: int = 0, retrieval: str = "index",
                seed: int = 0, query_params=None,
-               bm25_index: bm25.BM25Index | None = None):
+               bm25_index: bm25.BM25Index | None = None,
+               read_cache: dict | None = None, read_batch: int = 16):
     """query_params: retriever params that embed the questions (default the
     model's; dense_zero_shot passes the initial ones). bm25_index: the
     BM25Index searched in bm25 mode."""
@@ -100,8 +127,8 @@ class Predictor:
                        f"{retrieval!r}")
     self.model, self.tok, self.retrieval = model, tokenizer, retrieval
     self.reader_len = reader_len
-    # The null mode reads k copies of the null document: same shapes as the
-    # other modes, so nothing recompiles, and the same (empty) answer.
+    # The null mode retrieves k copies of the null document (same shapes as
+    # the other modes) and reads none: it has no span, the answer is empty.
     self.k = min(reader_beam, model.store.num_blocks)
     self.beam = min(max(self.k, recall_k), model.store.num_blocks)
     self.rng = np.random.default_rng(seed)
@@ -110,6 +137,7 @@ class Predictor:
     self.bm25 = bm25_index
     self.query_params = (model.params["retriever"] if query_params is None
                          else query_params)
+    self.read_cache, self.read_batch = read_cache, max(read_batch, self.k)
     cfg = model.cfg
     self._embed, self._read = _jitted(cfg)
     self.starts, self.ends = span_candidates(reader_len, cfg.max_span_width)
@@ -143,16 +171,63 @@ class Predictor:
     rows, cand = self.retrieve(ids, mask, qa_batch["question"])
     if self.model.params["reader"] is None:   # retrieval only
       return [self._unread(qa_batch, i, rows[i]) for i in range(len(ids))]
-    store = self.model.store
-    reader = qa_inputs.reader_batch(ids, mask, store, rows[:, :self.k],
-                                       self.reader_len, self.tok)
-    batch = dict(reader, question_ids=ids, question_mask=mask, cand_emb=cand)
-    scores, logits = jax.device_get(self._read(self.model.params, batch))
-    out = []
-    for i in range(len(ids)):
-      out.append(self._one(qa_batch, i, rows[i], scores[i], logits[i],
-                           reader))
-    return out
+    # f(x, z) of the K blocks read, by the fine-tuned query embedder (also
+    # in dense_zero_shot and bm25: only the choice of blocks differs).
+    q_emb = np.asarray(self._embed(self.model.params["retriever"], ids, mask),
+                       np.float32)
+    scores = np.einsum("bp,bkp->bk", q_emb, np.asarray(cand, np.float32))
+    reads = self._read_blocks(ids, mask, rows[:, :self.k])
+    return [self._one(qa_batch, i, rows[i], scores[i], reads[i])
+            for i in range(len(ids))]
+
+  def _read_blocks(self, ids, mask, rows) -> list[list[BlockRead]]:
+    """BlockRead of every (question i, block rows[i, j]), [B][K]; pairs not
+    in the cache are read, in batches of read_batch (or k)."""
+    cache = {} if self.read_cache is None else self.read_cache
+    keys = [[(ids[i, :int(mask[i].sum())].tobytes(), int(r)) for r in row]
+            for i, row in enumerate(rows)]
+    todo = {}
+    for i, row in enumerate(keys):
+      for j, key in enumerate(row):
+        if rows[i, j] == candidates.NULL_ROW:
+          # The null document has no span: nothing to read (`null` mode).
+          cache[key] = BlockRead(best=MASK_VALUE, logsumexp=-np.inf)
+        elif key not in cache and key not in todo:
+          todo[key] = (i, j)
+    pairs = list(todo.values())
+    for lo in range(0, len(pairs), self.read_batch):
+      chunk = pairs[lo:lo + self.read_batch]
+      size = self.k if len(chunk) <= self.k else self.read_batch
+      # Padded with the chunk's first pair (read again, result dropped).
+      q_pad, r_pad = chunk[0][0], rows[chunk[0]]
+      q = np.asarray([i for i, _ in chunk] + [q_pad] * (size - len(chunk)))
+      r = np.asarray([rows[i, j] for i, j in chunk]
+                     + [r_pad] * (size - len(chunk)))
+      reader = qa_inputs.reader_batch(ids[q], mask[q], self.model.store,
+                                      r[:, None], self.reader_len, self.tok)
+      logits = np.asarray(jax.device_get(self._read(
+          self.model.params["reader"], reader)), np.float64)
+      for n, (i, j) in enumerate(chunk):
+        cache[keys[i][j]] = self._block_read(
+            logits[n, 0], int(mask[i].sum()), int(r[n]),
+            reader["reader_ids"][n, 0], int(reader["block_mask"][n, 0].sum()))
+    return [[cache[key] for key in row] for row in keys]
+
+  def _block_read(self, logits, first, row, reader_ids, n) -> BlockRead:
+    """A BlockRead from one block's span logits [num_spans]; `first` is the
+    position of its first body token, n the number of body tokens."""
+    valid = logits > MASK_VALUE / 2
+    if not valid.any():   # no whole word fits (a block of one split word)
+      return BlockRead(best=MASK_VALUE, logsumexp=-np.inf)
+    best = int(np.argmax(logits))
+    top = logits[valid].max()
+    lse = top + np.log(np.sum(np.exp(logits[valid] - top)))
+    answer, chars = span_text(self.tok, self.model.store.text(row),
+                              reader_ids[first:first + n],
+                              int(self.starts[best]) - first,
+                              int(self.ends[best]) - first)
+    return BlockRead(best=float(logits[best]), logsumexp=float(lse),
+                     answer=answer, chars=chars)
 
   def _unread(self, qa_batch, i, rows) -> dict:
     """The prediction record without a reader: the blocks, no answer."""
@@ -164,12 +239,10 @@ class Predictor:
                            for r, t in zip(rows[:self.k], titles)],
             "retrieved": [int(r) for r in rows]}
 
-  def _one(self, qa_batch, i, rows, scores, logits, reader) -> dict:
+  def _one(self, qa_batch, i, rows, scores, reads) -> dict:
+    """The prediction: the argmax of the joint (block, span) logits, reader
+    logit + f(x, z), and its share of their softmax, as in ORQA."""
     store, k = self.model.store, self.k
-    first = int(qa_batch["question_mask"][i].sum())
-    flat = logits.reshape(-1)
-    best = int(np.argmax(flat))
-    block, span = divmod(best, logits.shape[-1])
     p_z = _softmax(scores[:k])
     top = [{"row": int(r), "title": store.title(int(r)), "p": float(p)}
            for r, p in zip(rows[:k], p_z) if r >= 0]
@@ -177,18 +250,18 @@ class Predictor:
             "answers": list(qa_batch["answers"][i]), "prediction": "",
             "score": None, "prob": None, "block": None, "span": None,
             "top_blocks": top, "retrieved": [int(r) for r in rows]}
-    if flat[best] <= MASK_VALUE / 2:   # no span inside any block (null doc)
+    readable = [j for j, read in enumerate(reads) if read.best > MASK_VALUE / 2]
+    if not readable:   # no span inside any block (null doc)
       return pred
+    joint = {j: reads[j].best + float(scores[j]) for j in readable}
+    block = max(readable, key=lambda j: joint[j])   # the first of equals
+    mass = np.array([reads[j].logsumexp + float(scores[j]) for j in readable])
+    top_mass = mass.max()
+    lse = top_mass + np.log(np.sum(np.exp(mass - top_mass)))
     row = int(rows[block])
-    n = int(reader["block_mask"][i, block].sum())
-    body = reader["reader_ids"][i, block, first:first + n]
-    text = store.text(row)
-    answer, chars = span_text(self.tok, text, body,
-                              int(self.starts[span]) - first,
-                              int(self.ends[span]) - first)
-    valid = flat > MASK_VALUE / 2
-    prob = _softmax(flat[valid])[np.flatnonzero(valid) == best][0]
-    pred.update(prediction=answer, score=float(flat[best]), prob=float(prob),
+    pred.update(prediction=reads[block].answer, score=joint[block],
+                prob=float(np.exp(joint[block] - lse)),
                 block={"row": row, "title": store.title(row), "rank": block},
-                span=None if chars is None else list(chars))
+                span=None if reads[block].chars is None
+                else list(reads[block].chars))
     return pred

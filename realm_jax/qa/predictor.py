@@ -46,6 +46,10 @@ from realm_jax.retrieval import candidates
 from realm_jax.retrieval import qa_inputs
 
 
+# Reader inputs are cut to a multiple of this many tokens (as index/build.py
+# cuts blocks): at most reader_len / 16 widths compile.
+_WIDTH_STEP = 16
+
 RETRIEVAL_MODES = ("index", "random", "null", "bm25", "dense_zero_shot")
 # Modes that need no fine-tuned reader (recall@k only without one).
 RETRIEVAL_ONLY_MODES = ("bm25", "dense_zero_shot")
@@ -111,7 +115,7 @@ class Predictor:
   systems that differ only in retrieval), keeps what it found, so a block
   that two retrievers both return is read once; by default the cache lives
   for one predict call. Pairs are read `read_batch` at a time (k at a time
-  when there are no more than k), the only two shapes that compile.
+  when there are no more than k), shortest first (`_read_pairs`).
   """
 
   def __init__(self, model: FineTuned, tokenizer, *, reader_len: int,
@@ -140,7 +144,6 @@ class Predictor:
     self.read_cache, self.read_batch = read_cache, max(read_batch, self.k)
     cfg = model.cfg
     self._embed, self._read = _jitted(cfg)
-    self.starts, self.ends = span_candidates(reader_len, cfg.max_span_width)
 
   def retrieve(self, question_ids, question_mask, questions=None):
     """rows int64 [B, beam] (NULL_ROW for null) and cand_emb [B, K, D] (None
@@ -194,38 +197,51 @@ class Predictor:
           cache[key] = BlockRead(best=MASK_VALUE, logsumexp=-np.inf)
         elif key not in cache and key not in todo:
           todo[key] = (i, j)
-    pairs = list(todo.values())
-    for lo in range(0, len(pairs), self.read_batch):
-      chunk = pairs[lo:lo + self.read_batch]
-      size = self.k if len(chunk) <= self.k else self.read_batch
-      # Padded with the chunk's first pair (read again, result dropped).
-      q_pad, r_pad = chunk[0][0], rows[chunk[0]]
-      q = np.asarray([i for i, _ in chunk] + [q_pad] * (size - len(chunk)))
-      r = np.asarray([rows[i, j] for i, j in chunk]
-                     + [r_pad] * (size - len(chunk)))
-      reader = qa_inputs.reader_batch(ids[q], mask[q], self.model.store,
-                                      r[:, None], self.reader_len, self.tok)
-      logits = np.asarray(jax.device_get(self._read(
-          self.model.params["reader"], reader)), np.float64)
-      for n, (i, j) in enumerate(chunk):
-        cache[keys[i][j]] = self._block_read(
-            logits[n, 0], int(mask[i].sum()), int(r[n]),
-            reader["reader_ids"][n, 0], int(reader["block_mask"][n, 0].sum()))
+    if todo:
+      self._read_pairs(ids, mask, rows, list(todo.items()), cache)
     return [[cache[key] for key in row] for row in keys]
 
-  def _block_read(self, logits, first, row, reader_ids, n) -> BlockRead:
-    """A BlockRead from one block's span logits [num_spans]; `first` is the
-    position of its first body token, n the number of body tokens."""
+  def _read_pairs(self, ids, mask, rows, pairs, cache):
+    """Reads (key, (i, j)) pairs into `cache`, shortest first, each batch
+    cut to its longest input rounded up to _WIDTH_STEP tokens (padding is
+    masked out, so only float summation order can change)."""
+    q = np.asarray([i for _, (i, _) in pairs])
+    r = np.asarray([rows[i, j] for _, (i, j) in pairs])
+    reader = qa_inputs.reader_batch(ids[q], mask[q], self.model.store,
+                                    r[:, None], self.reader_len, self.tok)
+    lengths = reader["reader_mask"][:, 0].sum(axis=-1)
+    order = np.argsort(lengths, kind="stable")
+    for lo in range(0, len(order), self.read_batch):
+      chunk = order[lo:lo + self.read_batch]
+      size = self.k if len(chunk) <= self.k else self.read_batch
+      width = min(self.reader_len, -(-int(lengths[chunk].max()) // _WIDTH_STEP)
+                  * _WIDTH_STEP)
+      # Padded with the chunk's first pair (read again, result dropped).
+      padded = np.concatenate([chunk, np.repeat(chunk[:1], size - len(chunk))])
+      batch = {name: x[padded][..., :width] for name, x in reader.items()}
+      logits = np.asarray(jax.device_get(self._read(
+          self.model.params["reader"], batch)), np.float64)
+      for n, p in enumerate(chunk):
+        key, (i, _) = pairs[p]
+        cache[key] = self._block_read(
+            logits[n, 0], int(mask[i].sum()), int(r[p]), batch["reader_ids"][n, 0],
+            int(batch["block_mask"][n, 0].sum()), width)
+
+  def _block_read(self, logits, first, row, reader_ids, n, width) -> BlockRead:
+    """A BlockRead from one block's span logits [num_spans] of an input
+    `width` tokens wide; `first` is the position of its first body token,
+    n the number of body tokens."""
     valid = logits > MASK_VALUE / 2
     if not valid.any():   # no whole word fits (a block of one split word)
       return BlockRead(best=MASK_VALUE, logsumexp=-np.inf)
     best = int(np.argmax(logits))
     top = logits[valid].max()
     lse = top + np.log(np.sum(np.exp(logits[valid] - top)))
+    starts, ends = span_candidates(width, self.model.cfg.max_span_width)
     answer, chars = span_text(self.tok, self.model.store.text(row),
                               reader_ids[first:first + n],
-                              int(self.starts[best]) - first,
-                              int(self.ends[best]) - first)
+                              int(starts[best]) - first,
+                              int(ends[best]) - first)
     return BlockRead(best=float(logits[best]), logsumexp=float(lse),
                      answer=answer, chars=chars)
 

@@ -229,13 +229,26 @@ class Checkpointer:
     "opt_state" (now "opt"). Such a checkpoint is not converted: its run
     resumes with the realm_jax that wrote it, and its params still serve
     finetune.init_from, eval and answer (restore_params reads only those)."""
-    saved = sorted(ocp.PyTreeCheckpointHandler().metadata(
-        epath.Path(self.directory) / str(step) / "state").tree)
+    tree = ocp.PyTreeCheckpointHandler().metadata(
+        epath.Path(self.directory) / str(step) / "state").tree
+    saved = sorted(tree)
     if saved != sorted(abstract_state):
       raise ValueError(
           f"checkpoint {self.directory}/{step} holds the entries {saved}, not "
           f"{sorted(abstract_state)}: it was written by another version of "
           "realm_jax and cannot be resumed; start a new workdir")
+    # A changed model setting (model.proj_size, model.encoder, ...) used to
+    # surface as a 99-line orbax tree: name the first parameter that differs.
+    there, here = (_shapes(tree.get("params", {})),
+                   _shapes(abstract_state.get("params", {})))
+    for path in sorted(there.keys() | here.keys()):
+      if there.get(path) != here.get(path):
+        raise ValueError(
+            f"checkpoint {self.directory}/{step} does not fit this model: "
+            f"params/{path} has shape {there.get(path, 'none')} there and "
+            f"{here.get(path, 'none')} here; a model.* setting differs from "
+            "the run that wrote it (its settings are in the workdir's "
+            "config.json): resume with them, or start a new workdir")
 
   def wait(self):
     self.manager.wait_until_finished()
@@ -244,6 +257,17 @@ class Checkpointer:
   def close(self):
     self.wait()
     self.manager.close()
+
+
+def _shapes(tree, prefix="") -> dict:
+  """{"a/b/c": shape tuple} of the leaves of nested dicts (params, or their
+  orbax metadata)."""
+  if isinstance(tree, dict):
+    out = {}
+    for key, sub in tree.items():
+      out.update(_shapes(sub, f"{prefix}{key}/"))
+    return out
+  return {prefix[:-1]: tuple(tree.shape)}
 
 
 def restore_params(workdir: str, step: Optional[int] = None):

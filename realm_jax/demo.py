@@ -37,7 +37,6 @@ from realm_jax import answer as answer_lib
 from realm_jax import checkpoint as ckpt_lib
 from realm_jax import evaluate as evaluate_lib
 from realm_jax import masked_recall
-from realm_jax import side_by_side
 from realm_jax import stats
 from realm_jax.data import catalog
 from realm_jax.data import demo_corpus
@@ -97,32 +96,6 @@ SYSTEMS = {
 METRICS = ("exact_match", "recall@1", "recall@5")
 
 
-def _finetune(config_dict):
-  finetune.run(ml_collections.ConfigDict(config_dict))
-
-
-def _evaluate_model(config_dict, systems, question_sets, predictions_dir):
-  """{set name: {system key: metrics}} of one fine-tuned model's systems
-  (key, retrieval mode) on every question set."""
-  run_config = ml_collections.ConfigDict(config_dict)
-  model = qa_model.load_finetuned(run_config)
-  read_cache = {}   # shared: the systems differ only in the blocks retrieved
-  out = {name: {} for name in question_sets}
-  for key, mode in systems:
-    for name, examples in question_sets.items():
-      suffix = "" if name == "results" else f".{name}"
-      r = evaluate_lib.evaluate(
-          run_config, model=model, examples=examples, retrieval=mode,
-          predictions_path=os.path.join(predictions_dir,
-                                        f"{key}{suffix}.jsonl"),
-          read_cache=read_cache)
-      out[name][key] = dict({m: r[m] for m in METRICS}, ci95=r["ci95"],
-                            num_questions=r["num_questions"],
-                            predictions=r["predictions"],
-                            workdir=run_config.workdir)
-  return out
-
-
 def run(config):
   w = os.path.abspath(config.workdir)
   blocks = os.path.join(w, "blocks")
@@ -152,15 +125,11 @@ def run(config):
                        "finetune.index_version": 0})
   realm = _derive(base, os.path.join(w, "finetune_realm"), task="finetune",
                   **{"finetune.init_from": pre.workdir})
-  todo = [(name, c) for name, c in (("initial", initial), ("realm", realm))
-          if not _done(c.workdir, c.finetune.num_steps)]
-  if todo:
-    # Side by side, one CPU core each, where the machine is a CPU.
-    _, timings["fine-tuning"] = _stage(
-        f"5. fine-tune the {' and the '.join(n for n, _ in todo)} model on "
-        "demo QA train", lambda: side_by_side.run([
-            (f"fine-tune ({name})", _finetune, (c.to_dict(),),
-             os.path.join(w, f"finetune_{name}.log")) for name, c in todo]))
+  for name, run_config in (("initial", initial), ("realm", realm)):
+    if not _done(run_config.workdir, run_config.finetune.num_steps):
+      _, timings[f"fine-tune ({name})"] = _stage(
+          f"5. fine-tune the {name} model on demo QA train",
+          lambda run_config=run_config: finetune.run(run_config))
 
   # Two question sets: the description -> title pairs and the hand-written
   # natural questions, whose answers are inside passages (reading).
@@ -170,22 +139,32 @@ def run(config):
       "natural": demo_corpus.natural_qa("test", config.data.corpus_limit)}
 
   def evaluate_all():
-    # Each fine-tuned model's systems are evaluated by one job (side by side,
-    # one CPU core each, where the machine is a CPU): it loads the model once
-    # and its reader reads each (question, block) pair once.
-    jobs = {"initial": (initial, (("bm25", "bm25"),
-                                  ("dense_zero_shot", "dense_zero_shot"),
-                                  ("no_realm_pretraining", "index"))),
-            "realm": (realm, (("no_retrieval", "null"),
-                              ("realm_zero_shot", "dense_zero_shot"),
-                              ("realm", "index")))}
-    outs = side_by_side.run([
-        (f"evaluate ({name})", _evaluate_model,
-         (c.to_dict(), systems, question_sets, os.path.join(w, "predictions")),
-         os.path.join(w, f"evaluate_{name}.log"))
-        for name, (c, systems) in jobs.items()])
-    return {name: {key: next(o[name][key] for o in outs if key in o[name])
-                   for key in SYSTEMS} for name in question_sets}
+    runs = {"no_retrieval": (realm, "null"), "bm25": (initial, "bm25"),
+            "dense_zero_shot": (initial, "dense_zero_shot"),
+            "realm_zero_shot": (realm, "dense_zero_shot"),
+            "no_realm_pretraining": (initial, "index"),
+            "realm": (realm, "index")}
+    # Each fine-tuned model is loaded once for every system, and its reader
+    # reads each (question, block) pair once: the systems of one model
+    # differ only in the blocks retrieved, and mostly retrieve the same.
+    models, read_caches = {}, {}
+    out = {name: {} for name in question_sets}
+    for key, (run_config, mode) in runs.items():
+      if run_config.workdir not in models:
+        models[run_config.workdir] = qa_model.load_finetuned(run_config)
+        read_caches[run_config.workdir] = {}
+      for name, examples in question_sets.items():
+        suffix = "" if name == "results" else f".{name}"
+        r = evaluate_lib.evaluate(
+            run_config, model=models[run_config.workdir], examples=examples,
+            retrieval=mode, predictions_path=os.path.join(
+                w, "predictions", f"{key}{suffix}.jsonl"),
+            read_cache=read_caches[run_config.workdir])
+        out[name][key] = dict({m: r[m] for m in METRICS}, ci95=r["ci95"],
+                              num_questions=r["num_questions"],
+                              predictions=r["predictions"],
+                              workdir=run_config.workdir)
+    return out
   evaluated, timings["evaluation"] = _stage(
       "6. evaluate on demo QA test and the natural questions", evaluate_all)
   results, natural = evaluated["results"], evaluated["natural"]

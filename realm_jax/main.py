@@ -14,6 +14,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from realm_jax import config as config_lib
+from realm_jax import errors
 
 # No default and not marked required: absl would stop a run without --config
 # with a FATAL flags error; main() prints the help and one line instead.
@@ -52,9 +53,11 @@ assert set(_TASK_MODULES) == set(config_lib.TASKS)
 
 # What bad input raises, throughout realm_jax: each carries a message that
 # names the setting or file and what to do (FloatingPointError: a NaN/inf
-# loss; the corrupt-file errors are ValueErrors).
+# loss; the corrupt-file errors are ValueErrors; the OSErrors of a path of
+# the wrong kind or without permission name the path).
 _USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError,
-                FloatingPointError)
+                FloatingPointError, errors.JobFailed, PermissionError,
+                IsADirectoryError, NotADirectoryError)
 
 # The config files of a source checkout (a pip install has none).
 _CONFIGS_DIR = os.path.join(

@@ -168,6 +168,30 @@ def test_a_state_of_another_layout_is_refused_in_one_line(tmp_path):
   cp.close()
 
 
+def test_a_changed_model_is_refused_in_one_line_naming_the_parameter(
+    tmp_path):
+  """Resuming with another model.proj_size (or encoder) used to print a
+  99-line orbax tree; it is one line naming the first parameter that differs,
+  its two shapes and where the run's settings are."""
+  cp = ckpt_lib.Checkpointer(str(tmp_path))
+  saved = {"params": {"retriever": {"proj": {"kernel": jnp.ones((4, 128))}},
+                      "reader": {"w": jnp.ones(3)}},
+           "opt": {"mu": jnp.zeros(3)}, "step": jnp.int32(4),
+           "rng": jax.random.PRNGKey(0)}
+  cp.save(4, saved)
+  cp.wait()
+  changed = jax.tree.map(jnp.zeros_like, saved)
+  changed["params"]["retriever"]["proj"]["kernel"] = jnp.zeros((4, 256))
+  with pytest.raises(ValueError, match=r"params/retriever/proj/kernel has "
+                     r"shape \(4, 128\) there and \(4, 256\) here.*"
+                     r"config\.json") as e:
+    cp.restore(changed)
+  assert "\n" not in str(e.value)
+  state, _, _ = cp.restore(jax.tree.map(jnp.zeros_like, saved))
+  assert int(state["step"]) == 4
+  cp.close()
+
+
 def test_diverged_params_are_refused_before_a_save():
   """lr=1e6 keeps the loss finite but leaves params of magnitude 1e14: the
   norm bound (train.max_param_norm) stops the run before anything is saved."""

@@ -104,9 +104,7 @@ def test_first_run_runs_every_stage(first):
   stdout, _ = first
   names = _stage_lines(stdout)
   assert any(n.startswith("==== 2-4.") for n in names), names
-  fine_tune = [n for n in names if n.startswith("==== 5.")]
-  assert fine_tune == ["==== 5. fine-tune the initial and the realm model on "
-                       "demo QA train"], names
+  assert sum(n.startswith("==== 5.") for n in names) == 2, names
   for prefix in ("==== 1.", "==== 6.", "==== 6b.", "==== 7."):
     assert any(n.startswith(prefix) for n in names), (prefix, names)
 

@@ -256,6 +256,10 @@ def test_bad_documents_are_skipped_and_counted(model, tmp_path):
   lines += ['{"id": "empty", "title": "Empty", "text": "  "}',
             b'{"id": "bytes", "title": "Bad", "text": "caf\xe9 au lait"}'
             .decode("latin-1"),
+            # Not UTF-8 in the id: it used to refuse the whole corpus with
+            # UnicodeEncodeError (no file, no line) and leave .work-0.
+            b'{"id": "caf\xe9", "title": "Bad id", "text": "good text"}'
+            .decode("latin-1"),
             json.dumps({"title": corpus_v1()[0]["title"],
                         "text": corpus_v1()[0]["text"]}),
             json.dumps({"title": corpus_v1()[0]["title"],
@@ -267,9 +271,10 @@ def test_bad_documents_are_skipped_and_counted(model, tmp_path):
   config = kb_config(tmp_path / "kb", str(path), model)
   version = kb_update.update(config, progress=False)
   export = index_store.read_manifest(version)["export"]
-  assert export["skipped"] == {"empty_text": 1, "undecodable": 1,
+  assert export["skipped"] == {"empty_text": 1, "undecodable": 2,
                                "duplicate": 1, "no_blocks": 0}
   assert export["documents"] == 5   # 4 with ids, 1 without
+  assert not [n for n in os.listdir(tmp_path / "kb") if n.startswith(".work")]
 
 
 def test_a_document_with_a_long_title_is_kept_with_its_title_cut(model,
@@ -369,3 +374,51 @@ def test_a_truncated_record_names_its_file(model, tmp_path):
     kb.read_record(config.workdir)
   with pytest.raises(ValueError, match=r"config\.json is not valid JSON"):
     Answerer(config.workdir)
+
+
+@pytest.mark.parametrize("damage", ["blocks_offsets", "manifest"])
+def test_task_answer_falls_back_past_a_broken_newest_version(model, tmp_path,
+                                                             damage):
+  """task=answer used to fail on a newest version with a truncated
+  blocks_offsets.npy or no manifest.json (its tokenizer came from the newest
+  version, intact or not); it answers from the newest intact version, as the
+  Answerer does."""
+  path = tmp_path / "docs.jsonl"
+  config = kb_config(tmp_path / "kb", write_corpus(path, corpus_v1()), model)
+  kb_update.update(config, progress=False)
+  write_corpus(path, corpus_v2())
+  newest = kb_update.update(config, progress=False)
+  if damage == "manifest":
+    os.remove(os.path.join(newest, "manifest.json"))
+  else:
+    with open(os.path.join(newest, "blocks", "blocks_offsets.npy"), "r+") as f:
+      f.truncate(20)
+  config.task = "answer"
+  config.answer.question = "Who was the Chinese novelist and essayist?"
+  (pred,) = answer.run(config)
+  assert pred["top_blocks"]
+
+
+def test_an_answerer_loads_a_version_built_again_under_its_number(model,
+                                                                  tmp_path):
+  """Version 1 deleted (say a user cleaned up) and the corpus indexed again:
+  the new version is also 1. A long-lived Answerer used to keep answering
+  from the deleted files while reporting version 1."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  path = tmp_path / "docs.jsonl"
+  config = kb_config(tmp_path / "kb", write_corpus(path, corpus_v1()), model)
+  kb_update.update(config, progress=False)
+  write_corpus(path, corpus_v2())
+  first = kb_update.update(config, progress=False)
+  question = "Who was the Chinese novelist and essayist?"
+  with Answerer(config.workdir, poll_interval=None) as answerer:
+    assert answerer.version == 1
+    answerer.answer(question)
+    shutil.rmtree(first)
+    kept = corpus_v1()[:5]
+    write_corpus(path, kept)
+    assert kb_update.update(config, progress=False) == first
+    assert answerer.poll() and answerer.version == 1
+    after = answerer.answer(question)
+  ids = {d["id"] for d in kept}
+  assert after.evidence and all(ev.doc in ids for ev in after.evidence)

@@ -139,6 +139,26 @@ def test_bad_input_is_one_line_and_the_traceback_is_on_request(tmp_path):
   assert r.returncode != 0 and "Traceback" in r.stderr
 
 
+@pytest.mark.parametrize("where", ["workdir_is_a_file", "corpus_is_a_dir"])
+def test_a_path_of_the_wrong_kind_is_one_line(tmp_path, where):
+  """task=index on a workdir that is a regular file, or a corpus path that is
+  a directory, used to print a traceback; it is one line naming the path."""
+  corpus = tmp_path / "docs.jsonl"
+  corpus.write_text('{"title": "A", "text": "Some text."}\n')
+  workdir = tmp_path / "kb"
+  if where == "workdir_is_a_file":
+    workdir.write_text("not a directory")
+  else:
+    corpus = tmp_path / "a_dir"
+    corpus.mkdir()
+  r = _main("--config=configs/tiny_cpu.py", "--config.task=index",
+            f"--config.workdir={workdir}", f"--config.data.corpus=jsonl:{corpus}")
+  assert r.returncode == 1, r.stderr[-2000:]
+  errors = [l for l in r.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+  assert str(workdir if where == "workdir_is_a_file" else corpus) in errors[0]
+
+
 def test_index_keep_zero_is_refused_before_any_work(tmp_path):
   """index.keep=0 would delete each index version as it is committed (the
   trainer then trained on a dead job's last index): refused at once."""

@@ -16,7 +16,7 @@ from realm_jax.data import block_builder
 from realm_jax.data import demo_corpus
 from realm_jax.data import tokenizer as tokenizer_lib
 from realm_jax.retrieval import candidates
-from realm_jax.train import pretrain
+from realm_jax.train import embed_job
 import stopping_child
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -184,7 +184,7 @@ def test_a_dead_embedding_job_is_restarted_then_the_run_stops(tmp_path):
   config = config_lib.default_config()
   config.workdir = str(tmp_path)
   config.index.embed_restarts = 1
-  job = pretrain.EmbedJob(config, str(tmp_path / "no_block_store"))
+  job = embed_job.EmbedJob(config, str(tmp_path / "no_block_store"))
   try:
     assert job.proc.wait(timeout=600) != 0
     job.check()
@@ -198,19 +198,23 @@ def test_a_dead_embedding_job_is_restarted_then_the_run_stops(tmp_path):
 
 
 def test_a_job_that_dies_before_the_first_index_names_its_exit(tmp_path):
-  """Waiting for the first index, a dead job stops the wait with its exit
-  code and log (it used to raise AttributeError: EmbedJob has no
-  returncode). The real job is started and dies on a missing block store."""
+  """Waiting for the first index, a dead job is restarted index.embed_restarts
+  times, as at every export (it used to be given up at once), then the wait
+  stops with its exit status and log (before that, with AttributeError:
+  EmbedJob has no returncode). The real job dies on a missing block store."""
   from realm_jax import config as config_lib
   config = config_lib.default_config()
   config.workdir = str(tmp_path)
-  job = pretrain.EmbedJob(config, str(tmp_path / "no_block_store"))
+  config.index.embed_restarts = 1
+  job = embed_job.EmbedJob(config, str(tmp_path / "no_block_store"))
   try:
-    with pytest.raises(RuntimeError, match=r"exited with code [1-9].*"
-                       r"embed_job\.log"):
-      pretrain._first_version(str(tmp_path / "index"), job, poll=0.1)
+    with pytest.raises(RuntimeError, match=r"exited with status [1-9].*"
+                       r"embed_restarts.*embed_job\.log"):
+      embed_job.first_version(str(tmp_path / "index"), job, poll=0.1)
+    assert job.restarts_left == 0
   finally:
     job.close()
+  assert (tmp_path / "embed_job.log").read_text().count("no_block_store") >= 2
 
 
 def test_a_stale_index_is_warned_about_once_per_refresh():
@@ -218,12 +222,12 @@ def test_a_stale_index_is_warned_about_once_per_refresh():
   from realm_jax import config as config_lib
   index = config_lib.default_config().index
   index.refresh_every, index.refresh_delay = 10, 5
-  alarm = pretrain.StalenessAlarm(index, "w")
+  alarm = embed_job.StalenessAlarm(index, "w")
   assert alarm.max_staleness == 35
   assert [step for step in range(0, 80) if alarm.check(step, 0)] == [
       36, 46, 56, 66, 76]
   index.max_staleness = 3
-  alarm = pretrain.StalenessAlarm(index, "w")
+  alarm = embed_job.StalenessAlarm(index, "w")
   assert not alarm.check(13, 10) and alarm.check(14, 10)
 
 

@@ -3,6 +3,7 @@ deterministic wait_for."""
 import functools
 import logging
 import os
+import shutil
 import threading
 import time
 
@@ -170,19 +171,56 @@ def test_wait_for_loads_exactly_the_requested_version(tmp_path):
     watcher.wait_for(30, timeout=0.1)
 
 
+def test_a_version_built_again_under_its_number_is_loaded_anew(tmp_path):
+  """A long-lived watcher (the Answerer's) used to keep a number it had
+  refused, or had in service, forever: delete version 1 and build it again,
+  and the new one was never loaded. Versions are told apart by their
+  manifest file, not by number alone."""
+  index_dir = str(tmp_path)
+  write(index_dir, 1, torn=True)
+  with refresh.IndexWatcher(index_dir, FP, exact, poll_interval=None) as watcher:
+    assert not watcher.poll_once() and 1 in watcher.refused
+    assert not watcher.poll_once()            # the same one: not tried again
+    shutil.rmtree(os.path.join(index_dir, "1"))
+    write(index_dir, 1)                       # intact now
+    assert watcher.poll_once() and watcher.version == 1
+    assert not watcher.poll_once()            # in service: nothing to do
+    searcher = watcher.searcher
+    shutil.rmtree(os.path.join(index_dir, "1"))
+    write(index_dir, 1)                       # built again, in service
+    assert watcher.poll_once() and watcher.searcher is not searcher
+
+
+def test_resume_with_only_corrupt_versions_stops_with_one_line(tmp_path):
+  """Every version corrupt and no newer export: the embedding job has
+  nothing to build, so the trainer stops naming the fix instead of waiting
+  forever (it used to print "waiting for the embedding job" every 5 s)."""
+  from realm_jax.train import embed_job
+  index_dir, workdir = str(tmp_path / "index"), str(tmp_path / "work")
+  write(index_dir, 1, torn=True)
+  os.makedirs(os.path.join(workdir, "exports", "1"))
+  with refresh.IndexWatcher(index_dir, FP, functools.partial(
+      searchers.make_searcher, kind="exact"), poll_interval=None) as watcher:
+    with pytest.raises(store.CorruptIndexError, match=r"mv .*/1 .*/1\.corrupt"):
+      embed_job.serve_first_index(watcher, 1, index_dir, None, workdir)
+    # A newer export is being embedded: keep waiting for it.
+    os.makedirs(os.path.join(workdir, "exports", "2"))
+    embed_job._check_not_stuck(index_dir, watcher.refused, workdir)
+
+
 def test_resume_serves_the_newest_intact_version_when_its_own_is_corrupt(
     tmp_path):
   """A checkpoint recorded index version 1; on resume it is corrupt and 2 is
   intact: the trainer serves 2 instead of crashing."""
-  from realm_jax.train import pretrain
+  from realm_jax.train import embed_job
   index_dir = str(tmp_path)
   write(index_dir, 1, torn=True)
   write(index_dir, 2)
   with refresh.IndexWatcher(index_dir, FP, functools.partial(
       searchers.make_searcher, kind="exact"), poll_interval=None) as watcher:
-    pretrain._serve_first_index(watcher, 1, index_dir, job=None)
+    embed_job.serve_first_index(watcher, 1, index_dir, job=None)
     assert watcher.version == 2 and 1 in watcher.refused
   with refresh.IndexWatcher(index_dir, FP, functools.partial(
       searchers.make_searcher, kind="exact"), poll_interval=None) as watcher:
-    pretrain._serve_first_index(watcher, 2, index_dir, job=None)
+    embed_job.serve_first_index(watcher, 2, index_dir, job=None)
     assert watcher.version == 2

@@ -148,7 +148,7 @@ def decode(doc, drop_list_pages: bool = True):
     raise TypeError("documents must be (title, text) pairs or "
                     f"{{'title', 'text'}} dicts, got {type(doc).__name__}")
   out = []
-  for field in doc:
+  for field in (*doc, *([doc_id] if isinstance(doc_id, str) else [])):
     if isinstance(field, bytes):
       try:
         field = field.decode("utf-8")
@@ -157,12 +157,12 @@ def decode(doc, drop_list_pages: bool = True):
     elif not isinstance(field, str):
       raise TypeError(f"title and text must be str or bytes, got "
                       f"{type(field).__name__}")
-    try:  # str with lone surrogates (e.g. from surrogateescape) is not UTF-8
+    try:  # lone surrogates (surrogateescape) in the title, text or id
       field.encode("utf-8")
     except UnicodeEncodeError:
       return "undecodable"
     out.append(field)
-  title, text = out
+  title, text = out[:2]
   # The title is optional (a JSONL corpus of notes or tickets has none): such
   # a document's blocks are [CLS] [SEP] body [SEP], every token for the body.
   if not text.strip():

@@ -9,7 +9,7 @@ given id from an unchanged one.
 
 Bad input, decided here once for every source:
   empty text, or bytes that are not UTF-8     skipped, counted (empty_text,
-                                              undecodable)
+  (in the title, the text or the id)          undecodable)
   the same id twice                           ValueError naming both places
   the same title and text twice, no ids       the second is skipped, counted
                                               (duplicate): it is the same

@@ -6,7 +6,7 @@ the trainer's exports, in its own process.
 
 It runs with the trainer's config, so the two agree on every shared setting
 (block store, searcher and its ScaNN settings, dtype, versions kept). The
-trainer starts it itself (realm_jax/train/pretrain.py: EmbedJob);
+trainer starts it itself (realm_jax/train/embed_job.py: EmbedJob);
 launch/ starts it on its own accelerators. The index.embed_* fields and
 index.bootstrap configure it (realm_jax/config.py):
 

@@ -61,6 +61,12 @@ class IndexWatcher:
     self.current: Current | None = current
     self.check = check or (lambda path: store.verify(path, corpus_fingerprint))
     self.refused: dict[int, str] = {}
+    # Which directory each number named when it was loaded or refused: a
+    # version deleted and built again under the same number (a user cleaned
+    # up a corrupt one and indexed again) is another version, loaded anew.
+    self._loaded_dirs: dict[int, tuple] = {}
+    if current is not None:
+      self._loaded_dirs[current.version] = self._dir_id(current.version)
     self._lock = threading.Lock()   # one loader at a time (thread, wait_for)
     self._stop = threading.Event()
     self._thread = None
@@ -88,12 +94,31 @@ class IndexWatcher:
     """Loads the newest valid version newer than the current; True if swapped."""
     with self._lock:
       cur = self.current
-      newer = [v for v in store.list_versions(self.index_dir)
-               if (cur is None or v > cur.version) and v not in self.refused]
+      versions = store.list_versions(self.index_dir)
+      rebuilt = {v for v in versions if v in self._loaded_dirs
+                 and self._dir_id(v) != self._loaded_dirs[v]}
+      for v in rebuilt:
+        self.refused.pop(v, None)
+      newer = [v for v in versions
+               if (cur is None or v > cur.version
+                   or (v == cur.version and v in rebuilt))
+               and v not in self.refused]
       for version in reversed(newer):
         if self._load(version):
           return True
       return False
+
+  def _dir_id(self, version: int):
+    """(inode, mtime, size) of the version's manifest, written once at its
+    commit: a version built again under the same number differs (None: no
+    manifest). Not the directory's: a searcher cache written into it later
+    changes that."""
+    try:
+      st = os.stat(os.path.join(store.version_path(self.index_dir, version),
+                                store.MANIFEST))
+    except OSError:
+      return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
 
   def wait_for(self, version: int, timeout: float | None = None,
                poll: float = 0.05) -> Current:
@@ -133,6 +158,7 @@ class IndexWatcher:
 
   def _load(self, version: int) -> bool:
     path = store.version_path(self.index_dir, version)
+    self._loaded_dirs[version] = self._dir_id(version)
     try:
       self.check(path)
       emb = store.load(path)

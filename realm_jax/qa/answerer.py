@@ -88,12 +88,13 @@ def tokenizer_of(workdir: str):
   """The tokenizer questions to `workdir` are encoded with, without loading
   the model (so bad questions are refused at once)."""
   if kb.is_kb(workdir):
-    latest = index_store.latest_version(kb.versions_dir(workdir))
-    if latest is None:
-      raise FileNotFoundError(f"no committed version in "
+    # The newest intact version, as the Answerer serves (a broken newer one
+    # is skipped with a warning).
+    newest = kb.newest_version(workdir)
+    if newest is None:
+      raise FileNotFoundError(f"no intact committed version in "
                               f"{kb.versions_dir(workdir)}")
-    path = os.path.join(index_store.version_path(kb.versions_dir(workdir),
-                                                 latest), "blocks")
+    path = os.path.join(newest, "blocks")
   else:
     path = openqa.read_record(qa_model.reader_workdir(workdir))["block_store"]
   return corpus.BlockStore(path).tokenizer()
@@ -123,7 +124,7 @@ class Answerer:
     self.tokenizer = model.store.tokenizer()
     self._cache = openqa.searcher_cache(self.config)
     self._base = model
-    self._predictors = {}
+    self._served = (None, None)   # (the version in service, its Predictor)
     version = index_store.read_manifest(model.index_path)["step"]
     self.watcher = refresh.IndexWatcher(
         kb.versions_dir(workdir), None, self._open,
@@ -177,12 +178,16 @@ class Answerer:
     return out, current
 
   def _predictor(self, current) -> predictor_lib.Predictor:
-    if current.version not in self._predictors:
+    # Keyed by the loaded version itself, not its number: a version built
+    # again under the same number is another one.
+    served, predictor = self._served
+    if served is not current:
       f = self.config.finetune
-      self._predictors = {current.version: predictor_lib.Predictor(
+      predictor = predictor_lib.Predictor(
           current.searcher, self.tokenizer, reader_len=f.reader_len,
-          reader_beam=f.reader_beam)}
-    return self._predictors[current.version]
+          reader_beam=f.reader_beam)
+      self._served = (current, predictor)
+    return predictor
 
   def _answer(self, pred: dict, current) -> Answer:
     store = current.searcher.store

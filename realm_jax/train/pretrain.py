@@ -21,17 +21,12 @@ on CPU, including across kill -9 and resume.
 """
 import functools
 import os
-import subprocess
-import sys
-import threading
-import time
 
 import jax
 import jax.numpy as jnp
 import optax
 from absl import logging
 
-from realm_jax import config as config_lib
 from realm_jax.data import catalog
 from realm_jax.data import pipeline
 from realm_jax.index import export as export_lib
@@ -44,15 +39,11 @@ from realm_jax.models.retriever import Retriever, embed_queries, relevance_score
 from realm_jax.retrieval import candidates
 from realm_jax.retrieval import model_init
 from realm_jax.retrieval.query_embedder import QueryEmbedder
+from realm_jax.train import embed_job
 from realm_jax.train import loop
 from realm_jax.train import prefetch
 from realm_jax.train import setup
 from realm_jax.train import state as state_lib
-
-DEVICE_KEYS = ("query_ids", "query_mask", "mlm_positions", "mlm_labels",
-               "mlm_weights", "cand_ids", "cand_segments", "cand_mask",
-               "reader_ids", "reader_segments", "reader_mask")
-
 
 # ----------------------------------------------------------------- the step
 
@@ -98,66 +89,6 @@ def train_step(state: dict, batch, cfg, tx, per_token=True,
                  param_norm=optax.global_norm(new_state["params"]),
                  retriever_grad_norm=optax.global_norm(grads["retriever"]))
   return new_state, metrics
-
-
-# ------------------------------------------------------- the embedding job
-
-class EmbedJob:
-  """The embedding job (task=embed) as this trainer's child process.
-
-  The child runs with exactly this trainer's config: saved as JSON in the
-  workdir (realm_jax/config.py: save_config) and loaded back by the child's
-  --config, whatever built it (a file and overrides, or code). Only what is
-  the job's alone is set on its command line: the task, this process as the
-  parent to watch, and the block store this trainer opened.
-
-  `check()` runs at every export: a job that died (a crash, an OOM kill, a
-  stray SIGKILL) would otherwise leave the trainer on an ever staler index.
-  It is restarted, up to index.embed_restarts times (its builds resume), and
-  beyond that the run stops with the job's exit status and log.
-  """
-
-  def __init__(self, config, store_path: str):
-    config_arg = config_lib.save_config(
-        config, os.path.join(config.workdir, "embed_job_config.json"))
-    self.cmd = [sys.executable, "-m", "realm_jax.main",
-                f"--config={config_arg}", "--config.task=embed",
-                f"--config.data.block_store={store_path}",
-                f"--config.index.embed_parent_pid={os.getpid()}"]
-    self.log_path = os.path.join(config.workdir, "embed_job.log")
-    self.restarts_left = config.index.embed_restarts
-    self.lock = threading.Lock()   # checked by the trainer and prefetch threads
-    self.proc = self._start()
-
-  def _start(self):
-    logging.info("starting the embedding job: %s", " ".join(self.cmd))
-    with open(self.log_path, "ab") as log:
-      return subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT)
-
-  def poll(self):
-    return self.proc.poll()
-
-  def check(self):
-    with self.lock:
-      self._check()
-
-  def _check(self):
-    code = self.proc.poll()
-    if code is None:
-      return
-    if self.restarts_left <= 0:
-      raise RuntimeError(
-          f"the embedding job exited with status {code} and may not be "
-          f"restarted again (index.embed_restarts); see {self.log_path}")
-    self.restarts_left -= 1
-    logging.error("the embedding job exited with status %d (see %s); "
-                  "restarting it (%d restart(s) left)", code, self.log_path,
-                  self.restarts_left)
-    self.proc = self._start()
-
-  def close(self):
-    self.proc.terminate()
-    self.proc.wait(timeout=60)
 
 
 def version_for_step(step: int, every: int, delay: int) -> int:
@@ -242,14 +173,15 @@ def run(config):
   if (not export_lib.list_exports(config.workdir)
       or start % config.index.refresh_every == 0):
     setup.export_retriever(config, cfg, state, start, keep=config.index.keep + 2)
-  job = (EmbedJob(config, store.path)
+  job = (embed_job.EmbedJob(config, store.path)
          if config.index.spawn_embed_job and jax.process_index() == 0 else None)
   watcher = refresh.IndexWatcher(
       index_dir, store.fingerprint, _make_searcher_fn(config),
       poll_interval=None if config.index.deterministic else 0.5)
   try:
     if not config.index.deterministic:
-      _serve_first_index(watcher, r.meta.get("index_version"), index_dir, job)
+      embed_job.serve_first_index(watcher, r.meta.get("index_version"),
+                                  index_dir, job, config.workdir)
     dataset = pipeline.pretraining_dataset(
         records, tok, config.seed, config.train.batch_size // jax.process_count(),
         mask_fn=config.data.masking, query_len=config.data.query_len,
@@ -274,73 +206,11 @@ def run(config):
       job.close()
 
 
-def _serve_first_index(watcher, recorded, index_dir, job):
-  """Puts in service the version a resumed checkpoint trained against, if it
-  is intact, else the newest intact one (a corrupt version is skipped, as
-  the watcher always skips it), waiting for the job's first if none."""
-  if recorded is not None and recorded in index_store.list_versions(index_dir):
-    try:
-      watcher.wait_for(recorded)
-      return
-    except index_store.CorruptIndexError as e:
-      logging.warning("the checkpoint's index version %d is refused (%s); "
-                      "serving the newest intact version", recorded, e)
-  logging.info("waiting for the first index in %s", index_dir)
-  # The watcher's own thread may put a version in service first: wait on
-  # `current`, not on this thread's poll_once() swapping it in.
-  while watcher.current is None and not watcher.poll_once():
-    _first_version(index_dir, job)   # raises if the job died first
-    if watcher.current is None and not watcher.poll_once():
-      logging.warning("no intact index version in %s yet (refused: %s); "
-                      "waiting for the embedding job", index_dir,
-                      sorted(watcher.refused))
-      time.sleep(5)
-
-
-def _first_version(index_dir, job, poll=0.5):
-  """The newest committed index, waiting until the embedding job makes one."""
-  while True:
-    versions = index_store.list_versions(index_dir)
-    if versions:
-      return versions[-1]
-    code = None if job is None else job.poll()
-    if code is not None:   # EmbedJob has poll(), not a returncode attribute
-      raise RuntimeError(f"the embedding job exited with code {code} before "
-                         "building the first index; see embed_job.log")
-    time.sleep(poll)
-
-
-class StalenessAlarm:
-  """Warns, at most once per refresh, while the index in service is more
-  than index.max_staleness steps behind the trainer (0: 3 * refresh_every +
-  refresh_delay, past what a healthy job ever lags)."""
-
-  def __init__(self, index_config, workdir: str):
-    self.every = index_config.refresh_every
-    self.max_staleness = (index_config.max_staleness or
-                          3 * self.every + index_config.refresh_delay)
-    self.workdir = workdir
-    self.warned_at = None
-
-  def check(self, step: int, version: int) -> bool:
-    """True when it warned for this step."""
-    if step - version <= self.max_staleness or (
-        self.warned_at is not None and step - self.warned_at < self.every):
-      return False
-    self.warned_at = step
-    logging.warning(
-        "the index in service is %d steps stale (version %d at step %d; "
-        "index.max_staleness=%d): the embedding job is not keeping up or is "
-        "not running; see %s/embed_job.log", step - version, version, step,
-        self.max_staleness, self.workdir)
-    return True
-
-
 def _train(config, r, maker, feeder, exporter, job):
   """The shared loop, fed by the prefetch thread; exports the retriever every
   index.refresh_every steps for the embedding job, checking the job each
   time, and warns when the index in service falls too far behind."""
-  alarm = StalenessAlarm(config.index, config.workdir)
+  alarm = embed_job.StalenessAlarm(config.index, config.workdir)
   def next_batch(state, step):
     del state   # the prefetch thread built the batch with stale params
     item, _ = feeder.get()

@@ -4,7 +4,7 @@ Command (a fresh machine; `make demo` installs first):
   python -m realm_jax.main --config=configs/demo.py
 The full 10,033-summary corpus: configs/demo_full.py.
 Hardware: a 2-core CPU, no accelerator, no network.
-Runtime: about 25 min after the install on a 2-core CPU (fine-tuning
+Runtime: about 24 min after the install on a 2-core CPU (fine-tuning
 2 x 280 steps is 14 of them; README, "Reading").
 Expected result: two tables with 95% bootstrap CIs (EM, recall@1,
 recall@5), over the 253 demo QA test questions (description -> title) and

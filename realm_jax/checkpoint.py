@@ -259,15 +259,11 @@ class Checkpointer:
     self.manager.close()
 
 
-def _shapes(tree, prefix="") -> dict:
-  """{"a/b/c": shape tuple} of the leaves of nested dicts (params, or their
-  orbax metadata)."""
-  if isinstance(tree, dict):
-    out = {}
-    for key, sub in tree.items():
-      out.update(_shapes(sub, f"{prefix}{key}/"))
-    return out
-  return {prefix[:-1]: tuple(tree.shape)}
+def _shapes(tree) -> dict:
+  """{"a/b/c": shape tuple} of a params tree of dicts (or its orbax
+  metadata)."""
+  return {"/".join(str(key.key) for key in path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def restore_params(workdir: str, step: Optional[int] = None):

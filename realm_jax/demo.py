@@ -147,19 +147,19 @@ def run(config):
     # Each fine-tuned model is loaded once for every system, and its reader
     # reads each (question, block) pair once: the systems of one model
     # differ only in the blocks retrieved, and mostly retrieve the same.
-    models, read_caches = {}, {}
+    models = {}   # workdir -> (model, its read cache)
     out = {name: {} for name in question_sets}
     for key, (run_config, mode) in runs.items():
       if run_config.workdir not in models:
-        models[run_config.workdir] = qa_model.load_finetuned(run_config)
-        read_caches[run_config.workdir] = {}
+        models[run_config.workdir] = (qa_model.load_finetuned(run_config), {})
+      model, read_cache = models[run_config.workdir]
       for name, examples in question_sets.items():
         suffix = "" if name == "results" else f".{name}"
         r = evaluate_lib.evaluate(
-            run_config, model=models[run_config.workdir], examples=examples,
-            retrieval=mode, predictions_path=os.path.join(
-                w, "predictions", f"{key}{suffix}.jsonl"),
-            read_cache=read_caches[run_config.workdir])
+            run_config, model=model, examples=examples, retrieval=mode,
+            predictions_path=os.path.join(w, "predictions",
+                                          f"{key}{suffix}.jsonl"),
+            read_cache=read_cache)
         out[name][key] = dict({m: r[m] for m in METRICS}, ci95=r["ci95"],
                               num_questions=r["num_questions"],
                               predictions=r["predictions"],

@@ -61,12 +61,12 @@ class IndexWatcher:
     self.current: Current | None = current
     self.check = check or (lambda path: store.verify(path, corpus_fingerprint))
     self.refused: dict[int, str] = {}
-    # Which directory each number named when it was loaded or refused: a
+    # Which manifest each number had when it was loaded or refused: a
     # version deleted and built again under the same number (a user cleaned
     # up a corrupt one and indexed again) is another version, loaded anew.
-    self._loaded_dirs: dict[int, tuple] = {}
+    self._manifests: dict[int, tuple] = {}
     if current is not None:
-      self._loaded_dirs[current.version] = self._dir_id(current.version)
+      self._manifests[current.version] = self._manifest_id(current.version)
     self._lock = threading.Lock()   # one loader at a time (thread, wait_for)
     self._stop = threading.Event()
     self._thread = None
@@ -95,8 +95,8 @@ class IndexWatcher:
     with self._lock:
       cur = self.current
       versions = store.list_versions(self.index_dir)
-      rebuilt = {v for v in versions if v in self._loaded_dirs
-                 and self._dir_id(v) != self._loaded_dirs[v]}
+      rebuilt = {v for v in versions if v in self._manifests
+                 and self._manifest_id(v) != self._manifests[v]}
       for v in rebuilt:
         self.refused.pop(v, None)
       newer = [v for v in versions
@@ -108,7 +108,7 @@ class IndexWatcher:
           return True
       return False
 
-  def _dir_id(self, version: int):
+  def _manifest_id(self, version: int):
     """(inode, mtime, size) of the version's manifest, written once at its
     commit: a version built again under the same number differs (None: no
     manifest). Not the directory's: a searcher cache written into it later
@@ -158,7 +158,7 @@ class IndexWatcher:
 
   def _load(self, version: int) -> bool:
     path = store.version_path(self.index_dir, version)
-    self._loaded_dirs[version] = self._dir_id(version)
+    self._manifests[version] = self._manifest_id(version)
     try:
       self.check(path)
       emb = store.load(path)

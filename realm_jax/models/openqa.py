@@ -21,12 +21,21 @@ def read(params, batch, cfg, deterministic=True, rng=None):
                         batch["question_mask"], cfg, deterministic, q_rng)
   scores = relevance_scores(q_emb, batch["cand_emb"])
   k = batch["reader_ids"].shape[1]
+  logits, starts, ends = read_spans(params["reader"], batch, cfg,
+                                    scores[:, :k], deterministic, r_rng)
+  return scores, logits, starts, ends
+
+
+def read_spans(reader_params, batch, cfg, scores=None, deterministic=True,
+               rng=None):
+  """The span reader alone: (logits [B, K, num_spans], starts, ends) of the
+  batch's reader inputs, with scores [B, K] added to each block's spans when
+  given (inference adds f(x, z) on the host instead)."""
   whole_words = ({"span_start_mask": batch["span_start_mask"],
                   "span_end_mask": batch["span_end_mask"]}
                  if cfg.whole_word_spans else {})
-  logits, starts, ends = SpanReader(cfg).apply(
-      {"params": params["reader"]}, batch["reader_ids"],
+  return SpanReader(cfg).apply(
+      {"params": reader_params}, batch["reader_ids"],
       batch["reader_segments"], batch["reader_mask"], batch["block_mask"],
-      scores[:, :k], deterministic, **whole_words,
-      rngs=None if r_rng is None else {"dropout": r_rng})
-  return scores, logits, starts, ends
+      scores, deterministic, **whole_words,
+      rngs=None if rng is None else {"dropout": rng})

@@ -39,7 +39,8 @@ import numpy as np
 
 from realm_jax.index import bm25
 from realm_jax.models.bert import MASK_VALUE
-from realm_jax.models.reader import SpanReader, span_candidates
+from realm_jax.models import openqa as openqa_model
+from realm_jax.models.reader import span_candidates
 from realm_jax.models.retriever import embed_queries
 from realm_jax.qa.model import FineTuned
 from realm_jax.retrieval import candidates
@@ -82,16 +83,9 @@ def _jitted(cfg):
   evaluations in one process (e.g. the demo's comparisons) compile once.
   read gives the reader's span logits alone; f(x, z) is added on the host."""
   embed = jax.jit(functools.partial(embed_queries, config=cfg))
-
-  def read(reader_params, batch):
-    whole_words = ({"span_start_mask": batch["span_start_mask"],
-                    "span_end_mask": batch["span_end_mask"]}
-                   if cfg.whole_word_spans else {})
-    return SpanReader(cfg).apply(
-        {"params": reader_params}, batch["reader_ids"],
-        batch["reader_segments"], batch["reader_mask"], batch["block_mask"],
-        **whole_words)[0]
-  return embed, jax.jit(read)
+  read = jax.jit(lambda reader_params, batch: openqa_model.read_spans(
+      reader_params, batch, cfg)[0])
+  return embed, read
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,9 +139,11 @@ class Predictor:
     cfg = model.cfg
     self._embed, self._read = _jitted(cfg)
 
-  def retrieve(self, question_ids, question_mask, questions=None):
+  def retrieve(self, question_ids, question_mask, questions=None,
+               own_emb=None):
     """rows int64 [B, beam] (NULL_ROW for null) and cand_emb [B, K, D] (None
-    for bm25 without an index). `questions`: the strings, for bm25."""
+    for bm25 without an index). `questions`: the strings, for bm25;
+    `own_emb`: the questions embedded by the model's retriever, if done."""
     b = len(question_ids)
     if self.retrieval == "null":
       rows = np.full((b, self.k), candidates.NULL_ROW, np.int64)
@@ -163,21 +159,24 @@ class Predictor:
       cand = (None if self.model.emb is None else
               np.asarray(self.model.emb[rows[:, :self.k]], np.float32))
       return rows, cand
-    q_emb = np.asarray(self._embed(self.query_params, question_ids,
-                                   question_mask))
+    q_emb = (own_emb if own_emb is not None
+             and self.query_params is self.model.params["retriever"]
+             else np.asarray(self._embed(self.query_params, question_ids,
+                                         question_mask)))
     rows, cand = qa_inputs.search(self.model.searcher, self.model.emb,
                                      q_emb, self.beam)
     return rows, cand[:, :self.k]
 
   def predict(self, qa_batch: dict) -> list[dict]:
     ids, mask = qa_batch["question_ids"], qa_batch["question_mask"]
-    rows, cand = self.retrieve(ids, mask, qa_batch["question"])
     if self.model.params["reader"] is None:   # retrieval only
+      rows, _ = self.retrieve(ids, mask, qa_batch["question"])
       return [self._unread(qa_batch, i, rows[i]) for i in range(len(ids))]
     # f(x, z) of the K blocks read, by the fine-tuned query embedder (also
     # in dense_zero_shot and bm25: only the choice of blocks differs).
     q_emb = np.asarray(self._embed(self.model.params["retriever"], ids, mask),
                        np.float32)
+    rows, cand = self.retrieve(ids, mask, qa_batch["question"], q_emb)
     scores = np.einsum("bp,bkp->bk", q_emb, np.asarray(cand, np.float32))
     reads = self._read_blocks(ids, mask, rows[:, :self.k])
     return [self._one(qa_batch, i, rows[i], scores[i], reads[i])
@@ -235,14 +234,13 @@ class Predictor:
     if not valid.any():   # no whole word fits (a block of one split word)
       return BlockRead(best=MASK_VALUE, logsumexp=-np.inf)
     best = int(np.argmax(logits))
-    top = logits[valid].max()
-    lse = top + np.log(np.sum(np.exp(logits[valid] - top)))
     starts, ends = span_candidates(width, self.model.cfg.max_span_width)
     answer, chars = span_text(self.tok, self.model.store.text(row),
                               reader_ids[first:first + n],
                               int(starts[best]) - first,
                               int(ends[best]) - first)
-    return BlockRead(best=float(logits[best]), logsumexp=float(lse),
+    return BlockRead(best=float(logits[best]),
+                     logsumexp=float(np.logaddexp.reduce(logits[valid])),
                      answer=answer, chars=chars)
 
   def _unread(self, qa_batch, i, rows) -> dict:
@@ -271,9 +269,8 @@ class Predictor:
       return pred
     joint = {j: reads[j].best + float(scores[j]) for j in readable}
     block = max(readable, key=lambda j: joint[j])   # the first of equals
-    mass = np.array([reads[j].logsumexp + float(scores[j]) for j in readable])
-    top_mass = mass.max()
-    lse = top_mass + np.log(np.sum(np.exp(mass - top_mass)))
+    lse = np.logaddexp.reduce([reads[j].logsumexp + float(scores[j])
+                               for j in readable])
     row = int(rows[block])
     pred.update(prediction=reads[block].answer, score=joint[block],
                 prob=float(np.exp(joint[block] - lse)),

@@ -47,9 +47,6 @@ class EmbedJob:
     with open(self.log_path, "ab") as log:
       return subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT)
 
-  def poll(self):
-    return self.proc.poll()
-
   def check(self):
     with self.lock:
       self._check()

@@ -8,6 +8,7 @@ This file is itself a config file: `--config=realm_jax/config.py` gives the
 defaults, and `--config=realm_jax/config.py:<file.json>` a config saved by
 `save_config` (how the trainer hands its config to the embedding job).
 """
+import contextlib
 import importlib.util
 import json
 import os
@@ -292,9 +293,15 @@ def check(config: ml_collections.ConfigDict) -> None:
 def save_config(config: ml_collections.ConfigDict, path: str) -> str:
   """Writes `config` to `path` as JSON (atomically: a reader never sees half
   of it); returns the --config value that loads it back."""
-  with open(path + ".partial", "w") as f:
-    f.write(config.to_json(indent=1, sort_keys=True))
-  os.replace(path + ".partial", path)
+  try:
+    with open(path + ".partial", "w") as f:
+      f.write(config.to_json(indent=1, sort_keys=True))
+    os.replace(path + ".partial", path)
+  except BaseException:
+    # A half-written copy (e.g. the disk filled) must not stay behind.
+    with contextlib.suppress(OSError):
+      os.remove(path + ".partial")
+    raise
   return f"{os.path.abspath(__file__)}:{os.path.abspath(path)}"
 
 

@@ -7,6 +7,7 @@ rewrite of a file changes its mtime, so a flipped byte written after the
 check is caught at the next start. What it cannot see is a change that also
 restores the mtime, which no cheap check can.
 """
+import contextlib
 import hashlib
 import json
 import os
@@ -36,11 +37,16 @@ def tree_files(directory: str) -> list[str]:
 def write_json_atomic(path: str, obj):
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  try:
+    with open(tmp, "w") as f:
+      json.dump(obj, f, indent=1)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(OSError):   # e.g. the disk filled
+      os.remove(tmp)
+    raise
 
 
 def read_json(path: str, fix: str = ""):

@@ -152,6 +152,10 @@ def main(argv):
     if os.environ.get("REALM_JAX_TRACEBACK"):
       raise
     sys.exit(f"error: {type(e).__name__}: {e}")
+  except OSError as e:
+    if not errors.is_disk_full(e) or os.environ.get("REALM_JAX_TRACEBACK"):
+      raise
+    sys.exit(f"error: {errors.disk_full_message(e, config.workdir)}")
 
 
 def run():

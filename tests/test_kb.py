@@ -2,8 +2,10 @@
 updated version equals a build from scratch; a killed update leaves the old
 version serving and a rerun completes it; an Answerer answers through an
 update and then cites only the new text; bad input is refused or counted."""
+import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -422,3 +424,70 @@ def test_an_answerer_loads_a_version_built_again_under_its_number(model,
     after = answerer.answer(question)
   ids = {d["id"] for d in kept}
   assert after.evidence and all(ev.doc in ids for ev in after.evidence)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 32 MiB file system of its own (tmpfs), to fill."""
+  path = tmp_path / "disk"
+  path.mkdir()
+  mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs",
+                            str(path)], capture_output=True, text=True)
+  if mounted.returncode:
+    pytest.skip("filling a disk needs a tmpfs of its own (mount, as root): "
+                + mounted.stderr.strip())
+  yield path
+  subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def _fill(disk, leave: int):
+  """Leaves `leave` bytes free on `disk`."""
+  with open(disk / "filler", "wb") as f:
+    f.write(b"\1" * max(0, shutil.disk_usage(disk).free - leave))
+
+
+@pytest.mark.parametrize("leave", [0, 64 * 1024])
+def test_a_full_disk_is_one_line_leaves_nothing_and_a_rerun_succeeds(
+    model, scratch_v2, small_disk, tmp_path, leave):
+  """It was a ScaNN "I/O error" traceback, and kb/<n>.tmp, .work-<n> and
+  config.json.partial stayed behind, keeping the disk full for the rerun."""
+  path = tmp_path / "docs.jsonl"
+  config = kb_config(small_disk / "kb", write_corpus(path, corpus_v1()), model)
+  first = kb_update.update(config, progress=False)
+  write_corpus(path, corpus_v2())
+  listing = lambda: sorted(set(os.listdir(config.workdir))
+                           - {"jax_cache", "searcher_cache"})   # caches
+  before = listing()
+  _fill(small_disk, leave)
+  result = subprocess.run([sys.executable, "-m", "realm_jax.main",
+                           "--config=configs/tiny_cpu.py", *_flags(config)],
+                          cwd=ow.ROOT, capture_output=True, text=True,
+                          timeout=600)
+  assert result.returncode == 1, result.stderr[-3000:]
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: the disk is full"), result.stderr[-3000:]
+  assert str(small_disk) in last
+  assert "Traceback" not in result.stderr
+  assert listing() == before     # no config.json.partial
+  versions = kb.versions_dir(config.workdir)
+  assert not [n for n in os.listdir(versions)
+              if n.startswith(".work-") or n.endswith(".tmp")]
+  assert kb.newest_version(config.workdir) == first
+  kb.check_version(first)
+  os.remove(small_disk / "filler")
+  new = kb_update.update(config, progress=False)
+  assert os.path.basename(new) == "1"
+  assert_same(new, scratch_v2)
+
+
+def test_scann_on_a_full_disk_says_the_disk_is_full(small_disk):
+  """ScaNN's own error says only "I/O error"."""
+  from realm_jax.index import scann_searcher  # pylint: disable=g-import-not-at-top
+  emb = np.random.default_rng(0).normal(size=(3000, 64)).astype(np.float32)
+  searcher = scann_searcher.ScannSearcher(emb)
+  _fill(small_disk, 64 * 1024)
+  with pytest.raises(OSError, match="No space left") as e:
+    searcher.save(str(small_disk / "scann"))
+  assert e.value.errno == errno.ENOSPC
+  assert e.value.filename == str(small_disk / "scann")
+  assert os.listdir(small_disk) == ["filler"]

@@ -233,27 +233,26 @@ def build_index(embed_fn: Callable, params, source: BlockSource, index_dir: str,
                "finished and verified", step, source.num_blocks, len(mine), pid,
                len(mine) - len(todo))
   total_rows = sum(ranges[i][1] - ranges[i][0] for i in mine)
-  bar = _progress_bar(total_rows, done_rows, step, progress)
   embedder = Embedder(embed_fn, params, batch_size, dtype, devices) if todo else None
-  for i in todo:
-    if should_stop is not None and should_stop():
-      bar.close()
-      raise BuildStopped(f"index {step}: stopped before shard {i}; the "
-                         f"finished shards in {tmp} are resumed by the next run")
-    lo, hi = ranges[i]
-    emb = embedder(source, lo, hi, bar.update)
-    if emb is None:  # an empty corpus: one empty shard keeps the format uniform
-      emb = np.zeros((0, 0), np.float32)
-    if not np.isfinite(emb).all():
-      # A diverged export: an index of NaNs would search as id -1 / -inf.
-      bad = int(lo + np.flatnonzero(~np.isfinite(emb).all(axis=1))[0])
-      raise NonFiniteEmbeddingError(
-          f"index {step}: the embedding of block {bad} is not finite; the "
-          f"export ({(export or {}).get('path', 'params')}) is refused and "
-          "nothing is committed")
-    entry = store.write_shard(tmp, i, emb)
-    _write_atomic(_sidecar(tmp, i), entry["sha256"])
-  bar.close()
+  # Closed however the loop ends, so that an error starts a line of its own.
+  with _progress_bar(total_rows, done_rows, step, progress) as bar:
+    for i in todo:
+      if should_stop is not None and should_stop():
+        raise BuildStopped(f"index {step}: stopped before shard {i}; the "
+                           f"finished shards in {tmp} are resumed by the next run")
+      lo, hi = ranges[i]
+      emb = embedder(source, lo, hi, bar.update)
+      if emb is None:  # an empty corpus: one empty shard keeps the format uniform
+        emb = np.zeros((0, 0), np.float32)
+      if not np.isfinite(emb).all():
+        # A diverged export: an index of NaNs would search as id -1 / -inf.
+        bad = int(lo + np.flatnonzero(~np.isfinite(emb).all(axis=1))[0])
+        raise NonFiniteEmbeddingError(
+            f"index {step}: the embedding of block {bad} is not finite; the "
+            f"export ({(export or {}).get('path', 'params')}) is refused and "
+            "nothing is committed")
+      entry = store.write_shard(tmp, i, emb)
+      _write_atomic(_sidecar(tmp, i), entry["sha256"])
   _barrier("embed-shards", nproc)
   if pid != 0:
     return final

@@ -3,6 +3,7 @@ training, leaves_to_search calibrated for recall, and serialization so that a
 searcher is built once per index version (by the embedding job) and loaded
 everywhere else. Answers through `search.finalize`, like every searcher.
 """
+import errno
 import hashlib
 import json
 import math
@@ -174,7 +175,17 @@ class ScannSearcher:
     tmp = directory + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    self._scann.serialize(tmp, relative_path=True)
+    try:
+      self._scann.serialize(tmp, relative_path=True)
+    except RuntimeError as e:
+      # ScaNN says only "I/O error"; a full disk is the usual cause, and
+      # its files hold at least the dataset.
+      free = shutil.disk_usage(os.path.dirname(os.path.abspath(tmp))).free
+      shutil.rmtree(tmp, ignore_errors=True)
+      if free < self.emb.nbytes:
+        raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (ScaNN: "
+                      f"{e})", directory) from e
+      raise
     # Checksums of ScaNN's files: a searcher is loaded only if they match
     # (a corrupted dataset.npy would otherwise serve wrong blocks silently).
     files = {name: integrity.sha256_file(os.path.join(tmp, name))

@@ -37,6 +37,7 @@ import numpy as np
 from absl import logging
 
 from realm_jax import config as config_lib
+from realm_jax import errors
 from realm_jax import integrity
 from realm_jax.data import block_builder
 from realm_jax.data import block_gather
@@ -224,12 +225,18 @@ def update(config, progress: bool = True) -> str:
     key = hashlib.sha256(json.dumps(
         [export_info, model["tokenizer"].identity, model["block_len"],
          [(d.id, d.digest) for d in new_docs]]).encode()).hexdigest()
-    work = _work_dir(directory, version, key)
-    logging.info("knowledge base version %d: %s; embedding the blocks of %d "
-                 "document(s)", version, changes, len(new_docs))
-    fresh = _embed_new(work, new_docs, model, config, progress)
-    path = _assemble(config, directory, version, docs, previous, fresh,
-                     skipped, changes, export_info, model["dim"])
+    work = os.path.join(directory, f".work-{version}")
+    # A full disk: what this attempt wrote is removed (it would keep the
+    # disk full), the previous version keeps serving, main says so in one
+    # line. A kill keeps it for the rerun to resume from.
+    with errors.removed_on_disk_full(
+        work, index_store.tmp_path(directory, version)):
+      _work_dir(directory, version, key)
+      logging.info("knowledge base version %d: %s; embedding the blocks of "
+                   "%d document(s)", version, changes, len(new_docs))
+      fresh = _embed_new(work, new_docs, model, config, progress)
+      path = _assemble(config, directory, version, docs, previous, fresh,
+                       skipped, changes, export_info, model["dim"])
     shutil.rmtree(work, ignore_errors=True)
     pruned = index_store.prune(directory, config.index.keep)
     logging.info("knowledge base version %d committed: %s (pruned %s)",

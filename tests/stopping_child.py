@@ -8,6 +8,8 @@ the machine is (a parent that polls and then kills races the child):
   python tests/stopping_child.py commit:N MODULE ARGS...
       stops right before index version N is committed (everything of it is
       written in N.tmp/, not yet renamed).
+  python tests/stopping_child.py export:N MODULE ARGS...
+      stops right after the trainer's export of step N is written.
   python tests/stopping_child.py metrics:N MODULE ARGS...
       stops right after a MetricsWriter wrote the row of step N (or the first
       step after it).
@@ -59,6 +61,19 @@ def _stop_before_commit(n: int):
   store.commit = commit
 
 
+def _stop_after_export(n: int):
+  from realm_jax.index import export
+  real_write = export.write_export
+
+  def write_export(workdir, step, *args, **kwargs):
+    path = real_write(workdir, step, *args, **kwargs)
+    if step == n:
+      _stop()
+    return path
+
+  export.write_export = write_export
+
+
 def _stop_after_metrics(n: int):
   from realm_jax.train import metrics
   real_write = metrics.MetricsWriter.write
@@ -92,6 +107,23 @@ def wait_until_stopped(proc, deadline_s: float = 600):
     time.sleep(0.01)
 
 
+def children(pid: int) -> list[int]:
+  """The pids of `pid`'s child processes."""
+  out = []
+  for task in os.listdir(f"/proc/{pid}/task"):
+    with open(f"/proc/{pid}/task/{task}/children") as f:
+      out += [int(c) for c in f.read().split()]
+  return out
+
+
+def wait_for_exit(pids, deadline_s: float = 600):
+  """Blocks until none of `pids` runs any more (a hang guard only)."""
+  deadline = time.monotonic() + deadline_s
+  while any(process_state(p) not in (None, "Z") for p in pids):
+    assert time.monotonic() < deadline, f"{pids} never exited"
+    time.sleep(0.05)
+
+
 def command(where: str, module: str, *args) -> list[str]:
   return [sys.executable, os.path.abspath(__file__), where, module, *args]
 
@@ -100,6 +132,6 @@ if __name__ == "__main__":
   where, module, args = sys.argv[1], sys.argv[2], sys.argv[3:]
   kind, n = where.split(":")
   {"shard": _stop_in_shard, "commit": _stop_before_commit,
-   "metrics": _stop_after_metrics}[kind](int(n))
+   "metrics": _stop_after_metrics, "export": _stop_after_export}[kind](int(n))
   sys.argv = [module, *args]
   runpy.run_module(module, run_name="__main__", alter_sys=True)

@@ -9,12 +9,16 @@ import signal
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
+from realm_jax import checkpoint as ckpt_lib
 from realm_jax.data import block_builder
 from realm_jax.data import demo_corpus
 from realm_jax.data import tokenizer as tokenizer_lib
+from realm_jax.index import export as export_lib
+from realm_jax.models.retriever import doc_embedder_params
 from realm_jax.retrieval import candidates
 from realm_jax.train import embed_job
 import stopping_child
@@ -155,6 +159,45 @@ def test_asynchronous_resume_continues_from_the_checkpoint(shared, tmp_path):
   assert [r["step"] for r in after] == list(range(saved + 1, 21))
   saved_version = {r["step"]: r["index_version"] for r in before}[saved]
   assert all(r["index_version"] >= saved_version for r in after)
+
+
+def test_a_resume_drops_the_exports_and_indexes_of_the_discarded_steps(
+    shared, tmp_path):
+  """Killed after exporting step 12 with its checkpoint at 10 (or older): the
+  resumed run used to serve index v12, built from the discarded steps'
+  export, and to keep that export instead of writing its own."""
+  overrides = ["--config.index.refresh_every=4",
+               "--config.train.checkpoint_every=10",
+               "--config.train.log_every=1"]
+  work = tmp_path / "ahead"
+  args = _args(shared, work, *overrides, "--config.train.num_steps=20")
+  proc = subprocess.Popen(
+      stopping_child.command("export:12", "realm_jax.main", *args[3:]),
+      cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  try:
+    stopping_child.wait_until_stopped(proc)
+    job = stopping_child.children(proc.pid)   # the embedding job
+  finally:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+  stopping_child.wait_for_exit(job)   # it exits when its parent is gone
+  assert os.path.isdir(work / "exports" / "12")
+  before = len((work / "pretrain_metrics.jsonl").read_text().splitlines())
+  # Another learning rate: the resumed steps differ from the discarded ones.
+  _run(shared, work, *overrides, "--config.train.num_steps=12",
+       "--config.train.learning_rate=3e-3")
+  rows = [json.loads(line) for line in
+          (work / "pretrain_metrics.jsonl").read_text().splitlines()][before:]
+  saved = rows[0]["step"] - 1
+  assert saved <= 10 and rows[-1]["step"] == 12
+  assert all(r["index_version"] <= saved for r in rows), rows
+  step, params = ckpt_lib.restore_params(str(work))
+  _, exported, cfg = export_lib.load_export(str(work / "exports" / "12"))
+  assert step == 12
+  for a, b in zip(jax.tree.leaves(exported), jax.tree.leaves(
+      doc_embedder_params(params["retriever"], cfg)), strict=True):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_an_update_that_overflows_is_never_saved(shared, tmp_path):

@@ -170,6 +170,7 @@ def run(config):
                store.num_blocks, len(records), start)
 
   index_dir = os.path.join(config.workdir, "index")
+  setup.drop_after(config.workdir, index_dir, start)
   if (not export_lib.list_exports(config.workdir)
       or start % config.index.refresh_every == 0):
     setup.export_retriever(config, cfg, state, start, keep=config.index.keep + 2)

@@ -8,6 +8,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from absl import logging
 
 from realm_jax import checkpoint as ckpt_lib
 from realm_jax.data import catalog
@@ -58,6 +59,25 @@ def export_retriever(config, cfg, state: dict, step: int, keep: int | None = Non
   if jax.process_index() == 0:
     _write_export(config.workdir, cfg, doc_embedder_params(
         state["params"]["retriever"], cfg), step, keep)
+
+
+def drop_after(workdir: str, index_dir: str, step: int):
+  """A run resumed at `step` drops the exports and index versions of later
+  steps: they came from the killed run's discarded steps, so the resumed run
+  would serve an index its own params never made, and keep that export
+  instead of writing its own (write_export keeps an existing one)."""
+  if jax.process_index() != 0:
+    return
+  for later in [s for s in export_lib.list_exports(workdir) if s > step]:
+    shutil.rmtree(export_lib.export_path(workdir, later))
+  if not os.path.isdir(index_dir):
+    return
+  for name in os.listdir(index_dir):   # versions, and builds not committed
+    number = name.removesuffix(".tmp")
+    if number.isdigit() and int(number) > step:
+      logging.warning("dropping index %s: made after step %d, where this run "
+                      "resumes", name, step)
+      shutil.rmtree(os.path.join(index_dir, name))
 
 
 def _write_export(workdir, cfg, params, step, keep):

@@ -63,19 +63,37 @@ class Stopped(Exception):
     self.step = step
 
 
+def _preemption_service() -> bool:
+  """Several processes under jax.distributed with JAX's preemption service:
+  SIGTERM on any host reaches all of them, and they agree on one step."""
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  return (jax.process_count() > 1
+          and distributed.global_state.preemption_sync_manager is not None)
+
+
 @contextlib.contextmanager
-def _sigterm_flag():
-  """An Event set by SIGTERM while the loop runs (the default action would
-  kill the process mid-step, or mid-save, and lose every step since the last
-  checkpoint). Signal handlers belong to the main thread: elsewhere (a test
-  running the loop in a thread) nothing is installed."""
+def _preempted():
+  """Yields `preempted(step) -> bool`: stop and save after this step.
+
+  One process: SIGTERM sets a flag (the default action would kill the
+  process mid-step, or mid-save, and lose every step since the last
+  checkpoint). Several: JAX's preemption service, which installs its own
+  SIGTERM handler (a Python one would replace it) and makes every host stop
+  at the same step; a host stopping alone would leave the others waiting
+  in the step's collectives. Signal handlers belong to the main thread:
+  elsewhere (a test running the loop in a thread) nothing is installed.
+  """
+  if _preemption_service():
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    yield multihost_utils.reached_preemption_sync_point
+    return
   flag = threading.Event()
   if threading.current_thread() is not threading.main_thread():
-    yield flag
+    yield lambda step: flag.is_set()
     return
   previous = signal.signal(signal.SIGTERM, lambda *_: flag.set())
   try:
-    yield flag
+    yield lambda step: flag.is_set()
   finally:
     signal.signal(signal.SIGTERM, previous)
 
@@ -164,7 +182,7 @@ def train(state: dict, step_fn: Callable, next_batch: Callable, *,
   log = _Log(writer, describe, write_every_step)
   with contextlib.ExitStack() as stack:
     stack.callback(writer.close)
-    sigterm = stack.enter_context(_sigterm_flag())
+    preempted = stack.enter_context(_preempted())
     for step in range(start, schedule.num_steps):
       wait_start = time.perf_counter()
       batch = next_batch(state, step)
@@ -175,7 +193,8 @@ def train(state: dict, step_fn: Callable, next_batch: Callable, *,
       done = step + 1
       last = done == schedule.num_steps
       log.add(done, metrics, batch.logged)
-      stop = sigterm.is_set() and not last
+      # Called at every step: the preemption service counts on it.
+      stop = preempted(done) and not last
       if done % schedule.log_every == 0 or last or stop:
         log.flush()
       due = [h for h in (*hooks, save) if h.due(done, last)]

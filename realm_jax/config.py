@@ -187,6 +187,16 @@ def default_config() -> ml_collections.ConfigDict:
   # at a third of an open-QA step's cost. A reader learns to find an answer
   # inside a passage far sooner this way (README, "Reading"). 0: none.
   c.finetune.reading_steps = 0
+  # A fine-tuning workdir that ran this same recipe (config, questions, model
+  # shape) with reading steps: this run starts where that one's reading
+  # steps ended (its state at step reading_steps, kept in <it>/reading/:
+  # reader, optimizer state, question stream) with its own query embedder
+  # and index (init_from / model.init). The reading steps never train the
+  # query embedder, so this is nearly the run it would have been (only the
+  # block a dataset question is read in, the best-ranked one with an answer,
+  # can differ), minus their cost; the demo's REALM fine-tune shares the baseline's reading steps this way
+  # (README, "Reading"). Ours, not ORQA/REALM's. Empty: run them here.
+  c.finetune.reading_from = ""
   c.finetune.split = "train"
   c.finetune.batch_size = 1        # questions per step (ORQA/REALM: 1)
   c.finetune.num_steps = 2000

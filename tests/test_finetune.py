@@ -366,6 +366,34 @@ def test_reading_steps_train_only_the_reader_and_resume_across_the_switch(
   jax.tree.map(np.testing.assert_array_equal, params, straight)
 
 
+def test_a_run_can_start_after_another_runs_reading_steps(run):
+  """finetune.reading_from: a run of the same recipe starts from the state
+  another run saved after its reading steps. With the same query embedder
+  (and no weight decay to move it during the reading steps) it is that
+  run, step for step."""
+  overrides = {"finetune.init_from": run["pre"],
+               "finetune.dataset": run["config"].finetune.dataset,
+               "finetune.retriever_beam": run["store"].num_blocks,
+               "finetune.num_steps": 8, "finetune.reading_steps": 5,
+               "train.weight_decay": 0.0, "train.checkpoint_every": 8}
+  first = ow.tiny_config(str(run["tmp"] / "reads"), **overrides)
+  finetune.run(first)
+  config = ow.tiny_config(str(run["tmp"] / "after_reading"), **overrides,
+                          **{"finetune.reading_from": first.workdir})
+  finetune.run(config)
+  rows = ow.read_jsonl(os.path.join(first.workdir, "finetune_metrics.jsonl"))
+  after = ow.read_jsonl(os.path.join(config.workdir, "finetune_metrics.jsonl"))
+  assert [r["step"] for r in after] == [6, 7, 8]
+  assert [r["loss"] for r in after] == [r["loss"] for r in rows[5:]]
+  jax.tree.map(np.testing.assert_array_equal,
+               ckpt_lib.restore_params(config.workdir)[1],
+               ckpt_lib.restore_params(first.workdir)[1])
+  none = ow.tiny_config(str(run["tmp"] / "after_nothing"), **overrides,
+                        **{"finetune.reading_from": run["config"].workdir})
+  with pytest.raises(FileNotFoundError, match="no state saved after"):
+    finetune.run(none)
+
+
 def test_reading_steps_beyond_the_run_are_refused(run):
   config = ow.tiny_config(str(run["tmp"] / "too_many"), **{
       "finetune.init_from": run["pre"],

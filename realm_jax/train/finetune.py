@@ -62,6 +62,8 @@ from realm_jax.train import state as state_lib
 DEVICE_KEYS = ("question_ids", "question_mask", "cand_emb", "retriever_correct",
                "reader_ids", "reader_segments", "reader_mask", "block_mask",
                "span_start_mask", "span_end_mask", "gold_starts", "gold_ends")
+# <workdir>/READING/: the state after the reading steps (finetune.reading_from).
+READING = "reading"
 DOC_KEYS = ("doc_ids", "doc_segments", "doc_mask", "doc_valid")
 
 
@@ -241,6 +243,9 @@ def run(config):
   tx = optimizer(config)
   state, data_state, _ = loop.create_or_restore(checkpointer, init, tx,
                                                 config.seed, mesh)
+  if f.reading_from and not resuming:
+    state, data_state = _after_reading(f.reading_from, state, f.reading_steps,
+                                       mesh)
   if index_path is None:
     index_path = openqa.bootstrap_index(config, cfg,
                                         state["params"]["retriever"], store)
@@ -291,6 +296,14 @@ def run(config):
         regex_answers=f.regex_answers, whole_word_spans=cfg.whole_word_spans,
         doc_pairs=bool(f.doc_loss_weight))
 
+  hooks, reading = [], None
+  if 0 < f.reading_steps < f.num_steps:   # kept for finetune.reading_from
+    reading = ckpt_lib.Checkpointer(os.path.join(config.workdir, READING),
+                                    keep=1)
+    def save_reading(step, state, batch):
+      if step == f.reading_steps:
+        reading.save(step, state, data_state=batch.data_state, meta=batch.meta)
+    hooks = [loop.Hook(f.reading_steps, save_reading, at_end=False)]
   keys = DEVICE_KEYS + (DOC_KEYS if f.doc_loss_weight else ())
   batches = QuestionBatches(data_iter, QuestionEmbedder(cfg, mesh), make_batch,
                             f.num_steps, f.search_lag, keys,
@@ -305,12 +318,40 @@ def run(config):
                                config.train.checkpoint_every,
                                config.train.max_param_norm),
         mesh=mesh, checkpointer=checkpointer, workdir=config.workdir,
-        name="finetune", describe=_describe)
+        name="finetune", describe=_describe, hooks=hooks)
   finally:
+    if reading is not None:
+      reading.close()
     checkpointer.close()
   if f.doc_loss_weight:
     reembed(config, cfg, store)
   return state
+
+
+def _after_reading(workdir: str, state: dict, reading_steps: int, mesh):
+  """(state, data_state): `workdir`'s state at the end of its reading steps,
+  with this run's own query embedder (finetune.reading_from)."""
+  where = os.path.join(workdir, READING)
+  missing = FileNotFoundError(
+      f"finetune.reading_from={workdir}: no state saved after "
+      f"finetune.reading_steps={reading_steps} in {where} (run it first, "
+      "with the same recipe)")
+  if not os.path.isdir(os.path.join(where, "checkpoints")):
+    raise missing
+  saved = ckpt_lib.Checkpointer(where)
+  try:
+    if saved.latest_step() != reading_steps:
+      raise missing
+    restored, data_state, _ = saved.restore(state, reading_steps)
+  finally:
+    saved.close()
+  logging.info("starting after the reading steps of %s (step %d), with this "
+               "run's query embedder", workdir, reading_steps)
+  # The reading steps stop the query embedder's gradient, so its optimizer
+  # moments there are zero: only the params need replacing.
+  params = dict(restored["params"], retriever=state["params"]["retriever"])
+  return (jax.device_put(dict(restored, params=params),
+                         partition.replicated(mesh)), data_state)
 
 
 def reembed(config, cfg, store):

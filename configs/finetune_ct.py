@@ -19,7 +19,7 @@ Hardware: one accelerator and a host with RAM for the memory-mapped index,
 as configs/finetune_nq.py; batch 1 as in the paper.
 Runtime: not measured yet; the steps cost what they cost for NQ.
 num_steps=5k (about 3.7 epochs of the 1,353 training questions) is our
-choice: REFERENCE.md does not give the paper's step count.
+choice: the REALM paper does not give its fine-tuning step count.
 Expected result: CT test EM (regex match) 42.9 (paper, Table 1, REALM
 X=CC-News; 46.8 with X=Wikipedia, ORQA 30.1).
 """

@@ -20,7 +20,7 @@ Runtime: not measured yet. A step is one BERT-base query encoding, a top-5000
 ScaNN search with answer matching on the host, and the reader on 5 x 320
 tokens; finetune.search_lag=1 overlaps the host part with the device.
 num_steps=100k (about 1.1 epochs of the 87,925 TFDS training questions) is
-our choice: REFERENCE.md does not give the paper's step count.
+our choice: the REALM paper does not give its fine-tuning step count.
 Expected result: NQ test EM 40.4 (paper, Table 1, REALM X=CC-News; 39.2 with
 X=Wikipedia, ORQA 33.3). TFDS natural_questions_open's validation split (3,610
 questions) is the paper's NQ test set, hence eval.split="dev"; its train

@@ -11,7 +11,7 @@ Hardware: one accelerator and a host with RAM for the memory-mapped index,
 as configs/finetune_nq.py; batch 1 as in the paper.
 Runtime: not measured yet; the steps cost what they cost for NQ.
 num_steps=10k (about 2.6 epochs of the 3,778 TFDS training questions) is our
-choice: REFERENCE.md does not give the paper's step count.
+choice: the REALM paper does not give its fine-tuning step count.
 Expected result: WQ test EM 40.7 (paper, Table 1, REALM X=CC-News; 40.2 with
 X=Wikipedia, ORQA 36.4). TFDS web_questions has train (the paper's train +
 dev, 3,417 + 361) and test (2,032, the paper's test set).

@@ -5,8 +5,8 @@ Command:
       --config.workdir=gs://BUCKET/ict_wiki
 Hardware: a TPUv3 pod slice (ORQA trained with batch 4096). Runtime: 100k
 steps. Expected result: the retriever whose export bootstraps REALM's first
-index; ORQA reports NQ dev Recall@5 of 13.9 zero-shot for this retriever
-(REFERENCE.md ablation table).
+index; the REALM paper reports NQ dev Recall@5 of 13.9 zero-shot for it
+(REALM paper, Table 3, the ORQA row of its NQ dev ablations).
 """
 from realm_jax import config as config_lib
 

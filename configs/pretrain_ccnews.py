@@ -8,7 +8,8 @@ refresh job. Runtime: about 200k steps at batch 512; the paper does not state
 wall time. Expected result: after fine-tuning (configs/finetune_nq.py), NQ test
 EM about 40.4, WQ 40.7, CT 42.9 (paper, Table 1, REALM X=CC-News).
 Start from the ICT warm start (configs/ict_wiki.py): set
---config.model.init=checkpoint --config.model.init_path=<ict workdir>.
+--config.model.retriever_init=<ict workdir> (its newest retriever export
+replaces the retriever after model.init).
 """
 from realm_jax import config as config_lib
 

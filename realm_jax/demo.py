@@ -38,6 +38,7 @@ from realm_jax import checkpoint as ckpt_lib
 from realm_jax import evaluate as evaluate_lib
 from realm_jax import masked_recall
 from realm_jax import stats
+from realm_jax import workdir as workdir_lib
 from realm_jax.data import catalog
 from realm_jax.data import demo_corpus
 from realm_jax.data import qa
@@ -64,8 +65,7 @@ def _derive(config, workdir, **overrides) -> ml_collections.ConfigDict:
 
 
 def _done(workdir, steps) -> bool:
-  path = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(path):
+  if not workdir_lib.has_checkpoint(workdir):
     return False
   cp = ckpt_lib.Checkpointer(workdir)
   latest = cp.latest_step()
@@ -98,7 +98,7 @@ METRICS = ("exact_match", "recall@1", "recall@5")
 
 def run(config):
   w = os.path.abspath(config.workdir)
-  blocks = os.path.join(w, "blocks")
+  blocks = workdir_lib.blocks_dir(w)
   timings = {}
   base = _derive(config, w, **{"data.block_store": blocks})
 
@@ -121,7 +121,7 @@ def run(config):
   # The baseline fine-tunes against the pretraining run's first index, built
   # by the same initial document embedder: the corpus is embedded once.
   initial = _derive(base, os.path.join(w, "finetune_initial"), task="finetune",
-                    **{"finetune.index_dir": os.path.join(pre.workdir, "index"),
+                    **{"finetune.index_dir": workdir_lib.index_dir(pre.workdir),
                        "finetune.index_version": 0})
   # The REALM fine-tune starts after the baseline's reading steps, with the
   # REALM-pretrained query embedder and index (finetune.reading_from): its
@@ -224,7 +224,7 @@ def final_index(pre, store) -> str:
   """The pretraining run's index built by its last export, built here if the
   run ended before its embedding job finished it: REALM fine-tunes against
   the corpus embedded by the final pretrained retriever."""
-  index_dir = os.path.join(pre.workdir, "index")
+  index_dir = workdir_lib.index_dir(pre.workdir)
   last = export_lib.list_exports(pre.workdir)[-1]
   if last in index_store.list_versions(index_dir):
     return index_store.version_path(index_dir, last)

@@ -16,10 +16,10 @@ count the queries whose top k blocks contain the masked span's text
 The demo reports it for the initial retriever (index 0, export 0) and for
 the REALM-pretrained one (the newest committed index and its export).
 """
-import os
 
 import numpy as np
 
+from realm_jax import workdir as workdir_lib
 from realm_jax.data import masking
 from realm_jax.data import qa
 from realm_jax.index import export as export_lib
@@ -63,7 +63,7 @@ def masked_recall(store, queries: dict, workdir: str, version: int,
                   k: int = 5, batch_size: int = 64) -> float:
   """Fraction of `queries` with the masked span in one of the top k blocks of
   `workdir`'s index version `version`, queries embedded by its export."""
-  index_path = index_store.version_path(os.path.join(workdir, "index"), version)
+  index_path = index_store.version_path(workdir_lib.index_dir(workdir), version)
   index_store.verify(index_path, store.fingerprint)
   _, _, cfg = export_lib.load_export(export_lib.export_path(workdir, version))
   embedder = QueryEmbedder(cfg, workdir)
@@ -86,7 +86,7 @@ def before_after(store, tokenizer, records, pretrain_workdir: str, k: int,
                  query_len: int, max_masks: int, limit: int = 500) -> dict:
   """Masked recall@k of the initial retriever (version 0) and of the newest
   committed index of a pretraining workdir, on the same held-out queries."""
-  index_dir = os.path.join(pretrain_workdir, "index")
+  index_dir = workdir_lib.index_dir(pretrain_workdir)
   versions = index_store.list_versions(index_dir)
   if not versions or versions[0] != 0:
     raise ValueError(f"{index_dir} has no index 0 to compare against")

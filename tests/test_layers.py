@@ -6,7 +6,8 @@ private imports across modules, no oversized files.
   train, qa  training; inference with a fine-tuned model    (never each other)
   index, retrieval                                          (retrieval may use index)
   models, data                                              (leaves)
-  checkpoint, config, errors, integrity, packaged, stats    (shared leaves)
+  checkpoint, config, errors, integrity, packaged, stats,
+  workdir                                                   (shared leaves)
 """
 import ast
 import pathlib
@@ -14,7 +15,8 @@ import pathlib
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent / "realm_jax"
-LEAVES = {"checkpoint", "config", "errors", "integrity", "packaged", "stats"}
+LEAVES = {"checkpoint", "config", "errors", "integrity", "packaged", "stats",
+          "workdir"}
 FACE = {"main", "demo", "evaluate", "answer", "masked_recall", "index_corpus"}
 # package -> the packages (besides itself and the leaves) it may import.
 ALLOWED = {

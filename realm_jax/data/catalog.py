@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 from absl import logging
 
+from realm_jax import workdir as workdir_lib
 from realm_jax.data import block_builder
 from realm_jax.data import corpus
 from realm_jax.data import demo_corpus
@@ -25,7 +26,7 @@ def tokenizer(config) -> tokenizer_lib.Tokenizer:
 
 
 def block_store_path(config) -> str:
-  return config.data.block_store or os.path.join(config.workdir, "blocks")
+  return config.data.block_store or workdir_lib.blocks_dir(config.workdir)
 
 
 def documents(config):

@@ -56,21 +56,21 @@ def exact_match(prediction: str, references: Iterable[str]) -> bool:
   return any(normalized == normalize_answer(r) for r in references)
 
 
-def _compile(pattern: str, flags: int) -> re.Pattern | None:
-  try:
-    return re.compile(pattern, flags)
-  except re.error:
-    return None
+def compiled_answers(patterns: Iterable[str]) -> list[re.Pattern]:
+  """CuratedTREC's answer regexes, compiled case-blind (its official
+  flags); an invalid pattern is skipped: it never matches."""
+  out = []
+  for pattern in patterns:
+    try:
+      out.append(re.compile(pattern, re.IGNORECASE | re.UNICODE | re.MULTILINE))
+    except re.error:
+      pass
+  return out
 
 
 def regex_match(prediction: str, patterns: Iterable[str]) -> bool:
   """CuratedTREC: any pattern `re.match`es the raw prediction (case-blind)."""
-  flags = re.IGNORECASE | re.UNICODE | re.MULTILINE
-  for pattern in patterns:
-    compiled = _compile(pattern, flags)
-    if compiled is not None and compiled.match(prediction) is not None:
-      return True
-  return False
+  return any(c.match(prediction) for c in compiled_answers(patterns))
 
 
 def is_correct(prediction: str, references: Sequence[str],
@@ -99,12 +99,7 @@ def has_answer(text: str, answers: Iterable[str],
   if match == "raw":
     return any(a and a in text for a in answers)
   if match == "regex":
-    flags = re.IGNORECASE | re.UNICODE | re.MULTILINE
-    for pattern in answers:
-      compiled = _compile(pattern, flags)
-      if compiled is not None and compiled.search(text) is not None:
-        return True
-    return False
+    return any(c.search(text) for c in compiled_answers(answers))
   if match == "normalized":
     # Padding with spaces turns substring search into whole-token matching,
     # since normalized text has exactly one space between tokens.

@@ -67,6 +67,17 @@ def source_uid(title: str, text: str) -> str:
   return hashlib.sha1((title + "\x1f" + text).encode("utf-8")).hexdigest()
 
 
+def _position(index, length: int, what: str) -> int:
+  """`index` as a position in [0, length), counting a negative one from the
+  end as a sequence does; IndexError naming `what` outside."""
+  index = int(index)
+  if index < 0:
+    index += length
+  if not 0 <= index < length:
+    raise IndexError(f"{what} {index} out of range [0, {length})")
+  return index
+
+
 class MappedSource(Sequence):
   """A random-access source whose records pass through `fn(record, index)`.
 
@@ -85,12 +96,7 @@ class MappedSource(Sequence):
   def __getitem__(self, index):
     if isinstance(index, slice):
       return [self[i] for i in range(*index.indices(len(self)))]
-    index = int(index)
-    if index < 0:
-      index += len(self)
-    if not 0 <= index < len(self):
-      raise IndexError(f"{self.name}: index {index} out of range "
-                       f"[0, {len(self)})")
+    index = _position(index, len(self), f"{self.name}: index")
     record = self._source[index]
     try:
       return self._fn(record, index)
@@ -281,7 +287,8 @@ def resplit_examples(directory: str, name: str, split: str) -> list[dict]:
   path = os.path.join(directory, f"{name}.resplit.{split}.jsonl")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} does not exist; the resplit files come "
-                            "with the ORQA release (see REFERENCE.md)")
+                            "with the ORQA release (github.com/google-research/"
+                            "language, orqa/resplit)")
   return qa.read_qa_jsonl(path)
 
 
@@ -319,12 +326,7 @@ class JsonlDocuments(Sequence):
   def __getitem__(self, index):
     if isinstance(index, slice):
       return [self[i] for i in range(*index.indices(len(self)))]
-    index = int(index)
-    if index < 0:
-      index += len(self)
-    if not 0 <= index < len(self):
-      raise IndexError(f"{self.path}: document {index} out of range "
-                       f"[0, {len(self)})")
+    index = _position(index, len(self), f"{self.path}: document")
     with open(self.path, "rb") as f:
       f.seek(int(self._offsets[index]))
       return self._parse(f.readline(), index)

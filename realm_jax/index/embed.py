@@ -31,6 +31,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from realm_jax import workdir as workdir_lib
 from realm_jax.data import catalog
 from realm_jax.data import corpus
 from realm_jax.index import build
@@ -71,7 +72,7 @@ def watch(workdir: str, source: build.BlockSource, index_dir: str | None = None,
   came for `idle_timeout` seconds, `stop` (a threading.Event) was set, or the
   parent died.
   """
-  index_dir = index_dir or os.path.join(workdir, "index")
+  index_dir = index_dir or workdir_lib.index_dir(workdir)
   built, idle_since = [], time.monotonic()
   if parent_pid is not None:
     kwargs["should_stop"] = lambda: _parent_gone(parent_pid)
@@ -121,7 +122,7 @@ def run(config):
   kwargs = dict(batch_size=ix.embed_batch_size, shard_rows=ix.embed_shard_rows,
                 dtype=ix.embed_dtype, keep=ix.keep, progress=ix.embed_progress,
                 searcher=options.pop("kind"), scann_overrides=options)
-  index_dir = os.path.join(config.workdir, "index")
+  index_dir = workdir_lib.index_dir(config.workdir)
   parent_pid = ix.embed_parent_pid or None
   with _only_job(index_dir, parent_pid):
     if ix.bootstrap:

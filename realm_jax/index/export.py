@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
+from realm_jax import workdir as workdir_lib
 from realm_jax.index import store
 from realm_jax.models.model_config import BertConfig, RealmConfig
 
@@ -26,12 +27,8 @@ PARAMS = "params.msgpack"
 MODEL = "model.json"
 
 
-def exports_dir(workdir: str) -> str:
-  return os.path.join(workdir, "exports")
-
-
 def export_path(workdir: str, step: int) -> str:
-  return os.path.join(exports_dir(workdir), str(int(step)))
+  return os.path.join(workdir_lib.exports_dir(workdir), str(int(step)))
 
 
 def _jsonable(value):
@@ -72,7 +69,7 @@ def write_export(workdir: str, step: int, params, realm_config: RealmConfig) -> 
   final = export_path(workdir, step)
   if os.path.isdir(final):
     return final
-  os.makedirs(exports_dir(workdir), exist_ok=True)
+  os.makedirs(workdir_lib.exports_dir(workdir), exist_ok=True)
   tmp = f"{final}.tmp-{os.getpid()}"
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
@@ -86,17 +83,13 @@ def write_export(workdir: str, step: int, params, realm_config: RealmConfig) -> 
       os.fsync(f.fileno())
   store.fsync_dir(tmp)
   os.rename(tmp, final)
-  store.fsync_dir(exports_dir(workdir))
+  store.fsync_dir(workdir_lib.exports_dir(workdir))
   return final
 
 
 def list_exports(workdir: str) -> list[int]:
   """Steps of the complete exports, ascending."""
-  d = exports_dir(workdir)
-  if not os.path.isdir(d):
-    return []
-  return sorted(int(n) for n in os.listdir(d)
-                if n.isdigit() and os.path.isdir(os.path.join(d, n)))
+  return workdir_lib.numbered(workdir_lib.exports_dir(workdir))
 
 
 def latest_export(workdir: str) -> str | None:

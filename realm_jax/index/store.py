@@ -26,6 +26,7 @@ import shutil
 
 import numpy as np
 
+from realm_jax import workdir as workdir_lib
 from realm_jax.integrity import sha256_file
 
 MANIFEST = "manifest.json"
@@ -50,10 +51,7 @@ def tmp_path(index_dir: str, step: int) -> str:
 
 def list_versions(index_dir: str) -> list[int]:
   """Steps of the committed versions, ascending. *.tmp dirs are never listed."""
-  if not os.path.isdir(index_dir):
-    return []
-  return sorted(int(n) for n in os.listdir(index_dir)
-                if n.isdigit() and os.path.isdir(os.path.join(index_dir, n)))
+  return workdir_lib.numbered(index_dir)
 
 
 def latest_version(index_dir: str) -> int | None:

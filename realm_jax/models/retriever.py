@@ -5,7 +5,10 @@ Parameter layout:
   Retriever: embedder/... when config.share_embedder (the original REALM setup),
     otherwise query_embedder/... and doc_embedder/...
 """
+import functools
+
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from realm_jax.models.bert import BertEncoder, dense, layer_norm
@@ -104,19 +107,28 @@ def embed_queries(retriever_params, query_ids, query_mask, config: RealmConfig,
       rngs=None if rng is None else {"dropout": rng})
 
 
-def doc_embedder_params(retriever_params, config: RealmConfig):
-  """The RetrieverEmbedder params used for DOCUMENTS (what the index needs)."""
-  key = "embedder" if config.share_embedder else "doc_embedder"
+def _embedder_params(retriever_params, config: RealmConfig, side: str):
+  key = "embedder" if config.share_embedder else f"{side}_embedder"
   if key not in retriever_params:
     raise ValueError(f"retriever params have no {key!r} subtree (share_embedder="
                      f"{config.share_embedder}); keys: {list(retriever_params)}")
   return retriever_params[key]
+
+
+def doc_embedder_params(retriever_params, config: RealmConfig):
+  """The RetrieverEmbedder params used for DOCUMENTS (what the index needs)."""
+  return _embedder_params(retriever_params, config, "doc")
 
 
 def query_embedder_params(retriever_params, config: RealmConfig):
   """The RetrieverEmbedder params used for QUERIES."""
-  key = "embedder" if config.share_embedder else "query_embedder"
-  if key not in retriever_params:
-    raise ValueError(f"retriever params have no {key!r} subtree (share_embedder="
-                     f"{config.share_embedder}); keys: {list(retriever_params)}")
-  return retriever_params[key]
+  return _embedder_params(retriever_params, config, "query")
+
+
+@functools.lru_cache(maxsize=8)
+def jitted_embed_queries(config: RealmConfig, out_sharding=None):
+  """embed_queries(params, ids, mask) jitted once per model config (and
+  output sharding), shared by the trainers, evaluation and answering, so a
+  process that runs several of them (the demo, tests) compiles it once."""
+  kwargs = {} if out_sharding is None else {"out_shardings": out_sharding}
+  return jax.jit(functools.partial(embed_queries, config=config), **kwargs)

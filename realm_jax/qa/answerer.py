@@ -23,6 +23,7 @@ import time
 import numpy as np
 
 from realm_jax import config as config_lib
+from realm_jax import workdir as workdir_lib
 from realm_jax.data import corpus
 from realm_jax.data import pipeline
 from realm_jax.index import refresh
@@ -94,7 +95,7 @@ def tokenizer_of(workdir: str):
     if newest is None:
       raise FileNotFoundError(f"no intact committed version in "
                               f"{kb.versions_dir(workdir)}")
-    path = os.path.join(newest, "blocks")
+    path = workdir_lib.blocks_dir(newest)
   else:
     path = openqa.read_record(qa_model.reader_workdir(workdir))["block_store"]
   return corpus.BlockStore(path).tokenizer()
@@ -102,7 +103,7 @@ def tokenizer_of(workdir: str):
 
 def saved_config(workdir: str):
   """The config task=index or task=finetune saved in <workdir>/config.json."""
-  path = os.path.join(workdir, "config.json")
+  path = workdir_lib.config_path(workdir)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path} not found: pass config=, or build "
                             f"{workdir} with task=index or task=finetune")

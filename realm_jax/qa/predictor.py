@@ -41,7 +41,7 @@ from realm_jax.index import bm25
 from realm_jax.models.bert import MASK_VALUE
 from realm_jax.models import openqa as openqa_model
 from realm_jax.models.reader import span_candidates
-from realm_jax.models.retriever import embed_queries
+from realm_jax.models.retriever import jitted_embed_queries
 from realm_jax.qa.model import FineTuned
 from realm_jax.retrieval import candidates
 from realm_jax.retrieval import qa_inputs
@@ -82,7 +82,7 @@ def _jitted(cfg):
   """(embed, read) jitted once per model config, so that several
   evaluations in one process (e.g. the demo's comparisons) compile once.
   read gives the reader's span logits alone; f(x, z) is added on the host."""
-  embed = jax.jit(functools.partial(embed_queries, config=cfg))
+  embed = jitted_embed_queries(cfg)
   read = jax.jit(lambda reader_params, batch: openqa_model.read_spans(
       reader_params, batch, cfg)[0])
   return embed, read

@@ -30,6 +30,7 @@ import os
 import jax
 
 from realm_jax import integrity
+from realm_jax import workdir as workdir_lib
 from realm_jax.data import catalog
 from realm_jax.data import corpus
 from realm_jax.index import export as export_lib
@@ -38,26 +39,25 @@ from realm_jax.models.retriever import doc_embedder_params
 from realm_jax.retrieval import model_init
 from realm_jax.retrieval import openqa
 
-RECORD = "kb.json"
 DOCUMENTS = "documents.json"
 
 
 def is_kb(workdir: str) -> bool:
-  return os.path.isfile(os.path.join(workdir, RECORD))
+  return os.path.isfile(os.path.join(workdir, workdir_lib.KB_RECORD))
 
 
 def versions_dir(workdir: str) -> str:
-  return os.path.join(workdir, "kb")
+  return workdir_lib.kb_dir(workdir)
 
 
 def read_record(workdir: str) -> dict:
   return integrity.read_json(
-      os.path.join(workdir, RECORD), "remove it and run task=index again "
+      os.path.join(workdir, workdir_lib.KB_RECORD), "remove it and run task=index again "
       "(its committed versions are kept)")
 
 
 def write_record(workdir: str, record: dict):
-  integrity.write_json_atomic(os.path.join(workdir, RECORD), record)
+  integrity.write_json_atomic(os.path.join(workdir, workdir_lib.KB_RECORD), record)
 
 
 # ------------------------------------------------------------------ the model
@@ -103,7 +103,7 @@ def document_embedder(config) -> dict:
       raise FileNotFoundError(
           f"kb.model={model} is neither a fine-tuning workdir ({openqa.RECORD})"
           " nor a pretraining workdir (exports/)")
-    blocks = os.path.join(model, "blocks")
+    blocks = workdir_lib.blocks_dir(model)
     store = (corpus.BlockStore(blocks) if os.path.isfile(
         os.path.join(blocks, "manifest.json")) else None)
   return {"model": model, "export": export,
@@ -161,12 +161,12 @@ def check_version(path: str, cache_root: str | None = None) -> corpus.BlockStore
       if integrity.sha256_file(full) != digest:
         raise index_store.CorruptIndexError(
             f"{full}: sha256 does not match the version's manifest")
-    store = corpus.BlockStore(os.path.join(path, "blocks"))
+    store = corpus.BlockStore(workdir_lib.blocks_dir(path))
     index_store.verify(path, store.fingerprint)
   if not os.path.isdir(path):
     raise index_store.CorruptIndexError(f"{path}: no such version")
   openqa.verified_once(path, check, cache_root)
-  return corpus.BlockStore(os.path.join(path, "blocks"))
+  return corpus.BlockStore(workdir_lib.blocks_dir(path))
 
 
 def newest_version(workdir: str, cache_root: str | None = None) -> str | None:

@@ -39,6 +39,7 @@ from absl import logging
 from realm_jax import config as config_lib
 from realm_jax import errors
 from realm_jax import integrity
+from realm_jax import workdir as workdir_lib
 from realm_jax.data import block_builder
 from realm_jax.data import block_gather
 from realm_jax.data import catalog
@@ -130,7 +131,7 @@ def _previous(workdir: str, export_info: dict, cache: str) -> Previous | None:
     logging.warning("%s was embedded with other model params; re-embedding "
                     "every block", path)
     return None
-  return Previous(path, corpus.BlockStore(os.path.join(path, "blocks")),
+  return Previous(path, corpus.BlockStore(workdir_lib.blocks_dir(path)),
                   index_store.load(path),
                   {d["id"]: d for d in kb.read_documents(path)})
 
@@ -163,7 +164,7 @@ def _embed_new(work: str, new_docs: list, model: dict, config,
   none (or none of them yields a block)."""
   if not new_docs:
     return None
-  path = os.path.join(work, "blocks")
+  path = workdir_lib.blocks_dir(work)
   try:
     store = (corpus.BlockStore(path)
              if os.path.isfile(os.path.join(path, "manifest.json")) else
@@ -174,7 +175,7 @@ def _embed_new(work: str, new_docs: list, model: dict, config,
   except block_builder.NoBlocksError:
     return None
   index = build.embed_export(
-      model["export"], store, os.path.join(work, "index"),
+      model["export"], store, workdir_lib.index_dir(work),
       batch_size=config.index.embed_batch_size, dtype=config.index.embed_dtype,
       shard_rows=config.index.embed_shard_rows, keep=1, progress=progress)
   spans = {}
@@ -188,7 +189,7 @@ def update(config, progress: bool = True) -> str:
   """Commits a version for data.corpus as it is now, embedded by kb.model;
   returns its path (the newest version's, when nothing changed)."""
   directory = kb.versions_dir(config.workdir)
-  cache = os.path.join(config.workdir, "searcher_cache")
+  cache = workdir_lib.searcher_cache(config.workdir)
   index_store.check_keep(config.index.keep)
   with _one_writer(directory):
     model = kb.document_embedder(config)
@@ -200,7 +201,7 @@ def update(config, progress: bool = True) -> str:
                    "model": model["model"],
                    "params_sha256": integrity.sha256_file(
                        os.path.join(model["export"], export_lib.PARAMS))}
-    config_lib.save_config(config, os.path.join(config.workdir, "config.json"))
+    config_lib.save_config(config, workdir_lib.config_path(config.workdir))
     raw, where = corpus_documents(config)
     docs, skipped = documents_lib.identify(raw, where)
     previous = _previous(config.workdir, export_info, cache)
@@ -271,7 +272,7 @@ def _assemble(config, directory, version, docs, previous, fresh, skipped,
   os.makedirs(tmp)
   no_blocks = sum(t["rows"] == 0 for t in table)
   store = block_gather.gather_store(
-      os.path.join(tmp, "blocks"), [p.store for p in parts], src, rows,
+      workdir_lib.blocks_dir(tmp), [p.store for p in parts], src, rows,
       skipped=dict(skipped, no_blocks=no_blocks),
       stats={"documents_read": len(docs) + sum(skipped.values()),
              "documents": len(docs) - no_blocks})

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 from absl import logging
 
 from realm_jax import integrity
+from realm_jax import workdir as workdir_lib
 from realm_jax.data import catalog
 from realm_jax.data import corpus
 from realm_jax.index import build
@@ -48,9 +49,6 @@ from realm_jax.models.model_config import RealmConfig
 from realm_jax.models.retriever import doc_embedder_params
 from realm_jax.retrieval import model_init
 
-RECORD = "openqa.json"
-
-
 # ------------------------------------------------------------- corpus, index
 
 def block_store(config) -> corpus.BlockStore:
@@ -58,7 +56,7 @@ def block_store(config) -> corpus.BlockStore:
   path = config.data.block_store
   init_from = config.finetune.init_from
   if not path and init_from:
-    candidate = os.path.join(init_from, "blocks")
+    candidate = workdir_lib.blocks_dir(init_from)
     if os.path.isfile(os.path.join(candidate, "manifest.json")):
       path = candidate
   if path and os.path.isfile(os.path.join(path, "manifest.json")):
@@ -72,8 +70,8 @@ def index_dir(config) -> str:
   if config.finetune.index_dir:
     return config.finetune.index_dir
   if config.finetune.init_from:
-    return os.path.join(config.finetune.init_from, "index")
-  return os.path.join(config.workdir, "index")
+    return workdir_lib.index_dir(config.finetune.init_from)
+  return workdir_lib.index_dir(config.workdir)
 
 
 def bootstrap_index(config, cfg: RealmConfig, retriever_params,
@@ -93,7 +91,7 @@ def embed_corpus(config, cfg: RealmConfig, retriever_params,
       config.workdir, step, jax.device_get(doc_embedder_params(retriever_params,
                                                                cfg)), cfg)
   return build.embed_export(
-      export, store, os.path.join(config.workdir, "index"),
+      export, store, workdir_lib.index_dir(config.workdir),
       batch_size=config.index.embed_batch_size, dtype=config.index.embed_dtype,
       keep=config.index.keep, progress=jax.process_index() == 0)
 
@@ -191,7 +189,7 @@ def open_index(path: str, store: corpus.BlockStore, index_config,
 
 
 def searcher_cache(config) -> str:
-  return os.path.join(config.workdir, "searcher_cache")
+  return workdir_lib.searcher_cache(config.workdir)
 
 
 # ------------------------------------------------------------ model, params
@@ -221,7 +219,7 @@ def model_config(config, vocab_size: int) -> RealmConfig:
 # ------------------------------------------------------------------ record
 
 def record_path(workdir: str) -> str:
-  return os.path.join(workdir, RECORD)
+  return os.path.join(workdir, workdir_lib.OPENQA_RECORD)
 
 
 def write_record(workdir: str, index_path: str, store: corpus.BlockStore,

@@ -16,7 +16,6 @@ embeddings were computed on the device:
 
 Blocks are referred to by their row in the block store (= row in the index).
 """
-import re
 import string
 import unicodedata
 from typing import Sequence
@@ -27,7 +26,6 @@ from realm_jax.data import qa
 from realm_jax.retrieval import candidates
 
 _PUNCT_BYTES = string.punctuation.encode("ascii")
-_REGEX_FLAGS = re.IGNORECASE | re.UNICODE | re.MULTILINE
 
 
 def _stripped(text: str) -> bytes:
@@ -129,11 +127,7 @@ def regex_gold_spans(patterns: Sequence[str], text: str,
   starts = {int(s): i for i, s in enumerate(offsets[:, 0])}
   ends = {int(e): i for i, e in enumerate(offsets[:, 1])}
   spans = set()
-  for pattern in patterns:
-    try:
-      compiled = re.compile(pattern, _REGEX_FLAGS)
-    except re.error:
-      continue
+  for compiled in qa.compiled_answers(patterns):
     for m in compiled.finditer(text):
       s, e = starts.get(m.start()), ends.get(m.end())
       if m.end() > m.start() and s is not None and e is not None and (

@@ -1,11 +1,9 @@
 """Embeds pretraining queries for retrieval with stale params, on the device."""
-import functools
-
 import jax
 import numpy as np
 
 from realm_jax.index import export as export_lib
-from realm_jax.models.retriever import embed_queries
+from realm_jax.models.retriever import jitted_embed_queries
 
 
 class QueryEmbedder:
@@ -14,7 +12,7 @@ class QueryEmbedder:
 
   def __init__(self, cfg, workdir):
     self.cfg, self.workdir = cfg, workdir
-    self._embed = jax.jit(functools.partial(embed_queries, config=cfg))
+    self._embed = jitted_embed_queries(cfg)
     self._cache = (None, None)   # (version, params)
     self.latest = None           # published by the trainer ("latest" mode)
 

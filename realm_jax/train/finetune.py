@@ -44,6 +44,7 @@ from absl import logging
 
 from realm_jax import checkpoint as ckpt_lib
 from realm_jax import config as config_lib
+from realm_jax import workdir as workdir_lib
 from realm_jax.data import catalog
 from realm_jax.data import corpus
 from realm_jax.data import pipeline
@@ -57,13 +58,12 @@ from realm_jax.retrieval import openqa
 from realm_jax.retrieval import qa_inputs
 from realm_jax.train import loop
 from realm_jax.train import partition
+from realm_jax.train import question_batches
 from realm_jax.train import state as state_lib
 
 DEVICE_KEYS = ("question_ids", "question_mask", "cand_emb", "retriever_correct",
                "reader_ids", "reader_segments", "reader_mask", "block_mask",
                "span_start_mask", "span_end_mask", "gold_starts", "gold_ends")
-# <workdir>/READING/: the state after the reading steps (finetune.reading_from).
-READING = "reading"
 DOC_KEYS = ("doc_ids", "doc_segments", "doc_mask", "doc_valid")
 
 
@@ -150,42 +150,10 @@ def optimizer(config) -> optax.GradientTransformation:
       retriever_lr_scale=f.retriever_lr_scale)))
 
 
-# ------------------------------------------------------ host-side batches
-
-@functools.lru_cache(maxsize=4)
-def _jit_embed(cfg, mesh):
-  return jax.jit(functools.partial(embed_queries, config=cfg),
-                 out_shardings=partition.data_sharded(mesh))
-
-
-class QuestionEmbedder:
-  """Embeds a question batch on the mesh; returns this process's rows."""
-
-  def __init__(self, cfg, mesh):
-    self.mesh = mesh
-    self._fn = _jit_embed(cfg, mesh)
-
-  def __call__(self, retriever_params, qa_batch):
-    """Dispatches the embedding; call `.host(result)` for numpy rows."""
-    inputs = partition.shard_batch(
-        {k: qa_batch[k] for k in ("question_ids", "question_mask")}, self.mesh)
-    return self._fn(retriever_params, inputs["question_ids"],
-                    inputs["question_mask"])
-
-  @staticmethod
-  def host(emb) -> np.ndarray:
-    if jax.process_count() == 1:
-      return np.asarray(emb)
-    shards = sorted(emb.addressable_shards, key=lambda s: s.index[0].start or 0)
-    return np.concatenate([np.asarray(s.data) for s in shards])
-
-
 def _resolve(config):
   """(store, tokenizer, cfg, index path or None, record) for this workdir."""
   record = openqa.read_record(config.workdir)
-  checkpoints = os.path.join(config.workdir, "checkpoints")
-  trained = os.path.isdir(checkpoints) and any(
-      name.isdigit() for name in os.listdir(checkpoints))
+  trained = workdir_lib.has_checkpoint(config.workdir)
   if record is not None and not trained:
     # Recorded, but nothing trained against it yet: if that version is no
     # longer intact (corrupt, or moved away) choose again rather than stay
@@ -252,7 +220,7 @@ def run(config):
   if not recorded and jax.process_index() == 0:
     openqa.write_record(config.workdir, index_path, store, cfg)
   if jax.process_index() == 0:   # how to ask it (qa.Answerer reads this)
-    config_lib.save_config(config, os.path.join(config.workdir, "config.json"))
+    config_lib.save_config(config, workdir_lib.config_path(config.workdir))
   emb, searcher = openqa.open_index(index_path, store, config.index,
                                       openqa.searcher_cache(config))
   beam = min(f.retriever_beam, store.num_blocks)
@@ -281,8 +249,8 @@ def run(config):
   source_rows = qa_inputs.source_rows(examples, store)
 
   def make_batch(qa_batch, q_emb, reading):
-    rows, cand_emb = qa_inputs.search(searcher, emb,
-                                      QuestionEmbedder.host(q_emb), beam)
+    q_host = question_batches.QuestionEmbedder.host(q_emb)
+    rows, cand_emb = qa_inputs.search(searcher, emb, q_host, beam)
     k = f.reader_beam
     if reading:
       rows = qa_inputs.reading_rows(
@@ -298,17 +266,17 @@ def run(config):
 
   hooks, reading = [], None
   if 0 < f.reading_steps < f.num_steps:   # kept for finetune.reading_from
-    reading = ckpt_lib.Checkpointer(os.path.join(config.workdir, READING),
+    reading = ckpt_lib.Checkpointer(workdir_lib.reading_dir(config.workdir),
                                     keep=1)
     def save_reading(step, state, batch):
       if step == f.reading_steps:
         reading.save(step, state, data_state=batch.data_state, meta=batch.meta)
     hooks = [loop.Hook(f.reading_steps, save_reading, at_end=False)]
   keys = DEVICE_KEYS + (DOC_KEYS if f.doc_loss_weight else ())
-  batches = QuestionBatches(data_iter, QuestionEmbedder(cfg, mesh), make_batch,
-                            f.num_steps, f.search_lag, keys,
-                            meta={"index_path": index_path},
-                            reading_steps=f.reading_steps)
+  batches = question_batches.QuestionBatches(
+      data_iter, question_batches.QuestionEmbedder(cfg, mesh), make_batch,
+      f.num_steps, f.search_lag, keys, meta={"index_path": index_path},
+      reading_steps=f.reading_steps)
   try:
     state = loop.train(
         state, functools.partial(train_step, cfg=cfg, tx=tx,
@@ -331,12 +299,12 @@ def run(config):
 def _after_reading(workdir: str, state: dict, reading_steps: int, mesh):
   """(state, data_state): `workdir`'s state at the end of its reading steps,
   with this run's own query embedder (finetune.reading_from)."""
-  where = os.path.join(workdir, READING)
+  where = workdir_lib.reading_dir(workdir)
   missing = FileNotFoundError(
       f"finetune.reading_from={workdir}: no state saved after "
       f"finetune.reading_steps={reading_steps} in {where} (run it first, "
       "with the same recipe)")
-  if not os.path.isdir(os.path.join(where, "checkpoints")):
+  if not workdir_lib.has_checkpoint(where):
     raise missing
   saved = ckpt_lib.Checkpointer(where)
   try:
@@ -363,7 +331,7 @@ def reembed(config, cfg, store):
   step, params = ckpt_lib.restore_params(config.workdir)
   record = openqa.read_record(config.workdir)
   if record["index_path"] == os.path.abspath(
-      index_store.version_path(os.path.join(config.workdir, "index"), step)):
+      index_store.version_path(workdir_lib.index_dir(config.workdir), step)):
     return
   logging.info("doc_loss_weight=%s: embedding %d blocks with the fine-tuned "
                "document embedder (step %d)", config.finetune.doc_loss_weight,
@@ -373,43 +341,6 @@ def reembed(config, cfg, store):
     openqa.write_record(config.workdir, path, store, cfg,
                         start_index_path=record.get("start_index_path",
                                                     record["index_path"]))
-
-
-class QuestionBatches:
-  """The loop's batch source: questions, searched with the query embedder of
-  the current params (finetune.search_lag=0) or of the previous step's
-  (search_lag=1: the next questions are embedded while this step runs).
-
-  make_batch(questions, their embeddings, reading) -> the step's host
-  arrays; reading is True for the first `reading_steps` steps.
-  """
-
-  def __init__(self, data_iter, embedder, make_batch, num_steps: int,
-               search_lag: int, keys: tuple, meta: dict,
-               reading_steps: int = 0):
-    self.data_iter, self.embedder, self.make_batch = data_iter, embedder, make_batch
-    self.keys, self.reading_steps = keys, reading_steps
-    self.num_steps, self.search_lag, self.meta = num_steps, search_lag, meta
-    self.ahead = None   # search_lag=1: the next step's questions, embedded
-
-  def _questions(self, state):
-    """(questions, the iterator state a checkpoint resumes at, their
-    embeddings: dispatched, not waited for)."""
-    questions = next(self.data_iter)
-    return (questions, self.data_iter.get_state(),
-            self.embedder(state["params"]["retriever"], questions))
-
-  def __call__(self, state, step: int) -> loop.Batch:
-    if self.ahead is None:
-      self.ahead = self._questions(state)
-    questions, data_state, q_emb = self.ahead
-    arrays = self.make_batch(questions, q_emb, step < self.reading_steps)
-    self.ahead = None
-    if self.search_lag == 1 and step + 1 < self.num_steps:
-      # Dispatched now, before the step donates the params it reads.
-      self.ahead = self._questions(state)
-    return loop.Batch({k: arrays[k] for k in self.keys},
-                      data_state=data_state, meta=self.meta)
 
 
 def _describe(step, values):

@@ -20,13 +20,13 @@ embeds queries with that version's export. Runs are then bitwise repeatable
 on CPU, including across kill -9 and resume.
 """
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
 import optax
 from absl import logging
 
+from realm_jax import workdir as workdir_lib
 from realm_jax.data import catalog
 from realm_jax.data import pipeline
 from realm_jax.index import export as export_lib
@@ -169,7 +169,7 @@ def run(config):
                "start step %d", model_init.param_count(state["params"]),
                store.num_blocks, len(records), start)
 
-  index_dir = os.path.join(config.workdir, "index")
+  index_dir = workdir_lib.index_dir(config.workdir)
   setup.drop_after(config.workdir, index_dir, start)
   if (not export_lib.list_exports(config.workdir)
       or start % config.index.refresh_every == 0):

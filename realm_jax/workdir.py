@@ -1,0 +1,67 @@
+"""The on-disk layout of a workdir, in one place: every task asks here.
+
+  <workdir>/
+    config.json       the run's config (save_config), read by answer/serve
+    checkpoints/<n>/  train states (checkpoint.Checkpointer)
+    reading/          fine-tuning's state after its reading steps
+    exports/<n>/      retriever exports (index/export.py)
+    index/<n>/        committed index versions (index/store.py); <n>.tmp/
+                      one being built
+    blocks/           the block store, unless data.block_store names one
+    searcher_cache/   ScaNN searchers built for indexes of other workdirs
+    openqa.json       fine-tuning's record: which index and block store
+    kb.json, kb/<n>/  a knowledge base's record and versions (retrieval/kb.py)
+
+Numbered directories (<n>/) are steps or versions; only all-digit names
+count, so <n>.tmp/ and orbax's temporary names are never listed.
+"""
+import os
+
+CONFIG = "config.json"
+OPENQA_RECORD = "openqa.json"
+KB_RECORD = "kb.json"
+
+
+def config_path(workdir: str) -> str:
+  return os.path.join(workdir, CONFIG)
+
+
+def checkpoints_dir(workdir: str) -> str:
+  return os.path.abspath(os.path.join(workdir, "checkpoints"))
+
+
+def reading_dir(workdir: str) -> str:
+  return os.path.join(workdir, "reading")
+
+
+def exports_dir(workdir: str) -> str:
+  return os.path.join(workdir, "exports")
+
+
+def index_dir(workdir: str) -> str:
+  return os.path.join(workdir, "index")
+
+
+def blocks_dir(workdir: str) -> str:
+  return os.path.join(workdir, "blocks")
+
+
+def searcher_cache(workdir: str) -> str:
+  return os.path.join(workdir, "searcher_cache")
+
+
+def kb_dir(workdir: str) -> str:
+  return os.path.join(workdir, "kb")
+
+
+def numbered(directory: str) -> list[int]:
+  """The <n>/ subdirectories of `directory`, ascending ([] if it is absent)."""
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(n) for n in os.listdir(directory)
+                if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
+
+
+def has_checkpoint(workdir: str) -> bool:
+  """Whether a run in `workdir` saved a train state (it then resumes)."""
+  return bool(numbered(checkpoints_dir(workdir)))

@@ -98,7 +98,7 @@ from realm_jax.data import tokenizer as tokenizer_lib
 from realm_jax.index import refresh, searchers
 from realm_jax.index import store as index_store
 from realm_jax.models.retriever import doc_embedder_params
-from realm_jax.retrieval import model_init
+from realm_jax.weights import init as model_init
 from realm_jax.train import loop, partition, prefetch, pretrain
 from realm_jax.train import setup
 from realm_jax.train import state as state_lib

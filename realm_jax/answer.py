@@ -19,13 +19,12 @@ searcher is loaded from its serialized copy under <workdir>/searcher_cache/;
 compiled XLA programs are reused from <workdir>/jax_cache/.
 """
 import json
-import os
 import sys
 import time
 
-import jax
 from absl import logging
 
+from realm_jax import workdir as workdir_lib
 from realm_jax.qa import answerer as answerer_lib
 from realm_jax.qa.answerer import check_question
 
@@ -96,20 +95,6 @@ def format_prediction(pred: dict, store, num_evidence: int,
   return "\n".join(lines)
 
 
-def enable_compilation_cache(workdir: str):
-  """Compiled XLA programs persist in <workdir>/jax_cache/ for the next start."""
-  if jax.config.jax_compilation_cache_dir is None:
-    jax.config.update("jax_compilation_cache_dir",
-                      os.path.join(os.path.abspath(workdir), "jax_cache"))
-  # JAX only persists a program that took longer than
-  # jax_persistent_cache_min_compile_time_secs (default 1 s) to compile, and
-  # may skip small entries: on a fast or idle machine the programs a second
-  # start needs would then never be written. Cache every program, whatever
-  # its compile time or size (-1: no size threshold and no backend override).
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
-
-
 def run(config):
   questions = read_questions(config)
   tok = answerer_lib.tokenizer_of(config.workdir)
@@ -123,7 +108,7 @@ def run(config):
   results = {}
   if todo:
     start = time.perf_counter()
-    enable_compilation_cache(config.workdir)
+    workdir_lib.enable_compilation_cache(config.workdir)
     answerer = answerer_lib.Answerer(config.workdir, config=config,
                                      poll_interval=None)
     logging.info("loaded index %s (version %d) in %.1f s",

@@ -42,7 +42,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.hidden_act = "gelu"     # gelu (original TF code) | gelu_new (HF port)
   c.model.dropout_rate = 0.1
   c.model.proj_size = 128
-  # How the retriever's projection starts (realm_jax/retrieval/model_init.py:
+  # How the retriever's projection starts (realm_jax/weights/init.py:
   # init_projection): random (REALM, for BERT checkpoints) | identity
   # (proj_size = hidden size; keeps a retrieval-trained encoder's geometry).
   c.model.proj_init = "random"
@@ -251,7 +251,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval.predictions = ""          # default: <workdir>/predictions.jsonl
 
   # task=index: a knowledge base of data.corpus in <workdir>
-  # (realm_jax/retrieval/kb.py). kb.model: a fine-tuning workdir (answer and
+  # (realm_jax/kb/versions.py). kb.model: a fine-tuning workdir (answer and
   # eval then read with its reader), a pretraining workdir (its newest
   # export), or "" for config.model's initial retriever (e.g.
   # model.init=hf_realm). Versions kept: index.keep; searcher: index.searcher.

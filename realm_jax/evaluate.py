@@ -20,7 +20,7 @@ Predicting (the answer string, the baselines' retrieval modes) is
 realm_jax/qa/predictor.py.
 
 bm25 and dense_zero_shot also run without a fine-tuned reader (a workdir with
-no openqa.json, e.g. only data.block_store or an index: `retrieval_model`):
+no finetuned.json, e.g. only data.block_store or an index: `retrieval_model`):
 then only recall@k is measured, exact_match is None, and each prediction has
 "prediction": null and p: null in top_blocks.
 
@@ -49,10 +49,10 @@ from realm_jax.models.reader import SpanReader
 from realm_jax.qa import model as qa_model
 from realm_jax.qa import predictor as predictor_lib
 from realm_jax.qa.model import FineTuned
-from realm_jax.retrieval import kb
-from realm_jax.retrieval import model_init
-from realm_jax.retrieval import openqa
-from realm_jax.retrieval import qa_inputs
+from realm_jax.kb import versions as kb
+from realm_jax.weights import init as model_init
+from realm_jax.retrieval import finetuned
+from realm_jax.batching import qa_inputs
 
 
 def eval_examples(config) -> list[dict]:
@@ -95,20 +95,20 @@ def initial_retriever(config, cfg):
 def retrieval_model(config, retrieval: str) -> FineTuned:
   """A model with no reader (params["reader"] None), for recall@k only.
 
-  The block store of openqa.block_store(config). For dense_zero_shot also
-  the initial retriever and the index of openqa.find_index(config), or, if
+  The block store of finetuned.block_store(config). For dense_zero_shot also
+  the initial retriever and the index of finetuned.find_index(config), or, if
   there is none, <workdir>/index/0 embedded by the initial document embedder
   (what fine-tuning would bootstrap).
   """
-  store = openqa.block_store(config)
-  cfg = openqa.model_config(config, store.tokenizer().vocab_size)
+  store = finetuned.block_store(config)
+  cfg = finetuned.model_config(config, store.tokenizer().vocab_size)
   retriever = emb = searcher = path = None
   if retrieval == "dense_zero_shot":
     retriever = initial_retriever(config, cfg)
-    path = openqa.find_index(config, store) or openqa.bootstrap_index(
+    path = finetuned.find_index(config, store) or finetuned.bootstrap_index(
         config, cfg, retriever, store)
-    emb, searcher = openqa.open_index(path, store, config.index,
-                                        openqa.searcher_cache(config))
+    emb, searcher = finetuned.open_index(path, store, config.index,
+                                        finetuned.searcher_cache(config))
   elif retrieval != "bm25":
     raise ValueError(f"retrieval={retrieval!r} needs a fine-tuned reader; "
                      f"only {predictor_lib.RETRIEVAL_ONLY_MODES} run without one")
@@ -121,12 +121,12 @@ def retrieval_model(config, retrieval: str) -> FineTuned:
 def _start_index(config, model: FineTuned) -> FineTuned:
   """The model searching the index fine-tuning started from, where the
   corpus was embedded again after it (finetune.doc_loss_weight)."""
-  record = openqa.read_record(config.workdir) or {}
+  record = finetuned.read_record(config.workdir) or {}
   start = record.get("start_index_path")
   if not start or start == model.index_path:
     return model
-  emb, searcher = openqa.open_index(start, model.store, config.index,
-                                    openqa.searcher_cache(config))
+  emb, searcher = finetuned.open_index(start, model.store, config.index,
+                                    finetuned.searcher_cache(config))
   return dataclasses.replace(model, emb=emb, searcher=searcher,
                              index_path=start)
 
@@ -161,7 +161,7 @@ def evaluate(config, params=None, *, model: FineTuned | None = None,
   retrieval = retrieval or config.eval.retrieval
   if model is None:
     if (retrieval in predictor_lib.RETRIEVAL_ONLY_MODES
-        and openqa.read_record(config.workdir) is None
+        and finetuned.read_record(config.workdir) is None
         and not kb.is_kb(config.workdir)):
       logging.info("%s is not a fine-tuning workdir: %s retrieval only, no EM",
                    config.workdir, retrieval)

@@ -39,7 +39,7 @@ _TASK_MODULES = {
     "eval": ("realm_jax.evaluate",
              "exact match and recall@k with bootstrap CIs, predictions; "
              "retrieval baselines (eval.retrieval)"),
-    "index": ("realm_jax.index_corpus",
+    "index": ("realm_jax.kb.task",
               "indexes data.corpus with a trained model (kb.model) into a "
               "knowledge base in <workdir>; rerun after the corpus changes to "
               "embed only new and changed documents"),

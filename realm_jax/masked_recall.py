@@ -25,7 +25,7 @@ from realm_jax.data import qa
 from realm_jax.index import export as export_lib
 from realm_jax.index import search
 from realm_jax.index import store as index_store
-from realm_jax.retrieval.query_embedder import QueryEmbedder
+from realm_jax.index.query_embedder import QueryEmbedder
 
 
 def masked_queries(records, tokenizer, query_len: int, max_masks: int,

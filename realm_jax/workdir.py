@@ -9,13 +9,16 @@
                       one being built
     blocks/           the block store, unless data.block_store names one
     searcher_cache/   ScaNN searchers built for indexes of other workdirs
+    jax_cache/        compiled XLA programs (task=answer and task=index)
     openqa.json       fine-tuning's record: which index and block store
-    kb.json, kb/<n>/  a knowledge base's record and versions (retrieval/kb.py)
+    kb.json, kb/<n>/  a knowledge base's record and versions (kb/versions.py)
 
 Numbered directories (<n>/) are steps or versions; only all-digit names
 count, so <n>.tmp/ and orbax's temporary names are never listed.
 """
 import os
+
+import jax
 
 CONFIG = "config.json"
 OPENQA_RECORD = "openqa.json"
@@ -65,3 +68,17 @@ def numbered(directory: str) -> list[int]:
 def has_checkpoint(workdir: str) -> bool:
   """Whether a run in `workdir` saved a train state (it then resumes)."""
   return bool(numbered(checkpoints_dir(workdir)))
+
+
+def enable_compilation_cache(workdir: str):
+  """Compiled XLA programs persist in <workdir>/jax_cache/ for the next start."""
+  if jax.config.jax_compilation_cache_dir is None:
+    jax.config.update("jax_compilation_cache_dir",
+                      os.path.join(os.path.abspath(workdir), "jax_cache"))
+  # JAX only persists a program that took longer than
+  # jax_persistent_cache_min_compile_time_secs (default 1 s) to compile, and
+  # may skip small entries: on a fast or idle machine the programs a second
+  # start needs would then never be written. Cache every program, whatever
+  # its compile time or size (-1: no size threshold and no backend override).
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)

@@ -23,9 +23,9 @@ from realm_jax.index import export as export_lib
 from realm_jax.models import convert
 from realm_jax.models.reader import MLMEncoder, SpanReader
 from realm_jax.models.retriever import Retriever, doc_embedder_params
-from realm_jax.retrieval import model_init
-from realm_jax.retrieval import openqa
-from realm_jax.retrieval import qa_inputs
+from realm_jax.weights import init as model_init
+from realm_jax.retrieval import finetuned
+from realm_jax.batching import qa_inputs
 from realm_jax.train import finetune
 from realm_jax.train import state as state_lib
 from random_params import random_params
@@ -100,7 +100,7 @@ def make_finetuned_workdir(work: str, pre: str, store, pre_params):
   {pretrained retriever, span reader} (random reader weights: for tests of
   the plumbing, not of the answers)."""
   config = tiny_config(work, **{"finetune.init_from": pre})
-  cfg = openqa.model_config(config, store.tokenizer().vocab_size)
+  cfg = finetuned.model_config(config, store.tokenizer().vocab_size)
   reader = SpanReader(cfg)
   params = {"retriever": pre_params["retriever"],
             "reader": random_params(reader, *convert.example_inputs(reader),
@@ -110,7 +110,7 @@ def make_finetuned_workdir(work: str, pre: str, store, pre_params):
   checkpointer = ckpt_lib.Checkpointer(work)
   checkpointer.save(1, state)
   checkpointer.close()
-  openqa.write_record(work, os.path.join(pre, "index", "0"), store, cfg)
+  finetuned.write_record(work, os.path.join(pre, "index", "0"), store, cfg)
   return work
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from realm_jax import answer
 from realm_jax.data import corpus
-from realm_jax.retrieval import openqa
+from realm_jax.retrieval import finetuned
 import openqa_workdir as ow
 
 FLAGS = ("--config.finetune.question_len=24", "--config.finetune.reader_len=64",
@@ -52,7 +52,7 @@ def test_prints_answer_evidence_and_highlight(workdir, tmp_path):
   evidence = re.findall(r"^  (\d)\. p=(\d\.\d+)  (.+)  \[block (\d+)\]$", out,
                         re.M)
   assert [e[0] for e in evidence] == ["1", "2"]
-  store = corpus.BlockStore(openqa.read_record(workdir)["block_store"])
+  store = corpus.BlockStore(finetuned.read_record(workdir)["block_store"])
   assert [e[2] for e in evidence] == [store.title(int(e[3])) for e in evidence]
   assert sum(float(e[1]) for e in evidence) <= 1.0 + 1e-3
   assert f">>>{answer_text}<<<" in out   # not a tty: no ANSI codes
@@ -89,7 +89,7 @@ def test_bad_question_is_refused_before_loading(workdir, capsys, question,
 
 
 def test_question_of_exactly_the_limit_is_accepted(workdir):
-  tok = corpus.BlockStore(openqa.read_record(workdir)["block_store"]
+  tok = corpus.BlockStore(finetuned.read_record(workdir)["block_store"]
                           ).tokenizer()
   assert answer.check_question("why " * 22, tok, 24) is None
   assert answer.check_question("why " * 23, tok, 24) is not None

@@ -17,8 +17,8 @@ from realm_jax.models import convert
 from realm_jax.models.reader import SpanReader
 from realm_jax.models.retriever import Retriever
 from realm_jax.qa import model as qa_model
-from realm_jax.retrieval import openqa
-from realm_jax.retrieval import qa_inputs
+from realm_jax.retrieval import finetuned
+from realm_jax.batching import qa_inputs
 from realm_jax.train import finetune
 from realm_jax.train import state as state_lib
 from random_params import random_params
@@ -37,7 +37,7 @@ def setup(tmp_path_factory):
   qa_file = ow.write_jsonl(str(tmp / "qa.jsonl"), questions)
   config = ow.tiny_config(str(tmp / "work"), **{
       "finetune.init_from": pre, "eval.file": qa_file})
-  cfg = openqa.model_config(config, store.tokenizer().vocab_size)
+  cfg = finetuned.model_config(config, store.tokenizer().vocab_size)
   retriever, reader = Retriever(cfg), SpanReader(cfg)
   params = {"retriever": ow.content_sensitive(random_params(
                 retriever, *convert.example_inputs(retriever), seed=7)),
@@ -48,7 +48,7 @@ def setup(tmp_path_factory):
   checkpointer = ckpt_lib.Checkpointer(config.workdir)
   checkpointer.save(1, state)
   checkpointer.close()
-  openqa.write_record(config.workdir, os.path.join(pre, "index", "0"),
+  finetuned.write_record(config.workdir, os.path.join(pre, "index", "0"),
                         store, cfg)
   return {"config": config, "pre": pre, "pre_params": pre_params,
           "params": params, "store": store, "questions": questions,

@@ -325,7 +325,7 @@ def test_the_job_ships_the_configured_scann_searcher_and_readers_load_it(
   differently builds its own."""
   import functools
   from realm_jax import config as config_lib
-  from realm_jax.retrieval import openqa
+  from realm_jax.retrieval import finetuned
   blocks, export_path, _ = demo
   workdir = str(tmp_path / "w")
   config = tiny_config(workdir, blocks)
@@ -353,14 +353,14 @@ def test_the_job_ships_the_configured_scann_searcher_and_readers_load_it(
   assert os.stat(meta).st_mtime_ns == before          # loaded, not rebuilt
   queries = np.asarray(store.load(path))[:5]
   cache = tmp_path / "cache"
-  _, searcher = openqa.open_index(path, blocks, index_config, str(cache))
+  _, searcher = finetuned.open_index(path, blocks, index_config, str(cache))
   # Nothing serialized beside the version's own searcher; only the memo of
   # the verified checksums.
   assert os.listdir(cache) == ["verified"]
   assert os.stat(meta).st_mtime_ns == before
   np.testing.assert_array_equal(searcher.search(queries, 3)[0],
                                 watcher.searcher.search(queries, 3)[0])
-  _, other = openqa.open_index(path, blocks, config_lib.default_config().index,
+  _, other = finetuned.open_index(path, blocks, config_lib.default_config().index,
                                  str(cache))
   assert other.settings["mode"] == "brute_force" and len(os.listdir(cache)) == 2
 

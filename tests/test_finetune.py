@@ -21,12 +21,12 @@ from realm_jax.data import demo_corpus
 from realm_jax.data import qa
 from realm_jax.index import build
 from realm_jax.index import store as index_store
-from realm_jax.models import openqa as openqa_model
+from realm_jax.models import retrieve_and_read
 from realm_jax.models.retriever import embed_queries
 from realm_jax.qa import answerer
 from realm_jax.qa import model as qa_model
-from realm_jax.retrieval import openqa
-from realm_jax.retrieval import qa_inputs
+from realm_jax.retrieval import finetuned
+from realm_jax.batching import qa_inputs
 from realm_jax.train import finetune
 import openqa_workdir as ow
 
@@ -79,7 +79,7 @@ def test_starts_from_pretraining_and_keeps_its_index(run):
     assert 0.9 < same.mean() < 1.0
   assert "span_projection" in params["reader"]   # a fresh span head
   assert "mlm_transform" not in params["reader"]
-  record = openqa.read_record(config.workdir)
+  record = finetuned.read_record(config.workdir)
   assert record["index_path"] == os.path.join(pre, "index", "0")
   assert record["block_store"] == os.path.join(pre, "blocks")
 
@@ -139,7 +139,7 @@ def test_predictions_are_the_joint_argmax_and_a_shared_cache_reads_once(run):
                  question_ids=q["question_ids"],
                  question_mask=q["question_mask"],
                  cand_emb=np.asarray(model.emb[rows], np.float32))
-    _, logits, _, _ = openqa_model.read(model.params, batch, model.cfg)
+    _, logits, _, _ = retrieve_and_read.read(model.params, batch, model.cfg)
     flat = np.asarray(logits, np.float64).reshape(-1)
     best = int(np.argmax(flat))
     assert p["block"]["rank"] == best // logits.shape[-1]
@@ -235,19 +235,19 @@ def test_finetune_builds_a_missing_block_store(tmp_path, explicit_store):
   store = corpus.BlockStore(blocks)
   assert store.num_blocks >= len(docs)
   assert store.title(0) == docs[0][0]
-  assert openqa.read_record(work)["block_store"] == blocks
+  assert finetuned.read_record(work)["block_store"] == blocks
   assert ckpt_lib.restore_params(work)[0] == 2
 
 
 def test_a_recorded_index_that_went_bad_before_training_is_chosen_again(
     run, tmp_path):
-  """openqa.json pins the index a run trains against. If that version is
+  """finetuned.json pins the index a run trains against. If that version is
   moved away or corrupt before any checkpoint exists, a rerun chooses the
   newest intact version again instead of failing on the pinned one."""
   pre_index = os.path.join(run["pre"], "index")
   work = str(tmp_path / "work")
   gone = os.path.join(str(tmp_path), "moved_away", "0")
-  openqa.write_record(work, gone, run["store"], openqa.read_record(
+  finetuned.write_record(work, gone, run["store"], finetuned.read_record(
       run["config"].workdir)["model"])
   config = ow.tiny_config(work, **{"finetune.init_from": run["pre"]})
   _, _, _, index_path, recorded = finetune._resolve(config)
@@ -270,7 +270,7 @@ def test_doc_pairs_take_the_best_ranked_block_with_and_without_an_answer(run):
 def test_doc_loss_is_the_in_batch_softmax_and_reaches_the_documents(run):
   config, store = run["config"], run["store"]
   _, params = ckpt_lib.restore_params(config.workdir)
-  cfg = openqa.read_record(config.workdir)["model"]
+  cfg = finetuned.read_record(config.workdir)["model"]
   q_ids = np.array([[101, 2023, 102, 0], [101, 2008, 2003, 102]], np.int32)
   q_mask = (q_ids > 0).astype(np.int32)
   ids, segments, mask = store.doc_inputs(np.array([[0, 1], [2, 3]]))
@@ -305,7 +305,7 @@ def test_doc_loss_reembeds_the_corpus_for_eval(run):
   finetune.run(doc_config)
   rows = ow.read_jsonl(os.path.join(work, "finetune_metrics.jsonl"))
   assert all(np.isfinite(r["doc_loss"]) for r in rows)
-  record = openqa.read_record(work)
+  record = finetuned.read_record(work)
   assert record["index_path"] == os.path.join(work, "index", "4")
   step, params = ckpt_lib.restore_params(work)
   emb = index_store.load(record["index_path"])

@@ -1,4 +1,4 @@
-"""Knowledge bases (task=index, retrieval/kb_update.py, qa.Answerer): an
+"""Knowledge bases (task=index, kb/update.py, qa.Answerer): an
 updated version equals a build from scratch; a killed update leaves the old
 version serving and a rerun completes it; an Answerer answers through an
 update and then cites only the new text; bad input is refused or counted."""
@@ -22,9 +22,9 @@ from realm_jax.index import build
 from realm_jax.index import search
 from realm_jax.index import store as index_store
 from realm_jax.qa import Answerer
-from realm_jax.retrieval import kb
-from realm_jax.retrieval import kb_update
-from realm_jax.retrieval import openqa
+from realm_jax.kb import versions as kb
+from realm_jax.kb import update as kb_update
+from realm_jax.retrieval import finetuned
 import openqa_workdir as ow
 import stopping_child
 
@@ -238,7 +238,7 @@ def test_a_pretraining_workdir_embeds_as_its_own_index(model, tmp_path):
   """kb.model = a pretraining workdir, data.corpus = demo (ids from title
   and text): each block's embedding is the one the model's own index holds
   for the same block."""
-  pre = os.path.dirname(openqa.read_record(model)["block_store"])
+  pre = os.path.dirname(finetuned.read_record(model)["block_store"])
   config = ow.tiny_config(str(tmp_path / "kb"))
   config.kb.model = pre
   path = kb_update.update(config, progress=False)
@@ -349,13 +349,13 @@ def test_the_update_benchmark_runs_small(tmp_path):
 def test_an_unchanged_rerun_reports_no_changes(model, tmp_path, capsys):
   """It used to print the serving version's changes ("added": all of them)
   for a run that committed nothing."""
-  from realm_jax import index_corpus  # pylint: disable=g-import-not-at-top
+  from realm_jax.kb import task as index_task  # pylint: disable=g-import-not-at-top
   config = kb_config(tmp_path / "kb", write_corpus(tmp_path / "d.jsonl",
                                                    corpus_v1()), model)
-  index_corpus.run(config)
+  index_task.run(config)
   first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert first["committed"] and first["changes"]["added"] == NUM_DOCS
-  index_corpus.run(config)
+  index_task.run(config)
   again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert again["version"] == first["version"] and not again["committed"]
   assert again["changes"] == {"added": 0, "changed": 0, "removed": 0,

@@ -10,12 +10,12 @@ from realm_jax.data import qa
 from realm_jax.data import tokenizer as tokenizer_lib
 from realm_jax.models import convert
 from realm_jax.models import model_config as config_lib
-from realm_jax.models import openqa as openqa_model
+from realm_jax.models import retrieve_and_read
 from realm_jax.models.bert import MASK_VALUE
 from realm_jax.models.reader import SpanReader
 from realm_jax.models.retriever import Retriever
 from realm_jax.qa.predictor import span_text
-from realm_jax.retrieval import qa_inputs
+from realm_jax.batching import qa_inputs
 import openqa_workdir as ow
 from random_params import random_params
 
@@ -175,7 +175,7 @@ def test_no_span_inside_a_word_unless_the_option_is_off(tok, whole_words):
   batch.update(question_ids=q["question_ids"],
                question_mask=q["question_mask"],
                cand_emb=np.zeros((1, 1, 8), np.float32))
-  _, logits, starts, ends = openqa_model.read(params, batch, cfg)
+  _, logits, starts, ends = retrieve_and_read.read(params, batch, cfg)
   valid = np.asarray(logits)[0, 0] > MASK_VALUE / 2
   body = batch["reader_ids"][0, 0, 8:14]
   spans = {span_text(tok, SERFDOM, body, s - 8, e - 8)[0]

@@ -195,7 +195,7 @@ def build_block_store(documents: Iterable, tokenizer: Tokenizer, out_dir: str,
     progress: show a tqdm progress bar.
     overwrite: replace an existing committed store at `out_dir`.
     document_ids: documents are dicts with an "id" (a knowledge base's,
-      retrieval/kb.py): each block records it ("doc" in blocks.jsonl) and
+      kb/versions.py): each block records it ("doc" in blocks.jsonl) and
       its uid includes it, so duplicates are dropped within a document only
       and the blocks of one document never depend on another's. No list-page
       filter: that is a Wikipedia rule, not a user's.

@@ -1,6 +1,6 @@
 """A new block store made of rows of existing ones, without tokenizing again.
 
-A knowledge base update (retrieval/kb_update.py) keeps the blocks of its
+A knowledge base update (kb/update.py) keeps the blocks of its
 unchanged documents and adds those of new and changed documents, which a
 small store holds. `gather_store` copies the chosen rows of each source store
 (tokens, lengths, uids, sentence starts and the blocks.jsonl lines, as bytes)

@@ -3,7 +3,7 @@
 A document's identity is its `id` when the corpus gives one (a JSONL `id`
 field), and otherwise the sha1 of its title and text, so an unchanged document
 keeps its identity from one indexing run to the next and a knowledge base
-update (retrieval/kb_update.py) can tell added, changed and removed documents
+update (kb/update.py) can tell added, changed and removed documents
 apart. `digest` (sha1 of title and text) tells a changed document with a
 given id from an unchanged one.
 

@@ -304,7 +304,7 @@ class JsonlDocuments(Sequence):
   One pass at open time records the byte offset of every non-blank line;
   `[i]` then seeks and parses line i. Each object needs a string `text` and
   may have `title` (default "") and `id` (a string or integer: the
-  document's identity in a knowledge base, retrieval/kb.py).
+  document's identity in a knowledge base, kb/versions.py).
   """
 
   def __init__(self, path: str | os.PathLike):

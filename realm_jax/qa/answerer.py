@@ -30,8 +30,8 @@ from realm_jax.index import refresh
 from realm_jax.index import store as index_store
 from realm_jax.qa import model as qa_model
 from realm_jax.qa import predictor as predictor_lib
-from realm_jax.retrieval import kb
-from realm_jax.retrieval import openqa
+from realm_jax.kb import versions as kb
+from realm_jax.retrieval import finetuned
 
 
 @dataclasses.dataclass
@@ -97,7 +97,7 @@ def tokenizer_of(workdir: str):
                               f"{kb.versions_dir(workdir)}")
     path = workdir_lib.blocks_dir(newest)
   else:
-    path = openqa.read_record(qa_model.reader_workdir(workdir))["block_store"]
+    path = finetuned.read_record(qa_model.reader_workdir(workdir))["block_store"]
   return corpus.BlockStore(path).tokenizer()
 
 
@@ -123,7 +123,7 @@ class Answerer:
     self.config.workdir = workdir
     model = qa_model.load_finetuned(self.config)
     self.tokenizer = model.store.tokenizer()
-    self._cache = openqa.searcher_cache(self.config)
+    self._cache = finetuned.searcher_cache(self.config)
     self._base = model
     self._served = (None, None)   # (the version in service, its Predictor)
     version = index_store.read_manifest(model.index_path)["step"]

@@ -1,9 +1,9 @@
 """A fine-tuned open-QA model with its frozen index, loaded for inference.
 
-Fine-tuning records what it used in <workdir>/openqa.json (retrieval/openqa.py);
+Fine-tuning records what it used in <workdir>/finetuned.json (retrieval/finetuned.py);
 loading reads that record, so eval and answer search exactly the index the
 model was trained against. A knowledge base workdir (task=index,
-retrieval/kb.py) names its fine-tuned model in kb.json; it is loaded with
+kb/versions.py) names its fine-tuned model in kb.json; it is loaded with
 the knowledge base's newest committed version instead.
 """
 import dataclasses
@@ -12,9 +12,9 @@ from realm_jax import checkpoint as ckpt_lib
 from realm_jax.data import corpus
 from realm_jax.models.model_config import RealmConfig
 from realm_jax.models.reader import SpanReader
-from realm_jax.retrieval import kb
-from realm_jax.retrieval import model_init
-from realm_jax.retrieval import openqa
+from realm_jax.kb import versions as kb
+from realm_jax.weights import init as model_init
+from realm_jax.retrieval import finetuned
 
 
 @dataclasses.dataclass
@@ -33,14 +33,14 @@ def reader_workdir(workdir: str) -> str:
   """The fine-tuning workdir whose reader answers for `workdir`: itself, or
   the model a knowledge base was indexed with."""
   if not kb.is_kb(workdir):
-    if openqa.read_record(workdir) is None:
+    if finetuned.read_record(workdir) is None:
       raise FileNotFoundError(
-          f"{openqa.record_path(workdir)} not found: {workdir} is not a "
+          f"{finetuned.record_path(workdir)} not found: {workdir} is not a "
           "fine-tuning workdir (run task=finetune first) nor a knowledge base "
           "(task=index)")
     return workdir
   model = kb.read_record(workdir)["model"]
-  if not model or openqa.read_record(model) is None:
+  if not model or finetuned.read_record(model) is None:
     raise ValueError(
         f"the knowledge base in {workdir} was indexed with kb.model="
         f"{model or '(config.model)'}, which has no fine-tuned reader; index "
@@ -53,12 +53,12 @@ def load_finetuned(config) -> FineTuned:
   """The latest fine-tuning checkpoint and its index: config.workdir's own,
   or for a knowledge base its model's with the newest intact version."""
   workdir = reader_workdir(config.workdir)
-  record = openqa.read_record(workdir)
-  cache = openqa.searcher_cache(config)
+  record = finetuned.read_record(workdir)
+  cache = finetuned.searcher_cache(config)
   if workdir == config.workdir:
     index_path = record["index_path"]
     store = corpus.BlockStore(record["block_store"])
-    emb, searcher = openqa.open_index(index_path, store, config.index, cache)
+    emb, searcher = finetuned.open_index(index_path, store, config.index, cache)
   else:
     index_path = kb.newest_version(config.workdir, cache)
     if index_path is None:

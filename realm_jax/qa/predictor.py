@@ -39,12 +39,12 @@ import numpy as np
 
 from realm_jax.index import bm25
 from realm_jax.models.bert import MASK_VALUE
-from realm_jax.models import openqa as openqa_model
+from realm_jax.models import retrieve_and_read
 from realm_jax.models.reader import span_candidates
 from realm_jax.models.retriever import jitted_embed_queries
 from realm_jax.qa.model import FineTuned
-from realm_jax.retrieval import candidates
-from realm_jax.retrieval import qa_inputs
+from realm_jax.batching import candidates
+from realm_jax.batching import qa_inputs
 
 
 # Reader inputs are cut to a multiple of this many tokens (as index/build.py
@@ -83,7 +83,7 @@ def _jitted(cfg):
   evaluations in one process (e.g. the demo's comparisons) compile once.
   read gives the reader's span logits alone; f(x, z) is added on the host."""
   embed = jitted_embed_queries(cfg)
-  read = jax.jit(lambda reader_params, batch: openqa_model.read_spans(
+  read = jax.jit(lambda reader_params, batch: retrieve_and_read.read_spans(
       reader_params, batch, cfg)[0])
   return embed, read
 

@@ -1,3 +1,2 @@
-"""Host-side retrieval shared by training and inference: initial params,
-the block store and index a QA model reads, query embedding with stale
-params, and the assembly of candidate and reader inputs."""
+"""The index and block store a fine-tuned model reads, as its fine-tuning
+workdir recorded them (finetuned.py), shared by training and inference."""

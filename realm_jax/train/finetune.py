@@ -1,13 +1,13 @@
 """Open-QA fine-tuning, ORQA/REALM style (config.task == "finetune").
 
 The document embeddings stay frozen: one committed index version (see
-retrieval/openqa.py) serves the whole run, and only the query embedder and the span
+retrieval/finetuned.py) serves the whole run, and only the query embedder and the span
 reader train. One step, for a batch of questions:
   1. embed the questions with the current params (a jitted device call) and
      search the fixed index for the top S = finetune.retriever_beam blocks;
   2. on the host, gather those blocks' frozen embeddings, mark the blocks
      that contain an answer, and build the reader inputs of the top
-     K = finetune.reader_beam blocks with their gold spans (retrieval/qa_inputs.py);
+     K = finetune.reader_beam blocks with their gold spans (batching/qa_inputs.py);
   3. `train_step` (pure, jitted over the data mesh, state donated) recomputes
      f(x, z) = q . d for the S blocks with the current query params, so the
      gradient reaches the query embedder; the reader scores every span of the
@@ -50,12 +50,12 @@ from realm_jax.data import corpus
 from realm_jax.data import pipeline
 from realm_jax.index import store as index_store
 from realm_jax.models import losses
-from realm_jax.models import openqa as openqa_model
+from realm_jax.models import retrieve_and_read
 from realm_jax.models.reader import SpanReader
 from realm_jax.models.retriever import Retriever, embed_queries
-from realm_jax.retrieval import model_init
-from realm_jax.retrieval import openqa
-from realm_jax.retrieval import qa_inputs
+from realm_jax.weights import init as model_init
+from realm_jax.retrieval import finetuned
+from realm_jax.batching import qa_inputs
 from realm_jax.train import loop
 from realm_jax.train import partition
 from realm_jax.train import question_batches
@@ -82,7 +82,7 @@ def finetune_loss(params, batch, rng, cfg, deterministic=False,
   doc_rng = None
   if doc_loss_weight and rng is not None:   # the default keeps its stream
     rng, doc_rng = jax.random.split(rng)
-  scores, logits, starts, ends = openqa_model.read(params, batch, cfg,
+  scores, logits, starts, ends = retrieve_and_read.read(params, batch, cfg,
                                                    deterministic, rng)
   span_correct = losses.correct_spans(starts, ends, batch["gold_starts"],
                                       batch["gold_ends"])   # [B, K, spans]
@@ -152,7 +152,7 @@ def optimizer(config) -> optax.GradientTransformation:
 
 def _resolve(config):
   """(store, tokenizer, cfg, index path or None, record) for this workdir."""
-  record = openqa.read_record(config.workdir)
+  record = finetuned.read_record(config.workdir)
   trained = workdir_lib.has_checkpoint(config.workdir)
   if record is not None and not trained:
     # Recorded, but nothing trained against it yet: if that version is no
@@ -160,9 +160,9 @@ def _resolve(config):
     # pinned to it. With checkpoints the run must keep its index; open_index
     # then refuses it with a message naming the version.
     try:
-      openqa.check_index(record["index_path"],
+      finetuned.check_index(record["index_path"],
                          corpus.BlockStore(record["block_store"]),
-                         openqa.searcher_cache(config))
+                         finetuned.searcher_cache(config))
     except (index_store.CorruptIndexError, FileNotFoundError) as e:
       logging.warning("the recorded index is not usable (%s); choosing the "
                       "newest intact version again", e)
@@ -171,13 +171,13 @@ def _resolve(config):
     # A resumed run (or a rerun in this workdir) keeps what it started with.
     logging.info("using the index %s and block store %s recorded in %s",
                  record["index_path"], record["block_store"],
-                 openqa.record_path(config.workdir))
+                 finetuned.record_path(config.workdir))
     store = corpus.BlockStore(record["block_store"])
     return store, store.tokenizer(), record["model"], record["index_path"], True
-  store = openqa.block_store(config)
+  store = finetuned.block_store(config)
   tok = store.tokenizer()
-  cfg = openqa.model_config(config, tok.vocab_size)
-  return store, tok, cfg, openqa.find_index(config, store), False
+  cfg = finetuned.model_config(config, tok.vocab_size)
+  return store, tok, cfg, finetuned.find_index(config, store), False
 
 
 def _random_params(cfg, rng):
@@ -215,14 +215,14 @@ def run(config):
     state, data_state = _after_reading(f.reading_from, state, f.reading_steps,
                                        mesh)
   if index_path is None:
-    index_path = openqa.bootstrap_index(config, cfg,
+    index_path = finetuned.bootstrap_index(config, cfg,
                                         state["params"]["retriever"], store)
   if not recorded and jax.process_index() == 0:
-    openqa.write_record(config.workdir, index_path, store, cfg)
+    finetuned.write_record(config.workdir, index_path, store, cfg)
   if jax.process_index() == 0:   # how to ask it (qa.Answerer reads this)
     config_lib.save_config(config, workdir_lib.config_path(config.workdir))
-  emb, searcher = openqa.open_index(index_path, store, config.index,
-                                      openqa.searcher_cache(config))
+  emb, searcher = finetuned.open_index(index_path, store, config.index,
+                                      finetuned.searcher_cache(config))
   beam = min(f.retriever_beam, store.num_blocks)
   logging.info("Open-QA fine-tuning: %d blocks, index %s (version %s), "
                "retriever beam %d, reader beam %d, start step %d of %d",
@@ -325,20 +325,20 @@ def _after_reading(workdir: str, state: dict, reading_steps: int, mesh):
 def reembed(config, cfg, store):
   """After fine-tuning that trained the document side (doc_loss_weight > 0):
   the corpus is embedded again with the final embedder into
-  <workdir>/index/<step>, and openqa.json points eval and answering there.
+  <workdir>/index/<step>, and finetuned.json points eval and answering there.
   The record is written last, so a run killed before it repeats this (the
   build resumes) and one killed after it finds it done."""
   step, params = ckpt_lib.restore_params(config.workdir)
-  record = openqa.read_record(config.workdir)
+  record = finetuned.read_record(config.workdir)
   if record["index_path"] == os.path.abspath(
       index_store.version_path(workdir_lib.index_dir(config.workdir), step)):
     return
   logging.info("doc_loss_weight=%s: embedding %d blocks with the fine-tuned "
                "document embedder (step %d)", config.finetune.doc_loss_weight,
                store.num_blocks, step)
-  path = openqa.embed_corpus(config, cfg, params["retriever"], store, step)
+  path = finetuned.embed_corpus(config, cfg, params["retriever"], store, step)
   if jax.process_index() == 0:
-    openqa.write_record(config.workdir, path, store, cfg,
+    finetuned.write_record(config.workdir, path, store, cfg,
                         start_index_path=record.get("start_index_path",
                                                     record["index_path"]))
 

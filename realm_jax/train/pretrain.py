@@ -36,9 +36,9 @@ from realm_jax.index import store as index_store
 from realm_jax.models import losses
 from realm_jax.models.reader import MLMEncoder
 from realm_jax.models.retriever import Retriever, embed_queries, relevance_scores
-from realm_jax.retrieval import candidates
-from realm_jax.retrieval import model_init
-from realm_jax.retrieval.query_embedder import QueryEmbedder
+from realm_jax.batching import candidates
+from realm_jax.weights import init as model_init
+from realm_jax.index.query_embedder import QueryEmbedder
 from realm_jax.train import embed_job
 from realm_jax.train import loop
 from realm_jax.train import prefetch

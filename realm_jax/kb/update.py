@@ -50,7 +50,7 @@ from realm_jax.index import build
 from realm_jax.index import export as export_lib
 from realm_jax.index import searchers
 from realm_jax.index import store as index_store
-from realm_jax.retrieval import kb
+from realm_jax.kb import versions as kb
 
 FORMAT = 1
 

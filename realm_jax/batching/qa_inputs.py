@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from realm_jax.data import qa
-from realm_jax.retrieval import candidates
+from realm_jax.batching import candidates
 
 _PUNCT_BYTES = string.punctuation.encode("ascii")
 

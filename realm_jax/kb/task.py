@@ -6,22 +6,22 @@
 
 The first run embeds every block; a rerun after the corpus changed embeds
 only the blocks of new and changed documents and commits a new version
-(realm_jax/retrieval/kb_update.py); `answer`, `eval` and qa.Answerer on
+(realm_jax/kb/update.py); `answer`, `eval` and qa.Answerer on
 <workdir> use the newest committed version. A killed run leaves the previous
 version serving and a rerun resumes.
 """
 import json
 
-from realm_jax.answer import enable_compilation_cache
+from realm_jax import workdir as workdir_lib
 from realm_jax.index import store as index_store
-from realm_jax.retrieval import kb
-from realm_jax.retrieval import kb_update
+from realm_jax.kb import update as kb_update
+from realm_jax.kb import versions as kb
 
 
 def run(config):
   # An update compiles the embedder's programs the first run compiled: they
   # come from <workdir>/jax_cache/ instead (a second or so per block width).
-  enable_compilation_cache(config.workdir)
+  workdir_lib.enable_compilation_cache(config.workdir)
   versions = kb.versions_dir(config.workdir)
   before = set(index_store.list_versions(versions))
   path = kb_update.update(config)

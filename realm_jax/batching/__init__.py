@@ -1,0 +1,1 @@
+"""Host-side batch assembly: retrieved candidates and reader inputs."""

@@ -1,0 +1,1 @@
+"""Where the weights of a run start: initial checkpoints, grafts, checks."""

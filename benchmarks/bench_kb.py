@@ -33,8 +33,8 @@ from absl import logging
 from realm_jax import config as config_lib
 from realm_jax.data import demo_corpus
 from realm_jax.index import store as index_store
-from realm_jax.kb import versions as kb
 from realm_jax.kb import update as kb_update
+from realm_jax.kb import versions as kb
 
 
 def corpus(copies: int, limit: int = 0) -> list[dict]:

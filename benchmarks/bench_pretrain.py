@@ -98,10 +98,10 @@ from realm_jax.data import tokenizer as tokenizer_lib
 from realm_jax.index import refresh, searchers
 from realm_jax.index import store as index_store
 from realm_jax.models.retriever import doc_embedder_params
-from realm_jax.weights import init as model_init
 from realm_jax.train import loop, partition, prefetch, pretrain
 from realm_jax.train import setup
 from realm_jax.train import state as state_lib
+from realm_jax.weights import init as model_init
 
 K, MASKS = 8, 10
 # Dense bf16 peak FLOP/s by device_kind substring (SXM parts).

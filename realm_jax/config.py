@@ -66,7 +66,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.reader_len = 384          # [CLS] q [SEP] body [SEP]
   c.data.max_masks = 10
   # Query records held out of pretraining (a fixed hash-selected subset),
-  # for realm_jax.masked_recall; 0 trains on all of X, as REALM does.
+  # for realm_jax.index.masked_recall; 0 trains on all of X, as REALM does.
   c.data.heldout_fraction = 0.0
   c.data.masking = "salient"       # salient | random_token | random_span (ablations)
   c.data.block_store = ""          # default: <workdir>/blocks
@@ -246,7 +246,7 @@ def default_config() -> ml_collections.ConfigDict:
   # bm25: BM25 over the blocks' titles and texts (pip install
   # realm_jax[baselines]); dense_zero_shot: the retriever where fine-tuning
   # started, not the fine-tuned one. These two also run in a workdir with no
-  # fine-tuned reader: recall@k only, EM None (see realm_jax/evaluate.py).
+  # fine-tuned reader: recall@k only, EM None (see realm_jax/tasks/evaluate.py).
   c.eval.retrieval = "index"
   c.eval.predictions = ""          # default: <workdir>/predictions.jsonl
 

@@ -24,29 +24,29 @@ _CONFIG = config_flags.DEFINE_config_file(
 
 # task -> (module with a `run(config)` function, what the task does).
 _TASK_MODULES = {
-    "ict": ("realm_jax.train.ict",
+    "ict": ("realm_jax.tasks.ict",
             "Inverse Cloze Task warm start of the retriever; its exports "
             "bootstrap the first index"),
-    "pretrain": ("realm_jax.train.pretrain",
+    "pretrain": ("realm_jax.tasks.pretrain",
                  "REALM pretraining with index refreshes; starts the "
                  "embedding job itself unless index.spawn_embed_job=False"),
-    "embed": ("realm_jax.index.embed",
+    "embed": ("realm_jax.tasks.embed",
               "the embedding job: embeds each new export of the trainer into "
               "<workdir>/index (or index.bootstrap once), with the trainer's "
               "config"),
-    "finetune": ("realm_jax.train.finetune",
+    "finetune": ("realm_jax.tasks.finetune",
                  "Open-QA fine-tuning against a frozen index"),
-    "eval": ("realm_jax.evaluate",
+    "eval": ("realm_jax.tasks.evaluate",
              "exact match and recall@k with bootstrap CIs, predictions; "
              "retrieval baselines (eval.retrieval)"),
-    "index": ("realm_jax.kb.task",
+    "index": ("realm_jax.tasks.index",
               "indexes data.corpus with a trained model (kb.model) into a "
               "knowledge base in <workdir>; rerun after the corpus changes to "
               "embed only new and changed documents"),
-    "answer": ("realm_jax.answer",
+    "answer": ("realm_jax.tasks.answer",
                "answers answer.question (or answer.questions_file) with its "
                "evidence blocks"),
-    "demo": ("realm_jax.demo",
+    "demo": ("realm_jax.tasks.demo",
              "everything above, offline, on the embedded demo corpus"),
 }
 assert set(_TASK_MODULES) == set(config_lib.TASKS)

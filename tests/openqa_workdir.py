@@ -16,6 +16,7 @@ import numpy as np
 
 from realm_jax import checkpoint as ckpt_lib
 from realm_jax import config as config_lib
+from realm_jax.batching import qa_inputs
 from realm_jax.data import catalog
 from realm_jax.data import demo_corpus
 from realm_jax.index import build
@@ -23,11 +24,10 @@ from realm_jax.index import export as export_lib
 from realm_jax.models import convert
 from realm_jax.models.reader import MLMEncoder, SpanReader
 from realm_jax.models.retriever import Retriever, doc_embedder_params
-from realm_jax.weights import init as model_init
 from realm_jax.retrieval import finetuned
-from realm_jax.batching import qa_inputs
 from realm_jax.train import finetune
 from realm_jax.train import state as state_lib
+from realm_jax.weights import init as model_init
 from random_params import random_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from realm_jax import answer
 from realm_jax.data import corpus
 from realm_jax.retrieval import finetuned
+from realm_jax.tasks import answer
 import openqa_workdir as ow
 
 FLAGS = ("--config.finetune.question_len=24", "--config.finetune.reader_len=64",

@@ -1,5 +1,5 @@
 """The eval baselines bm25 and dense_zero_shot (realm_jax/index/bm25.py,
-realm_jax/evaluate.py) on the small demo Open-QA setup of openqa_workdir:
+realm_jax/tasks/evaluate.py) on the small demo Open-QA setup of openqa_workdir:
 BM25 finds the answer block, eval writes the usual predictions with recall@k
 equal to a hand count, the BM25 index is cached and loaded, dense_zero_shot
 searches with the retriever where fine-tuning started, and both run without
@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 
 from realm_jax import checkpoint as ckpt_lib
-from realm_jax import evaluate
+from realm_jax.batching import qa_inputs
 from realm_jax.index import bm25
 from realm_jax.models import convert
 from realm_jax.models.reader import SpanReader
 from realm_jax.models.retriever import Retriever
 from realm_jax.qa import model as qa_model
 from realm_jax.retrieval import finetuned
-from realm_jax.batching import qa_inputs
+from realm_jax.tasks import evaluate
 from realm_jax.train import finetune
 from realm_jax.train import state as state_lib
 from random_params import random_params

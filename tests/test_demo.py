@@ -5,9 +5,9 @@ import sys
 
 import pytest
 
+from realm_jax.batching import qa_inputs
 from realm_jax.data import demo_corpus
 from realm_jax.data import qa as qa_lib
-from realm_jax.batching import qa_inputs
 
 
 @pytest.fixture(scope="module")

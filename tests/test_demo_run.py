@@ -18,8 +18,8 @@ import pytest
 
 pytest.importorskip("bm25s")   # the `baselines` extra: the BM25 system
 
-from realm_jax import demo as demo_run
 from realm_jax.data import demo_corpus
+from realm_jax.tasks import demo as demo_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORPUS_LIMIT = 150     # 247 blocks; the test split then has 11 questions

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from realm_jax.index import build, embed, export, refresh, search, searchers, store
+from realm_jax.tasks import embed as embed_task
 import stopping_child
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -290,7 +291,7 @@ def test_dispatcher_entry_bootstraps_the_first_index(tmp_path, demo):
   blocks, export_path, _ = demo
   config = tiny_config(tmp_path, blocks)
   config.index.bootstrap = export_path
-  embed.run(config)
+  embed_task.run(config)
   path = store.version_path(str(tmp_path / "index"), 0)
   m = store.verify(path, blocks.fingerprint)
   assert m["num_blocks"] == blocks.num_blocks and m["dim"] == 16
@@ -310,7 +311,7 @@ def test_dispatcher_entry_watches_the_exports(tmp_path, demo, deterministic,
   config.index.deterministic = deterministic
   # Returns once nothing is left to embed.
   config.index.embed_poll_interval = config.index.embed_idle_timeout = 0.01
-  embed.run(config)
+  embed_task.run(config)
   index_dir = str(tmp_path / "index")
   assert [store.verify(store.version_path(index_dir, v), blocks.fingerprint)
           ["export"]["step"] for v in store.list_versions(index_dir)] == built
@@ -332,7 +333,7 @@ def test_the_job_ships_the_configured_scann_searcher_and_readers_load_it(
   config.index.bootstrap = export_path
   config.index.searcher = "scann"
   config.index.scann.mode, config.index.scann.reorder_num_neighbors = "ah", 64
-  embed.run(config)
+  embed_task.run(config)
   index_dir = os.path.join(workdir, "index")
   path = store.version_path(index_dir, 0)
   saved = [n for n in os.listdir(path) if n.startswith("scann-")]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from realm_jax import checkpoint as ckpt_lib
-from realm_jax import evaluate
+from realm_jax.batching import qa_inputs
 from realm_jax.data import corpus
 from realm_jax.data import demo_corpus
 from realm_jax.data import qa
@@ -26,7 +26,8 @@ from realm_jax.models.retriever import embed_queries
 from realm_jax.qa import answerer
 from realm_jax.qa import model as qa_model
 from realm_jax.retrieval import finetuned
-from realm_jax.batching import qa_inputs
+from realm_jax.tasks import evaluate
+from realm_jax.tasks import finetune as finetune_task
 from realm_jax.train import finetune
 import openqa_workdir as ow
 
@@ -44,7 +45,7 @@ def run(tmp_path_factory):
                             "finetune.retriever_beam": store.num_blocks,
                             "finetune.num_steps": 12,
                             "train.checkpoint_every": 6})
-  finetune.run(config)
+  finetune_task.run(config)
   return {"config": config, "pre": pre, "pre_params": pre_params,
           "questions": questions, "store": store, "tmp": tmp}
 
@@ -200,7 +201,7 @@ def test_resume_repeats_the_uninterrupted_run(run):
       k: config.finetune[k.split(".")[1]] for k in (
           "finetune.init_from", "finetune.dataset", "finetune.retriever_beam",
           "finetune.num_steps")}, **{"train.checkpoint_every": 6})
-  finetune.run(resumed_config)
+  finetune_task.run(resumed_config)
   _, resumed = ckpt_lib.restore_params(work)
   rows = ow.read_jsonl(os.path.join(work, "finetune_metrics.jsonl"))
   assert [r["step"] for r in rows] == list(range(7, 13))
@@ -231,7 +232,7 @@ def test_finetune_builds_a_missing_block_store(tmp_path, explicit_store):
       "data.block_store": blocks if explicit_store else "",
       "finetune.dataset": "jsonl:" + qa_file, "finetune.batch_size": 2,
       "finetune.retriever_beam": 4, "finetune.num_steps": 2})
-  finetune.run(config)
+  finetune_task.run(config)
   store = corpus.BlockStore(blocks)
   assert store.num_blocks >= len(docs)
   assert store.title(0) == docs[0][0]
@@ -250,7 +251,7 @@ def test_a_recorded_index_that_went_bad_before_training_is_chosen_again(
   finetuned.write_record(work, gone, run["store"], finetuned.read_record(
       run["config"].workdir)["model"])
   config = ow.tiny_config(work, **{"finetune.init_from": run["pre"]})
-  _, _, _, index_path, recorded = finetune._resolve(config)
+  _, _, _, index_path, recorded = finetune_task._resolve(config)
   assert not recorded
   assert os.path.dirname(index_path) == pre_index
 
@@ -302,7 +303,7 @@ def test_doc_loss_reembeds_the_corpus_for_eval(run):
       k: config.finetune[k.split(".")[1]] for k in (
           "finetune.init_from", "finetune.dataset", "finetune.retriever_beam")},
       **{"finetune.num_steps": 4, "finetune.doc_loss_weight": 1.0})
-  finetune.run(doc_config)
+  finetune_task.run(doc_config)
   rows = ow.read_jsonl(os.path.join(work, "finetune_metrics.jsonl"))
   assert all(np.isfinite(r["doc_loss"]) for r in rows)
   record = finetuned.read_record(work)
@@ -329,7 +330,7 @@ def test_doc_loss_reembeds_the_corpus_for_eval(run):
   zero_shot = evaluate.evaluate(doc_config, retrieval="dense_zero_shot",
                                 predictions_path=str(run["tmp"] / "zs.jsonl"))
   assert zero_shot["num_questions"] == 4
-  finetune.run(doc_config)      # finished: nothing is embedded again
+  finetune_task.run(doc_config)      # finished: nothing is embedded again
   assert sorted(os.listdir(os.path.join(work, "index"))) == ["4"]
 
 
@@ -345,7 +346,7 @@ def test_reading_steps_train_only_the_reader_and_resume_across_the_switch(
                "finetune.num_steps": 8, "finetune.reading_steps": 5,
                "train.checkpoint_every": 3}
   config = ow.tiny_config(str(run["tmp"] / "reading"), **overrides)
-  finetune.run(config)
+  finetune_task.run(config)
   rows = ow.read_jsonl(os.path.join(config.workdir, "finetune_metrics.jsonl"))
   grad = ow.first_logged(rows, "query_grad_norm")
   assert np.all(grad[:5] == 0) and np.all(grad[5:] > 0)
@@ -358,7 +359,7 @@ def test_reading_steps_train_only_the_reader_and_resume_across_the_switch(
   for step in ("6", "8"):
     shutil.rmtree(os.path.join(work, "checkpoints", step))
   os.remove(os.path.join(work, "finetune_metrics.jsonl"))
-  finetune.run(ow.tiny_config(work, **overrides))
+  finetune_task.run(ow.tiny_config(work, **overrides))
   resumed = ow.read_jsonl(os.path.join(work, "finetune_metrics.jsonl"))
   assert [r["step"] for r in resumed] == list(range(4, 9))
   assert [r["loss"] for r in resumed] == [r["loss"] for r in rows[3:]]
@@ -377,10 +378,10 @@ def test_a_run_can_start_after_another_runs_reading_steps(run):
                "finetune.num_steps": 8, "finetune.reading_steps": 5,
                "train.weight_decay": 0.0, "train.checkpoint_every": 8}
   first = ow.tiny_config(str(run["tmp"] / "reads"), **overrides)
-  finetune.run(first)
+  finetune_task.run(first)
   config = ow.tiny_config(str(run["tmp"] / "after_reading"), **overrides,
                           **{"finetune.reading_from": first.workdir})
-  finetune.run(config)
+  finetune_task.run(config)
   rows = ow.read_jsonl(os.path.join(first.workdir, "finetune_metrics.jsonl"))
   after = ow.read_jsonl(os.path.join(config.workdir, "finetune_metrics.jsonl"))
   assert [r["step"] for r in after] == [6, 7, 8]
@@ -391,7 +392,7 @@ def test_a_run_can_start_after_another_runs_reading_steps(run):
   none = ow.tiny_config(str(run["tmp"] / "after_nothing"), **overrides,
                         **{"finetune.reading_from": run["config"].workdir})
   with pytest.raises(FileNotFoundError, match="no state saved after"):
-    finetune.run(none)
+    finetune_task.run(none)
 
 
 def test_reading_steps_beyond_the_run_are_refused(run):
@@ -400,4 +401,4 @@ def test_reading_steps_beyond_the_run_are_refused(run):
       "finetune.dataset": run["config"].finetune.dataset,
       "finetune.num_steps": 4, "finetune.reading_steps": 5})
   with pytest.raises(ValueError, match="reading_steps=5 must be"):
-    finetune.run(config)
+    finetune_task.run(config)

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 
 from realm_jax import checkpoint as ckpt_lib
-from realm_jax.train import ict
+from realm_jax.tasks import ict as ict_task
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), "configs"))
@@ -33,7 +33,7 @@ def _losses(workdir):
 def test_resume_repeats_the_uninterrupted_run(tmp_path):
   blocks = tmp_path / "blocks"
   straight = tmp_path / "straight"
-  ict.run(_config(straight, blocks))
+  ict_task.run(_config(straight, blocks))
   assert sorted(os.listdir(straight / "exports")) == ["6"]
   # What a job killed after the checkpoint of step 3 leaves behind.
   resumed = tmp_path / "resumed"
@@ -41,7 +41,7 @@ def test_resume_repeats_the_uninterrupted_run(tmp_path):
   shutil.rmtree(resumed / "checkpoints" / "6")
   shutil.rmtree(resumed / "exports" / "6")
   os.remove(resumed / "ict_metrics.jsonl")
-  ict.run(_config(resumed, blocks))
+  ict_task.run(_config(resumed, blocks))
   expected = _losses(straight)
   assert sorted(expected) == list(range(1, 7))
   assert _losses(resumed) == {s: expected[s] for s in (4, 5, 6)}

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from realm_jax import config as config_lib
+from realm_jax.batching.qa_inputs import blocks_with_answer
 from realm_jax.data import catalog
 from realm_jax.data import demo_corpus
 from realm_jax.data import pipeline
 from realm_jax.index import build
 from realm_jax.models.bert import BertEncoder
 from realm_jax.weights import init as model_init
-from realm_jax.batching.qa_inputs import blocks_with_answer
 import openqa_workdir as ow
 
 LIMIT = 250   # documents: ~410 blocks, ~20 test questions

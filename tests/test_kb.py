@@ -14,17 +14,17 @@ import threading
 import numpy as np
 import pytest
 
-from realm_jax import answer
-from realm_jax import evaluate
 from realm_jax.data import corpus
 from realm_jax.data import demo_corpus
 from realm_jax.index import build
 from realm_jax.index import search
 from realm_jax.index import store as index_store
-from realm_jax.qa import Answerer
-from realm_jax.kb import versions as kb
 from realm_jax.kb import update as kb_update
+from realm_jax.kb import versions as kb
+from realm_jax.qa import Answerer
 from realm_jax.retrieval import finetuned
+from realm_jax.tasks import answer
+from realm_jax.tasks import evaluate
 import openqa_workdir as ow
 import stopping_child
 
@@ -349,7 +349,7 @@ def test_the_update_benchmark_runs_small(tmp_path):
 def test_an_unchanged_rerun_reports_no_changes(model, tmp_path, capsys):
   """It used to print the serving version's changes ("added": all of them)
   for a run that committed nothing."""
-  from realm_jax.kb import task as index_task  # pylint: disable=g-import-not-at-top
+  from realm_jax.tasks import index as index_task  # pylint: disable=g-import-not-at-top
   config = kb_config(tmp_path / "kb", write_corpus(tmp_path / "d.jsonl",
                                                    corpus_v1()), model)
   index_task.run(config)

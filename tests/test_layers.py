@@ -1,10 +1,10 @@
 """The package's shape, checked from the source: layers, no cycles, no
 private imports across modules, no oversized files.
 
-  face       main, demo, evaluate, answer, masked_recall    (any layer below)
+  face       main, tasks/ (the task runners)                (any layer below)
   train, qa  training; inference with a fine-tuned model    (never each other;
                                                              qa may use kb)
-  kb         knowledge bases and their task (task=index)
+  kb         knowledge bases: records, versions, updates
   retrieval  the index and block store a fine-tuned model reads
   weights    where a run's weights start
   index, batching                                           (index and the
@@ -21,7 +21,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent / "realm_jax"
 LEAVES = {"checkpoint", "config", "errors", "integrity", "packaged", "stats",
           "workdir"}
-FACE = {"main", "demo", "evaluate", "answer", "masked_recall"}
+FACE = {"main", "tasks"}
 # package -> the packages (besides itself and the leaves) it may import.
 ALLOWED = {
     "models": set(),
@@ -90,8 +90,8 @@ def test_layers():
 
 def test_inference_needs_nothing_from_train():
   graph, _ = _graph()
-  for start in ("realm_jax.evaluate", "realm_jax.answer",
-                "realm_jax.masked_recall", "realm_jax.qa.predictor"):
+  for start in ("realm_jax.tasks.evaluate", "realm_jax.tasks.answer",
+                "realm_jax.index.masked_recall", "realm_jax.qa.predictor"):
     seen, todo = set(), [start]
     while todo:
       module = todo.pop()

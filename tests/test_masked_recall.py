@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from realm_jax import masked_recall
 from realm_jax.data import catalog
 from realm_jax.data import qa
+from realm_jax.index import masked_recall
 from openqa_workdir import make_pretrain_workdir, tiny_config
 
 

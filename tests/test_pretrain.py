@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 from realm_jax import checkpoint as ckpt_lib
+from realm_jax.batching import candidates
 from realm_jax.data import block_builder
 from realm_jax.data import demo_corpus
 from realm_jax.data import tokenizer as tokenizer_lib
 from realm_jax.index import export as export_lib
 from realm_jax.models.retriever import doc_embedder_params
-from realm_jax.batching import candidates
 from realm_jax.train import embed_job
 import stopping_child
 

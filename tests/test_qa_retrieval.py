@@ -3,6 +3,7 @@ spans, gold spans and the mapping of predicted spans back to text."""
 import numpy as np
 import pytest
 
+from realm_jax.batching import qa_inputs
 from realm_jax.data import catalog
 from realm_jax.data import demo_corpus
 from realm_jax.data import pipeline
@@ -15,7 +16,6 @@ from realm_jax.models.bert import MASK_VALUE
 from realm_jax.models.reader import SpanReader
 from realm_jax.models.retriever import Retriever
 from realm_jax.qa.predictor import span_text
-from realm_jax.batching import qa_inputs
 import openqa_workdir as ow
 from random_params import random_params
 

@@ -16,12 +16,12 @@ import json
 import pytest
 
 from realm_jax import config as config_lib
-from realm_jax import evaluate
 from realm_jax.data import corpus
 from realm_jax.data import ner
 from realm_jax.data import qa
 from realm_jax.data import question_gen
-from realm_jax.train import finetune
+from realm_jax.tasks import evaluate
+from realm_jax.tasks import finetune as finetune_task
 
 CORPUS_LIMIT = 150
 STEPS = 100
@@ -55,7 +55,7 @@ def results(tmp_path_factory):
   out = {}
   for name, fraction in (("titles_only", 0.0), ("with_generated", 1.0)):
     config = _config(str(tmp / name), blocks, fraction)
-    finetune.run(config)
+    finetune_task.run(config)
     store = corpus.BlockStore(blocks)
     heldout = question_gen.from_store(store, ner.QueryRecords(store),
                                       "heldout")

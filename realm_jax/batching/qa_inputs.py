@@ -22,8 +22,8 @@ from typing import Sequence
 
 import numpy as np
 
-from realm_jax.data import qa
 from realm_jax.batching import candidates
+from realm_jax.data import qa
 
 _PUNCT_BYTES = string.punctuation.encode("ascii")
 

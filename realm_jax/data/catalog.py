@@ -102,7 +102,7 @@ def query_records(config, store=None, split: str = "all"):
   """Random-access query records {"text", "spans", "source_uid"} of X.
 
   split: "all"; "train" (pretraining: all but the held-out records) or
-  "heldout" (`data.heldout_fraction` of them, for `realm_jax.masked_recall`).
+  "heldout" (`data.heldout_fraction` of them, for `realm_jax.index.masked_recall`).
   """
   records = _query_records(config, store)
   if split == "all" or (split == "train" and not config.data.heldout_fraction):

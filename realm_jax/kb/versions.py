@@ -1,6 +1,6 @@
 """A knowledge base: any corpus indexed with a trained model, kept current.
 
-`task=index` (realm_jax/kb/task.py) builds one in its workdir;
+`task=index` (realm_jax/tasks/index.py) builds one in its workdir;
 kb_update.py updates it; eval, answer and qa.Answerer search it. Layout:
 
   <workdir>/kb.json        which model indexes this corpus (kb.model, as an
@@ -36,8 +36,8 @@ from realm_jax.data import corpus
 from realm_jax.index import export as export_lib
 from realm_jax.index import store as index_store
 from realm_jax.models.retriever import doc_embedder_params
-from realm_jax.weights import init as model_init
 from realm_jax.retrieval import finetuned
+from realm_jax.weights import init as model_init
 
 DOCUMENTS = "documents.json"
 

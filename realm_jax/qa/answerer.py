@@ -28,9 +28,9 @@ from realm_jax.data import corpus
 from realm_jax.data import pipeline
 from realm_jax.index import refresh
 from realm_jax.index import store as index_store
+from realm_jax.kb import versions as kb
 from realm_jax.qa import model as qa_model
 from realm_jax.qa import predictor as predictor_lib
-from realm_jax.kb import versions as kb
 from realm_jax.retrieval import finetuned
 
 

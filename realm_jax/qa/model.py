@@ -10,11 +10,11 @@ import dataclasses
 
 from realm_jax import checkpoint as ckpt_lib
 from realm_jax.data import corpus
+from realm_jax.kb import versions as kb
 from realm_jax.models.model_config import RealmConfig
 from realm_jax.models.reader import SpanReader
-from realm_jax.kb import versions as kb
-from realm_jax.weights import init as model_init
 from realm_jax.retrieval import finetuned
+from realm_jax.weights import init as model_init
 
 
 @dataclasses.dataclass

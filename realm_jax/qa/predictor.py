@@ -37,14 +37,14 @@ import functools
 import jax
 import numpy as np
 
+from realm_jax.batching import candidates
+from realm_jax.batching import qa_inputs
 from realm_jax.index import bm25
-from realm_jax.models.bert import MASK_VALUE
 from realm_jax.models import retrieve_and_read
+from realm_jax.models.bert import MASK_VALUE
 from realm_jax.models.reader import span_candidates
 from realm_jax.models.retriever import jitted_embed_queries
 from realm_jax.qa.model import FineTuned
-from realm_jax.batching import candidates
-from realm_jax.batching import qa_inputs
 
 
 # Reader inputs are cut to a multiple of this many tokens (as index/build.py

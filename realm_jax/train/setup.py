@@ -14,10 +14,10 @@ from realm_jax import checkpoint as ckpt_lib
 from realm_jax.data import catalog
 from realm_jax.index import export as export_lib
 from realm_jax.models.retriever import doc_embedder_params
-from realm_jax.weights import init as model_init
 from realm_jax.train import loop
 from realm_jax.train import partition
 from realm_jax.train import state as state_lib
+from realm_jax.weights import init as model_init
 
 
 class Run(NamedTuple):

@@ -41,18 +41,18 @@ import numpy as np
 from absl import logging
 
 from realm_jax import stats
+from realm_jax.batching import qa_inputs
 from realm_jax.data import catalog
 from realm_jax.data import pipeline
 from realm_jax.data import qa
 from realm_jax.index import bm25
+from realm_jax.kb import versions as kb
 from realm_jax.models.reader import SpanReader
 from realm_jax.qa import model as qa_model
 from realm_jax.qa import predictor as predictor_lib
 from realm_jax.qa.model import FineTuned
-from realm_jax.kb import versions as kb
-from realm_jax.weights import init as model_init
 from realm_jax.retrieval import finetuned
-from realm_jax.batching import qa_inputs
+from realm_jax.weights import init as model_init
 
 
 def eval_examples(config) -> list[dict]:

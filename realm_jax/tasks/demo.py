@@ -19,7 +19,7 @@
      fine-tuned without REALM pretraining, REALM-pretrained + fine-tuned;
      the paired bootstrap CI of REALM's difference on each set; and
      retrieval recall@k on held-out masked sentences before and after REALM
-     pretraining (realm_jax.masked_recall);
+     pretraining (realm_jax.index.masked_recall);
   7. answer three questions of each set with evidence, each marked right or
      wrong;
   8. print a summary table and write PNG plots of the training curves.
@@ -33,10 +33,7 @@ import time
 
 import ml_collections
 
-from realm_jax import answer as answer_lib
 from realm_jax import checkpoint as ckpt_lib
-from realm_jax import evaluate as evaluate_lib
-from realm_jax import masked_recall
 from realm_jax import stats
 from realm_jax import workdir as workdir_lib
 from realm_jax.data import catalog
@@ -44,11 +41,14 @@ from realm_jax.data import demo_corpus
 from realm_jax.data import qa
 from realm_jax.index import build
 from realm_jax.index import export as export_lib
+from realm_jax.index import masked_recall
 from realm_jax.index import store as index_store
 from realm_jax.qa import model as qa_model
-from realm_jax.train import finetune
+from realm_jax.tasks import answer as answer_lib
+from realm_jax.tasks import evaluate as evaluate_lib
+from realm_jax.tasks import finetune
+from realm_jax.tasks import pretrain
 from realm_jax.train import metrics as metrics_lib
-from realm_jax.train import pretrain
 
 
 def _derive(config, workdir, **overrides) -> ml_collections.ConfigDict:

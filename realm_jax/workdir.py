@@ -25,36 +25,21 @@ OPENQA_RECORD = "openqa.json"
 KB_RECORD = "kb.json"
 
 
-def config_path(workdir: str) -> str:
-  return os.path.join(workdir, CONFIG)
-
-
 def checkpoints_dir(workdir: str) -> str:
   return os.path.abspath(os.path.join(workdir, "checkpoints"))
 
 
-def reading_dir(workdir: str) -> str:
-  return os.path.join(workdir, "reading")
+def _subdir(name: str):
+  return lambda workdir: os.path.join(workdir, name)
 
 
-def exports_dir(workdir: str) -> str:
-  return os.path.join(workdir, "exports")
-
-
-def index_dir(workdir: str) -> str:
-  return os.path.join(workdir, "index")
-
-
-def blocks_dir(workdir: str) -> str:
-  return os.path.join(workdir, "blocks")
-
-
-def searcher_cache(workdir: str) -> str:
-  return os.path.join(workdir, "searcher_cache")
-
-
-def kb_dir(workdir: str) -> str:
-  return os.path.join(workdir, "kb")
+reading_dir = _subdir("reading")
+exports_dir = _subdir("exports")
+index_dir = _subdir("index")
+blocks_dir = _subdir("blocks")
+searcher_cache = _subdir("searcher_cache")
+kb_dir = _subdir("kb")
+config_path = _subdir(CONFIG)
 
 
 def numbered(directory: str) -> list[int]:

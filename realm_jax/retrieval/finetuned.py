@@ -33,7 +33,6 @@ import json
 import os
 
 import jax
-import jax.numpy as jnp
 from absl import logging
 
 from realm_jax import integrity
@@ -208,7 +207,7 @@ def model_config(config, vocab_size: int) -> RealmConfig:
   bert = dataclasses.replace(
       cfg.bert, dropout_rate=m.dropout_rate,
       attention_dropout_rate=m.dropout_rate,
-      dtype={"float32": jnp.float32, "bfloat16": jnp.bfloat16}[m.dtype])
+      dtype=model_init.compute_dtype(m.dtype))
   if bert.vocab_size != vocab_size:
     raise ValueError(f"{latest}/model.json has a {bert.vocab_size}-token "
                      f"vocabulary but the block store's tokenizer has "

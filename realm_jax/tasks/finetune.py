@@ -89,11 +89,9 @@ def _resolve(config):
 
 def _random_params(cfg, rng):
   """Params of the right structure (their values never used: a resume)."""
-  from realm_jax.models import convert  # pylint: disable=g-import-not-at-top
   r_rng, s_rng = jax.random.split(rng)
-  init = lambda m, key: m.init(key, *convert.example_inputs(m))["params"]
-  return {"retriever": init(Retriever(cfg), r_rng),
-          "reader": init(SpanReader(cfg), s_rng)}
+  return {"retriever": model_init.random_params(Retriever(cfg), r_rng),
+          "reader": model_init.random_params(SpanReader(cfg), s_rng)}
 
 
 def run(config):
@@ -186,10 +184,7 @@ def run(config):
     state = loop.train(
         state, functools.partial(openqa_step.train_step, cfg=cfg, tx=tx,
                                  doc_loss_weight=f.doc_loss_weight), batches,
-        schedule=loop.Schedule(f.num_steps, f.batch_size,
-                               config.train.log_every,
-                               config.train.checkpoint_every,
-                               config.train.max_param_norm),
+        schedule=loop.Schedule.of(config.train, f.num_steps, f.batch_size),
         mesh=mesh, checkpointer=checkpointer, workdir=config.workdir,
         name="finetune", describe=_describe, hooks=hooks)
   finally:

@@ -142,11 +142,14 @@ class Schedule(NamedTuple):
   max_param_norm: float = 0.0   # 0: no bound (checkpoint.check_finite)
 
   @classmethod
-  def of(cls, train_config) -> "Schedule":
-    """config.train's schedule (ICT and pretraining)."""
-    return cls(train_config.num_steps, train_config.batch_size,
-               train_config.log_every, train_config.checkpoint_every,
-               train_config.max_param_norm)
+  def of(cls, train_config, num_steps: int | None = None,
+         batch_size: int | None = None) -> "Schedule":
+    """config.train's schedule; fine-tuning gives its own step count and
+    batch size (finetune.*) and shares the cadences and the norm bound."""
+    t = train_config
+    return cls(t.num_steps if num_steps is None else num_steps,
+               t.batch_size if batch_size is None else batch_size,
+               t.log_every, t.checkpoint_every, t.max_param_norm)
 
 
 def train(state: dict, step_fn: Callable, next_batch: Callable, *,

@@ -32,10 +32,14 @@ _PRESETS = {"bert_base": model_config.bert_base, "minilm_l6": model_config.minil
             "tiny": model_config.tiny}
 
 
+def compute_dtype(name: str):
+  """model.dtype's array type (params stay float32 either way)."""
+  return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
+
+
 def realm_config(config, vocab_size: int) -> model_config.RealmConfig:
   m = config.model
-  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[m.dtype]
-  common = dict(dtype=dtype, dropout_rate=m.dropout_rate,
+  common = dict(dtype=compute_dtype(m.dtype), dropout_rate=m.dropout_rate,
                 attention_dropout_rate=m.dropout_rate)
   if m.init == "minilm":
     bert = convert.bert_config_from_json(convert.minilm_dir() / "config.json",
@@ -77,9 +81,9 @@ def init_params(config, cfg: model_config.RealmConfig, rng, with_reader=True) ->
   retriever, reader = Retriever(cfg), MLMEncoder(cfg)
   r_rng, m_rng = jax.random.split(rng)
   if m.init == "random":
-    params = {"retriever": _random_init(retriever, r_rng)}
+    params = {"retriever": random_params(retriever, r_rng)}
     if with_reader:
-      params["reader"] = _random_init(reader, m_rng)
+      params["reader"] = random_params(reader, m_rng)
   elif m.init in ("minilm", "bert_safetensors"):
     path = (convert.minilm_dir() / "model.safetensors" if m.init == "minilm"
             else m.init_path)
@@ -160,7 +164,8 @@ def init_projection(retriever_params, proj_init: str, cfg,
   return {name: identity(sub) for name, sub in retriever_params.items()}
 
 
-def _random_init(module, rng):
+def random_params(module, rng):
+  """`module`'s params, freshly initialised from `rng`."""
   return module.init(rng, *convert.example_inputs(module))["params"]
 
 

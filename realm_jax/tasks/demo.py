@@ -9,14 +9,18 @@
      mixed with reading questions generated from the corpus
      (finetune.generated_fraction, data/question_gen.py), with the same
      budget once from the initial model (against the pretraining run's
-     initial index, version 0: nothing is embedded twice) and once from the
-     REALM-pretrained one;
+     initial index, version 0: nothing is embedded twice) and once with the
+     REALM-pretrained query embedder and index, starting after the first
+     run's reading steps (finetune.reading_from: its reader reads as the
+     first one's; the REALM-pretrained reader encoder reads worse at this
+     scale, README "Reading");
   6. evaluate six systems with 95% bootstrap CIs on two question sets, the
      description -> title test split and the hand-written natural questions
      (test split; answers inside passages): no retrieval, BM25 and zero-shot
      dense retrieval with the initial and with the REALM-pretrained
      retriever (read by the reader fine-tuned from the same start),
-     fine-tuned without REALM pretraining, REALM-pretrained + fine-tuned;
+     fine-tuned without REALM pretraining, REALM-pretrained retriever +
+     fine-tuned;
      the paired bootstrap CI of REALM's difference on each set; and
      retrieval recall@k on held-out masked sentences before and after REALM
      pretraining (realm_jax.index.masked_recall);
@@ -91,7 +95,7 @@ SYSTEMS = {
     # REALM pretraining (searching the index of its own final export).
     "realm_zero_shot": "zero-shot dense (REALM-pretrained retriever) + reader",
     "no_realm_pretraining": "fine-tuned, no REALM pretraining",
-    "realm": "REALM-pretrained + fine-tuned",
+    "realm": "REALM-pretrained retriever + fine-tuned",
 }
 METRICS = ("exact_match", "recall@1", "recall@5")
 

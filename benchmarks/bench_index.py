@@ -255,7 +255,8 @@ def bench_swap(workdir):
                    corpus_fingerprint="bench")
 
   commit(1)
-  watcher = refresh.IndexWatcher(index_dir, "bench", make, poll_interval=None)
+  watcher = refresh.IndexWatcher(index_dir, "bench",
+                                 refresh.searcher_opener(make), poll_interval=None)
   watcher.wait_for(1)
   prebuilt = [watcher.current, refresh.Current(
       1, make(store.load(store.version_path(index_dir, 1)),
@@ -266,7 +267,7 @@ def bench_swap(workdir):
     """Searches until until() is true; -> queries/s."""
     count, t0 = 0, time.perf_counter()
     while not until():
-      watcher.current.searcher.search(queries, ARGS.k)
+      watcher.current.served.search(queries, ARGS.k)
       count += len(queries)
     return count / (time.perf_counter() - t0)
 
@@ -304,7 +305,9 @@ def bench_swap(workdir):
   wake_pairs, wakes = paired(swap=False)
   swap_pairs, swaps = paired(swap=True)
   # Refreshes by the watcher's own background thread (lower priority).
-  background = refresh.IndexWatcher(index_dir, "bench", make, poll_interval=0.05)
+  background = refresh.IndexWatcher(index_dir, "bench",
+                                    refresh.searcher_opener(make),
+                                    poll_interval=0.05)
   background.wait_for(1)       # loads version 1 from its ScaNN cache
   watcher = background
 
@@ -326,7 +329,7 @@ def bench_swap(workdir):
   med = lambda pairs, i: f"{float(np.median([p[i] for p in pairs])):,.0f}"
   per_swap_ms = 1e3 * ARGS.swap_pairs * ARGS.swap_seconds * max(
       0.0, change(wake_pairs) - change(swap_pairs)) / max(swaps, 1)
-  table(f"Hot swap: {n:,} x {d} ScaNN ({watcher.searcher.settings['mode']}) index; "
+  table(f"Hot swap: {n:,} x {d} ScaNN ({watcher.served.settings['mode']}) index; "
         f"a thread searching {len(queries)}-query batches; medians of paired "
         f"{ARGS.swap_seconds:g} s blocks",
         ["condition", "pairs", "q/s alone", "q/s with", "median change"],

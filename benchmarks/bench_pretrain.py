@@ -298,7 +298,8 @@ def run_config(name, spec, args, tok, docs, workdir, gpu):
   versions.commit(0)
   watcher = refresh.IndexWatcher(
       versions.index_dir, blocks.fingerprint,
-      functools.partial(searchers.make_searcher, kind=args.searcher),
+      refresh.searcher_opener(functools.partial(searchers.make_searcher,
+                                                kind=args.searcher)),
       poll_interval=0.5)
   watcher.wait_for(0)
   dataset = pipeline.pretraining_dataset(

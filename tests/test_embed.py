@@ -228,7 +228,8 @@ def kill_mid_write_then_resume(workdir, blocks, export_path, cfg, shard_rows,
   assert os.path.exists(os.path.join(tmp, torn + ".partial"))
   assert not os.path.exists(os.path.join(tmp, torn))
   watcher = refresh.IndexWatcher(index_dir, blocks.fingerprint,
-                                 lambda emb, cache_dir: search.ExactSearcher(emb),
+                                 refresh.searcher_opener(
+                                     lambda emb, cache_dir: search.ExactSearcher(emb)),
                                  poll_interval=None)
   assert not watcher.poll_once() and watcher.version is None
 
@@ -251,7 +252,7 @@ def kill_mid_write_then_resume(workdir, blocks, export_path, cfg, shard_rows,
   got = store.load(store.version_path(index_dir, 0))[rows]
   np.testing.assert_allclose(got, np.asarray(want), rtol=1e-4, atol=1e-5)
   everything = np.asarray(store.load(store.version_path(index_dir, 0)))
-  ids, _ = watcher.searcher.search(got[:3], 1)
+  ids, _ = watcher.served.search(got[:3], 1)
   assert ids[:, 0].tolist() == np.argmax(got[:3] @ everything.T, 1).tolist()
 
 
@@ -348,9 +349,10 @@ def test_the_job_ships_the_configured_scann_searcher_and_readers_load_it(
   assert options == {"kind": "scann", "mode": "ah", "reorder_num_neighbors": 64}
   watcher = refresh.IndexWatcher(
       index_dir, blocks.fingerprint,
-      functools.partial(searchers.make_searcher, **options), poll_interval=None)
+      refresh.searcher_opener(functools.partial(searchers.make_searcher,
+                                                **options)), poll_interval=None)
   watcher.wait_for(0)
-  assert watcher.searcher.settings["mode"] == "ah"
+  assert watcher.served.settings["mode"] == "ah"
   assert os.stat(meta).st_mtime_ns == before          # loaded, not rebuilt
   queries = np.asarray(store.load(path))[:5]
   cache = tmp_path / "cache"
@@ -360,7 +362,7 @@ def test_the_job_ships_the_configured_scann_searcher_and_readers_load_it(
   assert os.listdir(cache) == ["verified"]
   assert os.stat(meta).st_mtime_ns == before
   np.testing.assert_array_equal(searcher.search(queries, 3)[0],
-                                watcher.searcher.search(queries, 3)[0])
+                                watcher.served.search(queries, 3)[0])
   _, other = finetuned.open_index(path, blocks, config_lib.default_config().index,
                                  str(cache))
   assert other.settings["mode"] == "brute_force" and len(os.listdir(cache)) == 2

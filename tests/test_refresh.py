@@ -68,7 +68,8 @@ def test_hot_swap_under_a_searching_thread(tmp_path):
   mid-search however the threads are scheduled."""
   index_dir = str(tmp_path)
   write(index_dir, 1)
-  watcher = refresh.IndexWatcher(index_dir, FP, exact, poll_interval=0.005)
+  watcher = refresh.IndexWatcher(index_dir, FP, refresh.searcher_opener(exact),
+                                 poll_interval=0.005)
   watcher.wait_for(1, timeout=DEADLINE)
   issued, answers, errors, done = [0], [], [], threading.Event()
   answered = threading.Condition()
@@ -129,7 +130,8 @@ def test_hot_swap_under_a_searching_thread(tmp_path):
 def test_bad_versions_are_refused_once_and_the_old_index_stays(tmp_path, caplog):
   index_dir = str(tmp_path)
   write(index_dir, 1)
-  watcher = refresh.IndexWatcher(index_dir, FP, exact, poll_interval=None)
+  watcher = refresh.IndexWatcher(index_dir, FP, refresh.searcher_opener(exact),
+                                 poll_interval=None)
   assert watcher.poll_once() and watcher.version == 1
   write(index_dir, 2, torn=True)
   write(index_dir, 3, fingerprint="corpus-b")
@@ -141,7 +143,7 @@ def test_bad_versions_are_refused_once_and_the_old_index_stays(tmp_path, caplog)
   assert "version 3 refused" in refusals[0] and "corpus-b" in refusals[0]
   assert "version 2 refused" in refusals[1] and "sha256" in refusals[1]
   assert watcher.version == 1 and sorted(watcher.refused) == [2, 3]
-  ids, scores = watcher.searcher.search(QUERY, 3)
+  ids, scores = watcher.served.search(QUERY, 3)
   assert (scores == 1).all()
   with pytest.raises(store.CorruptIndexError, match="sha256"):
     watcher.wait_for(2, timeout=DEADLINE)     # refused: raises at once
@@ -152,7 +154,8 @@ def test_wait_for_loads_exactly_the_requested_version(tmp_path):
   write(index_dir, 10)
   write(index_dir, 20)
   watcher = refresh.IndexWatcher(
-      index_dir, FP, functools.partial(searchers.make_searcher, kind="scann"),
+      index_dir, FP, refresh.searcher_opener(
+          functools.partial(searchers.make_searcher, kind="scann")),
       poll_interval=None)
   assert watcher.version is None and watcher.staleness(5) is None
   before = time.time()
@@ -178,17 +181,18 @@ def test_a_version_built_again_under_its_number_is_loaded_anew(tmp_path):
   manifest file, not by number alone."""
   index_dir = str(tmp_path)
   write(index_dir, 1, torn=True)
-  with refresh.IndexWatcher(index_dir, FP, exact, poll_interval=None) as watcher:
+  with refresh.IndexWatcher(index_dir, FP, refresh.searcher_opener(exact),
+                            poll_interval=None) as watcher:
     assert not watcher.poll_once() and 1 in watcher.refused
     assert not watcher.poll_once()            # the same one: not tried again
     shutil.rmtree(os.path.join(index_dir, "1"))
     write(index_dir, 1)                       # intact now
     assert watcher.poll_once() and watcher.version == 1
     assert not watcher.poll_once()            # in service: nothing to do
-    searcher = watcher.searcher
+    searcher = watcher.served
     shutil.rmtree(os.path.join(index_dir, "1"))
     write(index_dir, 1)                       # built again, in service
-    assert watcher.poll_once() and watcher.searcher is not searcher
+    assert watcher.poll_once() and watcher.served is not searcher
 
 
 def test_resume_with_only_corrupt_versions_stops_with_one_line(tmp_path):
@@ -199,8 +203,10 @@ def test_resume_with_only_corrupt_versions_stops_with_one_line(tmp_path):
   index_dir, workdir = str(tmp_path / "index"), str(tmp_path / "work")
   write(index_dir, 1, torn=True)
   os.makedirs(os.path.join(workdir, "exports", "1"))
-  with refresh.IndexWatcher(index_dir, FP, functools.partial(
-      searchers.make_searcher, kind="exact"), poll_interval=None) as watcher:
+  exact_opener = refresh.searcher_opener(functools.partial(
+      searchers.make_searcher, kind="exact"))
+  with refresh.IndexWatcher(index_dir, FP, exact_opener,
+                            poll_interval=None) as watcher:
     with pytest.raises(store.CorruptIndexError, match=r"mv .*/1 .*/1\.corrupt"):
       embed_job.serve_first_index(watcher, 1, index_dir, None, workdir)
     # A newer export is being embedded: keep waiting for it.
@@ -216,11 +222,15 @@ def test_resume_serves_the_newest_intact_version_when_its_own_is_corrupt(
   index_dir = str(tmp_path)
   write(index_dir, 1, torn=True)
   write(index_dir, 2)
-  with refresh.IndexWatcher(index_dir, FP, functools.partial(
-      searchers.make_searcher, kind="exact"), poll_interval=None) as watcher:
+  exact_opener = refresh.searcher_opener(functools.partial(
+      searchers.make_searcher, kind="exact"))
+  with refresh.IndexWatcher(index_dir, FP, exact_opener,
+                            poll_interval=None) as watcher:
     embed_job.serve_first_index(watcher, 1, index_dir, job=None)
     assert watcher.version == 2 and 1 in watcher.refused
-  with refresh.IndexWatcher(index_dir, FP, functools.partial(
-      searchers.make_searcher, kind="exact"), poll_interval=None) as watcher:
+  exact_opener = refresh.searcher_opener(functools.partial(
+      searchers.make_searcher, kind="exact"))
+  with refresh.IndexWatcher(index_dir, FP, exact_opener,
+                            poll_interval=None) as watcher:
     embed_job.serve_first_index(watcher, 2, index_dir, job=None)
     assert watcher.version == 2

@@ -2,10 +2,12 @@
 
 A background thread polls <index_dir> for committed versions newer than the one
 in service. For the newest, it verifies manifest, checksums and corpus
-fingerprint, memory-maps the shards and builds the searcher, all off the
-training thread, then publishes it with ONE attribute assignment of an
-immutable (version, searcher, loaded_at) tuple. Readers take `watcher.current`
-once per batch and use that tuple: they can never see a half-built searcher,
+fingerprint and opens it (the trainer: memory-maps the shards and builds the
+searcher; qa.Answerer: a whole fine-tuned model over a knowledge base
+version), all off the training thread, then publishes it with ONE attribute
+assignment of an immutable (version, served, loaded_at) tuple. Readers take
+`watcher.current` once per batch and use that tuple: they can never see a
+half-built searcher,
 and a swap never blocks them (ScaNN, numpy and hashlib release the GIL while
 the next index is built).
 
@@ -33,20 +35,26 @@ from realm_jax.index import store
 
 class Current(NamedTuple):
   version: int          # the index's step (the export it was built from)
-  searcher: object
+  served: object        # what open_version made of it (e.g. a searcher)
   loaded_at: float      # time.time() when it went into service
+
+
+def searcher_opener(make_searcher: Callable) -> Callable[[str], object]:
+  """open_version for a searcher over a version's memory-mapped [N, D]
+  embeddings: make_searcher(emb, cache_dir=<version path>), e.g.
+  functools.partial(searchers.make_searcher, kind="scann")."""
+  return lambda path: make_searcher(store.load(path), cache_dir=path)
 
 
 class IndexWatcher:
   """Keeps the newest valid index version of index_dir in service.
 
-  make_searcher(emb, cache_dir=<version path>) builds a searcher over the
-  memory-mapped [N, D] embeddings, e.g.
-  functools.partial(searchers.make_searcher, kind="scann").
+  open_version(<version path>) makes what is served from a checked version
+  (`searcher_opener` for the trainer's searcher).
   """
 
   def __init__(self, index_dir: str, corpus_fingerprint: str | None,
-               make_searcher: Callable, poll_interval: float | None = 10.0,
+               open_version: Callable[[str], object], poll_interval: float | None = 10.0,
                nice: int = 10, current: Current | None = None,
                check: Callable[[str], object] | None = None):
     """check(path) raises on a version that must not serve; default
@@ -55,7 +63,7 @@ class IndexWatcher:
     already loaded, in service from the start."""
     self.index_dir = index_dir
     self.corpus_fingerprint = corpus_fingerprint
-    self.make_searcher = make_searcher
+    self.open_version = open_version
     self.poll_interval = poll_interval
     self.nice = nice
     self.current: Current | None = current
@@ -81,9 +89,9 @@ class IndexWatcher:
     return None if cur is None else cur.version
 
   @property
-  def searcher(self):
+  def served(self):
     cur = self.current
-    return None if cur is None else cur.searcher
+    return None if cur is None else cur.served
 
   def staleness(self, trainer_step: int) -> int | None:
     """Steps between the trainer and the params behind the index in service."""
@@ -161,8 +169,7 @@ class IndexWatcher:
     self._manifests[version] = self._manifest_id(version)
     try:
       self.check(path)
-      emb = store.load(path)
-      searcher = self.make_searcher(emb, cache_dir=path)
+      served = self.open_version(path)
     except Exception as e:  # pylint: disable=broad-except
       reason = (str(e) if isinstance(e, store.CorruptIndexError) else
                 f"{path}: {type(e).__name__}: {e}")
@@ -171,9 +178,9 @@ class IndexWatcher:
                     version, self.version, reason)
       return False
     previous = self.version
-    self.current = Current(version, searcher, time.time())  # the atomic swap
+    self.current = Current(version, served, time.time())  # the atomic swap
     logging.info("index version %d in service (was %s): %d blocks", version,
-                 previous, emb.shape[0])
+                 previous, store.read_manifest(path)["num_blocks"])
     return True
 
   def _run(self):

@@ -133,13 +133,13 @@ class Answerer:
         current=refresh.Current(version, model, time.time()),
         check=lambda path: kb.check_version(path, self._cache))
 
-  def _open(self, emb, cache_dir: str) -> qa_model.FineTuned:
-    """The watcher's loader: one version, checked by the watcher (so the
-    checks here are memo hits), ready to answer from."""
-    store, emb, searcher = kb.open_version(cache_dir, self.config.index,
+  def _open(self, path: str) -> qa_model.FineTuned:
+    """The watcher's opener: the fine-tuned model over one knowledge base
+    version, checked by the watcher (so the checks here are memo hits)."""
+    store, emb, searcher = kb.open_version(path, self.config.index,
                                            self._cache)
     return dataclasses.replace(self._base, store=store, emb=emb,
-                               searcher=searcher, index_path=cache_dir)
+                               searcher=searcher, index_path=path)
 
   @property
   def version(self) -> int:
@@ -185,13 +185,13 @@ class Answerer:
     if served is not current:
       f = self.config.finetune
       predictor = predictor_lib.Predictor(
-          current.searcher, self.tokenizer, reader_len=f.reader_len,
+          current.served, self.tokenizer, reader_len=f.reader_len,
           reader_beam=f.reader_beam)
       self._served = (current, predictor)
     return predictor
 
   def _answer(self, pred: dict, current) -> Answer:
-    store = current.searcher.store
+    store = current.served.store
     span_row = pred["block"]["row"] if pred["block"] else None
     evidence = []
     for block in pred["top_blocks"]:

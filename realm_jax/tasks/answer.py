@@ -112,7 +112,7 @@ def run(config):
     answerer = answerer_lib.Answerer(config.workdir, config=config,
                                      poll_interval=None)
     logging.info("loaded index %s (version %d) in %.1f s",
-                 answerer.watcher.current.searcher.index_path,
+                 answerer.watcher.served.index_path,
                  answerer.version, time.perf_counter() - start)
     size = config.eval.batch_size
     color = sys.stdout.isatty()
@@ -121,7 +121,7 @@ def run(config):
       preds, current = answerer.predict([questions[i] for i in chunk])
       for i, pred in zip(chunk, preds):
         results[i] = pred
-        print(format_prediction(pred, current.searcher.store,
+        print(format_prediction(pred, current.served.store,
                                 config.answer.num_evidence, color))
         print()
   if problems:

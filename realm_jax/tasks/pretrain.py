@@ -65,7 +65,8 @@ def run(config):
   job = (embed_job.EmbedJob(config, store.path)
          if config.index.spawn_embed_job and jax.process_index() == 0 else None)
   watcher = refresh.IndexWatcher(
-      index_dir, store.fingerprint, _make_searcher_fn(config),
+      index_dir, store.fingerprint,
+      refresh.searcher_opener(_make_searcher_fn(config)),
       poll_interval=None if config.index.deterministic else 0.5)
   try:
     if not config.index.deterministic:

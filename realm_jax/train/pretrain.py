@@ -108,7 +108,7 @@ class BatchMaker:
     q_emb = self.embedder(q_params, batch["query_ids"], batch["query_mask"])
     source_rows = self.store.rows_for_uids(list(batch["source_uid"]))
     rows, _ = candidates.retrieve_candidates(
-        current.searcher, q_emb, source_rows, config.train.num_candidates - 1)
+        current.served, q_emb, source_rows, config.train.num_candidates - 1)
     cand = candidates.candidate_doc_inputs(self.store, rows, self.tok)
     reader = candidates.reader_inputs(
         batch["query_ids"], batch["query_mask"], self.store, rows,

@@ -59,7 +59,7 @@ Prefetcher.get) as a fraction of step time, the prefetch thread's time per
 batch, the step alone; for swaps, each swap window against the fed window
 of its round (wall and CPU ratios, extra ms per swap), the time from commit
 to the new index in service, and what an export costs the trainer thread at
-every refresh (an on-device copy; setup.BackgroundExporter writes it).
+every refresh (an on-device copy; exports.BackgroundExporter writes it).
 
 FLOPs per step (model FLOPs = the matmuls the model runs, counted on padded
 shapes; backward = 2 x forward, so total = 3 x forward). For an encoder with
@@ -98,8 +98,8 @@ from realm_jax.data import tokenizer as tokenizer_lib
 from realm_jax.index import refresh, searchers
 from realm_jax.index import store as index_store
 from realm_jax.models.retriever import doc_embedder_params
+from realm_jax.train import exports
 from realm_jax.train import loop, partition, prefetch, pretrain
-from realm_jax.train import setup
 from realm_jax.train import state as state_lib
 from realm_jax.weights import init as model_init
 
@@ -234,7 +234,7 @@ class IndexVersions:
     for v in range(count):
       # What the trainer thread pays at a refresh (BackgroundExporter.submit),
       # and the write the worker thread then does.
-      exporter = setup.BackgroundExporter(
+      exporter = exports.BackgroundExporter(
           types.SimpleNamespace(workdir=workdir), cfg)
       start = time.perf_counter()
       exporter.submit(state, v)

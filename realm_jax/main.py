@@ -46,6 +46,9 @@ _TASK_MODULES = {
     "answer": ("realm_jax.tasks.answer",
                "answers answer.question (or answer.questions_file) with its "
                "evidence blocks"),
+    "serve": ("realm_jax.tasks.serve",
+              "serves the workdir's answers over HTTP: a JSON API with "
+              "dynamic batching and a web page (serve.host, serve.port)"),
     "demo": ("realm_jax.tasks.demo",
              "everything above, offline, on the embedded demo corpus"),
 }

@@ -33,6 +33,8 @@ ALLOWED = {
     "kb": {"retrieval", "weights", "index", "models", "data"},
     "train": {"batching", "retrieval", "weights", "index", "models", "data"},
     "qa": {"kb", "batching", "retrieval", "weights", "index", "models", "data"},
+    "serve": {"qa", "kb", "batching", "retrieval", "weights", "index", "models",
+              "data"},
 }
 MAX_LINES = 400
 

@@ -228,8 +228,6 @@ def test_resume_serves_the_newest_intact_version_when_its_own_is_corrupt(
                             poll_interval=None) as watcher:
     embed_job.serve_first_index(watcher, 1, index_dir, job=None)
     assert watcher.version == 2 and 1 in watcher.refused
-  exact_opener = refresh.searcher_opener(functools.partial(
-      searchers.make_searcher, kind="exact"))
   with refresh.IndexWatcher(index_dir, FP, exact_opener,
                             poll_interval=None) as watcher:
     embed_job.serve_first_index(watcher, 2, index_dir, job=None)

@@ -32,7 +32,6 @@ class Batcher:
     self.max_batch, self.max_wait_s = max_batch, max_wait_s
     self._queue = queue.Queue(max_queue)
     self._closing = threading.Event()
-    self.batch_sizes = []     # of every batch answered, for benchmarks
     self._lock = threading.Lock()
     self.in_flight = 0        # questions submitted and not yet answered
     self._thread = threading.Thread(target=self._run, name="Batcher",
@@ -84,7 +83,6 @@ class Batcher:
       self._answer(batch)
 
   def _answer(self, batch):
-    self.batch_sizes.append(len(batch))
     try:
       answers = self.answer_batch([q for q, _ in batch])
     except Exception:  # pylint: disable=broad-except

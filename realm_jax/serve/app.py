@@ -20,6 +20,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import pathlib
 import time
 
 import fastapi
@@ -58,20 +59,20 @@ def make_app(answerer: answerer_lib.Answerer,
   app = fastapi.FastAPI(title="realm_jax", description=__doc__)
   question_len = answerer.config.finetune.question_len
   evidence = answerer.config.answer.num_evidence
-  page = open(_PAGE, encoding="utf-8").read()
+  page = pathlib.Path(_PAGE).read_text(encoding="utf-8")
 
   @app.post("/v1/answer", openapi_extra=_REQUEST_SCHEMA)
   async def answer(request: fastapi.Request):
     start = time.perf_counter()
     limit = serve_config.max_body_bytes
+    too_big = _error(413, f"the body is over {limit} bytes",
+                     limit=f"serve.max_body_bytes={limit}")
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-      return _error(413, f"the body is over {limit} bytes",
-                    limit=f"serve.max_body_bytes={limit}")
+      return too_big      # refused before the body is read
     body = await request.body()
     if len(body) > limit:
-      return _error(413, f"the body is over {limit} bytes",
-                    limit=f"serve.max_body_bytes={limit}")
+      return too_big
     try:
       data = json.loads(body)
     except (ValueError, UnicodeDecodeError):

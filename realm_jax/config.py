@@ -268,7 +268,13 @@ def default_config() -> ml_collections.ConfigDict:
   c.serve.host = "127.0.0.1"       # local only; e.g. 0.0.0.0 opens it up
   c.serve.port = 8000
   c.serve.max_batch = 16           # dynamic batching: 1 = one question a pass
-  c.serve.max_wait_ms = 5.0        # how long a batch waits for more questions
+  # How long a batch waits for more questions: under load only, for as
+  # many as the previous batch held (qa/batcher.py), unless always_wait. A
+  # lone client is not kept waiting. 16 clients on 2 cores (benchmarks/
+  # bench_serve.py) come back over tens of milliseconds: 5 ms split them
+  # into small batches (12 questions/s), 60 ms gave 18.
+  c.serve.max_wait_ms = 60.0
+  c.serve.always_wait = False
   c.serve.max_queue = 64           # questions waiting; beyond: 503
   c.serve.max_body_bytes = 4096    # a request body; beyond: 413
   c.serve.poll_interval = 2.0      # seconds between looks for a new version
@@ -339,12 +345,27 @@ def from_file(path: str) -> ml_collections.ConfigDict:
   return module.get_config()
 
 
+def _merged(defaults: dict, saved: dict) -> dict:
+  out = dict(defaults)
+  for key, value in saved.items():
+    out[key] = (_merged(defaults[key], value)
+                if isinstance(value, dict) and isinstance(defaults.get(key),
+                                                          dict) else value)
+  return out
+
+
 def get_config(saved_json: str | None = None) -> ml_collections.ConfigDict:
-  """The config-file entry: the defaults, or the config in `saved_json`."""
+  """The config-file entry: the defaults, or the config in `saved_json`.
+
+  A saved config is laid over today's defaults: a setting added since it
+  was saved (a workdir built by an older realm_jax) takes its default, and
+  every saved value is kept."""
   if not saved_json:
     return default_config()
-  return ml_collections.ConfigDict(_tuples(integrity.read_json(
-      saved_json, "pass the config file the run was started with instead")))
+  saved = integrity.read_json(
+      saved_json, "pass the config file the run was started with instead")
+  return ml_collections.ConfigDict(_tuples(_merged(
+      default_config().to_dict(), saved)))
 
 
 def paper_finetune_config(dataset: str, workdir: str, num_steps: int,

@@ -16,6 +16,7 @@ import pytest
 from realm_jax.kb import update as kb_update
 from realm_jax.qa import Answerer
 import openqa_workdir as ow
+import page_browser
 import test_kb
 
 httpx = pytest.importorskip("httpx", reason="task=serve needs the [serve] "
@@ -146,6 +147,30 @@ def test_the_page_version_and_openapi_are_served(server):
   assert httpx.get(server.url + "/docs", timeout=30).status_code == 200
 
 
+@pytest.mark.skipif(page_browser.missing() is not None,
+                    reason=f"browser test: {page_browser.missing()}")
+def test_the_page_answers_in_a_browser(server, kb_dir, tmp_path):
+  """Headless Chromium types a question on the page and sees the API's
+  answer, highlighted in its block, and the evidence best first."""
+  want = server.ask(QUESTIONS[2]).json()
+  with page_browser.browser() as driver:
+    shown = page_browser.ask_on_page(driver, server.url + "/", QUESTIONS[2],
+                                     png=str(tmp_path / "page.png"))
+  assert shown["answer"] == want["answer"]
+  assert [e["title"] for e in shown["evidence"]] == [
+      e["title"] for e in want["evidence"]]
+  # The highlight is the answer's span in the block that holds it; the
+  # bars are p(z|x), best first.
+  assert [e["highlight"] for e in shown["evidence"]] == [
+      e["text"][e["span"][0]:e["span"][1]] if e["span"] else None
+      for e in want["evidence"]]
+  assert want["answer"] in [e["highlight"] for e in shown["evidence"]]
+  assert [e["bar"] for e in shown["evidence"]] == pytest.approx(
+      [100 * e["p"] for e in want["evidence"]], abs=0.06)
+  assert "knowledge base version 0" in shown["version"]
+  assert (tmp_path / "page.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_an_update_by_another_process_goes_live(kb_dir, tmp_path):
   """A copy of the knowledge base, served; task=index commits version 1 in
   another process; the server swaps it in and cites only the new corpus."""
@@ -177,6 +202,7 @@ def test_sigterm_answers_the_requests_in_flight_then_exits_zero(kb_dir):
   # Batches wait 3 s for more questions: every request below is in flight
   # (counted by /healthz) when SIGTERM arrives.
   server = Server(kb_dir.workdir, "--config.serve.max_wait_ms=3000",
+                  "--config.serve.always_wait=true",
                   "--config.serve.max_batch=64")
   with concurrent.futures.ThreadPoolExecutor(len(QUESTIONS)) as pool:
     futures = [pool.submit(server.ask, q) for q in QUESTIONS]

@@ -170,13 +170,31 @@ class Answerer:
         raise ValueError(f"question {i + 1}: {problem}")
     current = self.watcher.current   # one version for the whole batch
     predictor = self._predictor(current)
-    size = 1 if len(questions) == 1 else self.config.eval.batch_size
+    size = self._rows(len(questions))
     out = []
     for lo in range(0, len(questions), size):
       chunk = list(questions[lo:lo + size])
       batch = question_batch(chunk, self.tokenizer, qlen, size)
       out += predictor.predict(batch)[:len(chunk)]
     return out, current
+
+  def warm_up(self, max_batch: int):
+    """Compiles what answering batches of up to max_batch questions runs
+    (task=serve does this before it listens; with the workdir's compilation
+    cache a restart loads the programs instead)."""
+    size = self._rows(max_batch)
+    sizes = sorted({self._rows(n) for n in range(1, size + 1)})
+    batch = question_batch(["warm up"], self.tokenizer,
+                           self.config.finetune.question_len, 1)
+    predictor = self._predictor(self.watcher.current)
+    predictor.warm_up(batch["question_ids"], batch["question_mask"], sizes,
+                      max_pairs=predictor.k * size)
+
+  def _rows(self, questions: int) -> int:
+    # Rows padded to a power of two, at most eval.batch_size: a server's
+    # batches of 1..max_batch questions compile a handful of shapes and
+    # never embed more than twice the rows they need.
+    return min(self.config.eval.batch_size, 1 << (questions - 1).bit_length())
 
   def _predictor(self, current) -> predictor_lib.Predictor:
     # Keyed by the loaded version itself, not its number: a version built

@@ -4,7 +4,14 @@ answered in one batched forward pass.
 A caller submits one question and gets a Future. One worker thread takes
 the first waiting question, gathers more for up to `max_wait_s` (or until
 `max_batch`), answers them with one `answer_batch` call and hands each
-caller its own answer. The queue is bounded: a full queue refuses at once
+caller its own answer. By default it waits only under load, and only for
+as many questions as the previous batch held: a lone client is answered at
+once instead of paying max_wait_s per question, four clients that come
+back together after their answers (and so reach the server a few
+milliseconds apart) are gathered into a batch of four without waiting for
+a sixteenth, and whatever else is queued by then joins the batch too, so
+batches grow with the load. `always_wait` waits max_wait_s for max_batch
+questions every time, as TF Serving's batch_timeout does. The queue is bounded: a full queue refuses at once
 (QueueFull), so an overloaded server says so instead of queueing without
 end. `max_batch=1` is unbatched serving (one forward pass per question).
 """
@@ -23,13 +30,15 @@ class Batcher:
 
   def __init__(self, answer_batch: Callable[[Sequence[str]], list],
                max_batch: int = 16, max_wait_s: float = 0.005,
-               max_queue: int = 64):
+               max_queue: int = 64, always_wait: bool = False):
     if max_batch < 1 or max_queue < 1 or max_wait_s < 0:
       raise ValueError(f"serve batching: max_batch={max_batch} and "
                        f"max_queue={max_queue} must be at least 1, "
                        f"max_wait_ms={1e3 * max_wait_s} at least 0")
     self.answer_batch = answer_batch
     self.max_batch, self.max_wait_s = max_batch, max_wait_s
+    self.always_wait = always_wait
+    self._previous = 1         # the size of the previous batch
     self._queue = queue.Queue(max_queue)
     self._closing = threading.Event()
     self._lock = threading.Lock()
@@ -74,12 +83,17 @@ class Batcher:
           return
         continue
       batch = [first]
+      expected = self.max_batch if self.always_wait else self._previous
       deadline = time.monotonic() + self.max_wait_s
       while len(batch) < self.max_batch:
-        item = self._take(max(0.0, deadline - time.monotonic()))
+        # Wait while fewer than expected have come; then take only what is
+        # queued already.
+        wait = (deadline - time.monotonic() if len(batch) < expected else 0)
+        item = self._take(max(0.0, wait))
         if item is None:
           break
         batch.append(item)
+      self._previous = len(batch)
       self._answer(batch)
 
   def _answer(self, batch):

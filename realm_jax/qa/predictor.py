@@ -109,7 +109,8 @@ class Predictor:
   systems that differ only in retrieval), keeps what it found, so a block
   that two retrievers both return is read once; by default the cache lives
   for one predict call. Pairs are read `read_batch` at a time (k at a time
-  when there are no more than k), shortest first (`_read_pairs`).
+  when there are no more than k, else padded to a power of two), shortest
+  first (`_read_pairs`).
   """
 
   def __init__(self, model: FineTuned, tokenizer, *, reader_len: int,
@@ -138,6 +139,36 @@ class Predictor:
     self.read_cache, self.read_batch = read_cache, max(read_batch, self.k)
     cfg = model.cfg
     self._embed, self._read = _jitted(cfg)
+
+  def warm_up(self, question_ids, question_mask, batch_sizes, max_pairs):
+    """Compiles the programs predict runs for question batches of
+    `batch_sizes` rows and up to `max_pairs` (question, block) reads, so a
+    server's first questions of each shape do not wait for XLA. The
+    question_ids/mask [1, question_len] are any encoded question."""
+    for size in batch_sizes:
+      self._embed(self.query_params, np.repeat(question_ids, size, 0),
+                  np.repeat(question_mask, size, 0))
+    if self.model.params["reader"] is None:
+      return
+    reader = qa_inputs.reader_batch(question_ids, question_mask,
+                                    self.model.store, np.zeros((1, 1), int),
+                                    self.reader_len, self.tok)
+    sizes = {self._read_rows(n)
+             for n in range(1, min(max_pairs, self.read_batch) + 1)}
+    widths = {min(w, self.reader_len) for w in range(
+        _WIDTH_STEP, self.reader_len + _WIDTH_STEP, _WIDTH_STEP)}
+    for size in sorted(sizes):
+      for width in sorted(widths):
+        self._read(self.model.params["reader"],
+                   {name: np.repeat(x[..., :width], size, 0)
+                    for name, x in reader.items()})
+
+  def _read_rows(self, pairs: int) -> int:
+    """The rows a read of `pairs` pairs (at most read_batch) is padded to:
+    k, else a power of two up to read_batch. A few shapes compile, and a
+    server's small batches do not read read_batch rows each."""
+    return (self.k if pairs <= self.k else
+            min(self.read_batch, 1 << (pairs - 1).bit_length()))
 
   def retrieve(self, question_ids, question_mask, questions=None,
                own_emb=None):
@@ -212,7 +243,7 @@ class Predictor:
     order = np.argsort(lengths, kind="stable")
     for lo in range(0, len(order), self.read_batch):
       chunk = order[lo:lo + self.read_batch]
-      size = self.k if len(chunk) <= self.k else self.read_batch
+      size = self._read_rows(len(chunk))
       width = min(self.reader_len, -(-int(lengths[chunk].max()) // _WIDTH_STEP)
                   * _WIDTH_STEP)
       # Padded with the chunk's first pair (read again, result dropped).

@@ -11,6 +11,7 @@ batches (qa/batcher.py). SIGTERM (or Ctrl-C) stops accepting, answers the
 requests in flight, and exits 0.
 """
 import signal
+import time
 
 from absl import logging
 
@@ -30,9 +31,14 @@ def run(config):
   workdir_lib.enable_compilation_cache(config.workdir)
   answerer = answerer_lib.Answerer(config.workdir, config=config,
                                    poll_interval=s.poll_interval or None)
+  start = time.perf_counter()
+  answerer.warm_up(s.max_batch)
+  logging.info("compiled for batches of up to %d questions in %.1f s",
+               s.max_batch, time.perf_counter() - start)
   batcher = batcher_lib.Batcher(answerer.answer_batch, max_batch=s.max_batch,
                                 max_wait_s=s.max_wait_ms / 1e3,
-                                max_queue=s.max_queue)
+                                max_queue=s.max_queue,
+                                always_wait=s.always_wait)
   try:
     app = app_lib.make_app(answerer, batcher, s)
     logging.info("serving %s (version %s) on http://%s:%d", config.workdir,

@@ -84,5 +84,9 @@ def get_config():
   c.finetune.reader_beam = 3
   c.finetune.retriever_beam = 100
   c.eval.batch_size = 32
+  # Not an answer that the question already says ("Who created Star Wars?"
+  # -> not "Star Wars"; ours, README "Reading"): natural dev EM 37.3 ->
+  # 40.2, description dev 52.0 -> 52.8.
+  c.eval.answer_not_in_question = True
   c.eval.recall_k = 5
   return c

@@ -248,6 +248,9 @@ def default_config() -> ml_collections.ConfigDict:
   # started, not the fine-tuned one. These two also run in a workdir with no
   # fine-tuned reader: recall@k only, EM None (see realm_jax/tasks/evaluate.py).
   c.eval.retrieval = "index"
+  # A block's answer: its best span that is not a phrase of the question
+  # (ours; ORQA/REALM take the best span: False). Also answer and serve.
+  c.eval.answer_not_in_question = False
   c.eval.predictions = ""          # default: <workdir>/predictions.jsonl
 
   # task=index: a knowledge base of data.corpus in <workdir>
@@ -268,13 +271,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.serve.host = "127.0.0.1"       # local only; e.g. 0.0.0.0 opens it up
   c.serve.port = 8000
   c.serve.max_batch = 16           # dynamic batching: 1 = one question a pass
-  # How long a batch waits for more questions: under load only, for as
-  # many as the previous batch held (qa/batcher.py), unless always_wait. A
-  # lone client is not kept waiting. 16 clients on 2 cores (benchmarks/
-  # bench_serve.py) come back over tens of milliseconds: 5 ms split them
-  # into small batches (12 questions/s), 60 ms gave 18.
-  c.serve.max_wait_ms = 60.0
-  c.serve.always_wait = False
+  # Under load only, for as many as the previous batch held (qa/batcher.py;
+  # README: 5 ms split 16 clients into small batches, 12 questions/s).
+  c.serve.max_wait_ms = 60.0       # how long a batch waits for more
+  c.serve.always_wait = False      # True: max_wait_ms for max_batch, always
   c.serve.max_queue = 64           # questions waiting; beyond: 503
   c.serve.max_body_bytes = 4096    # a request body; beyond: 413
   c.serve.poll_interval = 2.0      # seconds between looks for a new version
@@ -346,20 +346,14 @@ def from_file(path: str) -> ml_collections.ConfigDict:
 
 
 def _merged(defaults: dict, saved: dict) -> dict:
-  out = dict(defaults)
-  for key, value in saved.items():
-    out[key] = (_merged(defaults[key], value)
-                if isinstance(value, dict) and isinstance(defaults.get(key),
-                                                          dict) else value)
-  return out
+  return {**defaults, **{k: _merged(defaults[k], v) if isinstance(v, dict) and
+                         isinstance(defaults.get(k), dict) else v
+                         for k, v in saved.items()}}
 
 
 def get_config(saved_json: str | None = None) -> ml_collections.ConfigDict:
-  """The config-file entry: the defaults, or the config in `saved_json`.
-
-  A saved config is laid over today's defaults: a setting added since it
-  was saved (a workdir built by an older realm_jax) takes its default, and
-  every saved value is kept."""
+  """The config-file entry: the defaults, or the config in `saved_json` laid
+  over them (a setting added since it was saved takes its default)."""
   if not saved_json:
     return default_config()
   saved = integrity.read_json(

@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from realm_jax.data import corpus
@@ -139,3 +140,53 @@ def test_a_questions_file_with_a_byte_order_mark_is_read(tmp_path):
   path.write_text("\ufeffWho wrote Hamlet?\nWhat is 2+2?\n", encoding="utf-8")
   config = ow.tiny_config(str(tmp_path), **{"answer.questions_file": str(path)})
   assert answer.read_questions(config) == ["Who wrote Hamlet?", "What is 2+2?"]
+
+
+def test_an_answer_the_question_already_says_is_passed_over(workdir):
+  """eval.answer_not_in_question: a block's best span that is a phrase of
+  the question gives way to its next best span that is not; spans whose
+  words are only spread over the question stay (predictor._block_read on a
+  real block, with span logits set by hand)."""
+  from realm_jax.batching import qa_inputs  # pylint: disable=g-import-not-at-top
+  from realm_jax.models.reader import span_candidates  # pylint: disable=g-import-not-at-top
+  from realm_jax.qa import model as qa_model  # pylint: disable=g-import-not-at-top
+  from realm_jax.qa import predictor as predictor_lib  # pylint: disable=g-import-not-at-top
+  config = ow.tiny_config(workdir)
+  model = qa_model.load_finetuned(config)
+  tok = model.store.tokenizer()
+  predictor = predictor_lib.Predictor(model, tok, reader_len=64, reader_beam=1)
+  q = np.asarray([tok.encode("x").ids])
+  batch = qa_inputs.reader_batch(
+      np.pad(q, ((0, 0), (1, 0)), constant_values=tok.cls_id),
+      np.ones((1, q.shape[1] + 1), int), model.store, np.zeros((1, 1), int),
+      64, tok)
+  ids, first = batch["reader_ids"][0, 0], q.shape[1] + 2
+  n = int(batch["block_mask"][0, 0].sum())
+  starts, ends = span_candidates(64, model.cfg.max_span_width)
+  text = model.store.text(0)
+  spans = [j for j in range(len(starts))
+           if batch["span_start_mask"][0, 0, starts[j]]
+           and batch["span_end_mask"][0, 0, ends[j]]
+           and starts[j] >= first and ends[j] < first + n]
+  best, second = spans[0], spans[-1]
+  logits = np.full(len(starts), predictor_lib.MASK_VALUE)
+  logits[spans] = 0.0
+  logits[best], logits[second] = 5.0, 4.0
+
+  def read(question):
+    words = None if question is None else predictor_lib.question_words(
+        question)
+    return predictor._block_read(logits, first, 0, ids, n, 64, words)  # pylint: disable=protected-access
+  said = read(None).answer
+  assert said and said in text
+  other = read(f"Which one is {said}, then?")
+  assert other.answer not in ("", said) and other.best == 4.0
+  assert other.logsumexp == read(None).logsumexp
+  assert read("Nothing of it here?").answer == said
+  assert predictor_lib.in_question("Harry Potter", predictor_lib.question_words(
+      "Who wrote the Harry Potter novels?"))
+  assert predictor_lib.in_question("Teresa Teng", predictor_lib.question_words(
+      "What is Teresa Teng's birth name?"))
+  assert not predictor_lib.in_question(
+      "Triangulum Galaxy", predictor_lib.question_words(
+          "Spiral galaxy in the constellation Triangulum"))

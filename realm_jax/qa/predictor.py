@@ -33,12 +33,14 @@ Baselines (eval.retrieval, or `retrieval=` of `evaluate`):
 """
 import dataclasses
 import functools
+import re
 
 import jax
 import numpy as np
 
 from realm_jax.batching import candidates
 from realm_jax.batching import qa_inputs
+from realm_jax.data import qa
 from realm_jax.index import bm25
 from realm_jax.models import retrieve_and_read
 from realm_jax.models.bert import MASK_VALUE
@@ -46,6 +48,10 @@ from realm_jax.models.reader import span_candidates
 from realm_jax.models.retriever import jitted_embed_queries
 from realm_jax.qa.model import FineTuned
 
+
+_POSSESSIVE = re.compile(r"['\u2019]s\b")
+# With answer_not_in_question, the best spans looked at per block.
+_SPANS_LOOKED_AT = 20
 
 # Reader inputs are cut to a multiple of this many tokens (as index/build.py
 # cuts blocks): at most reader_len / 16 widths compile.
@@ -63,18 +69,35 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 
 def span_text(tokenizer, text: str, body_ids: np.ndarray, start: int,
-              end: int):
+              end: int, offsets=False):
   """(answer string, (char_start, char_end) or None) of body tokens start..end.
 
   The string is cut from `text` through the tokens' char offsets; if the text
   does not re-tokenize to `body_ids`, it is tokenizer.decode of the ids and
-  the char span is None.
+  the char span is None. `offsets`: qa_inputs.body_char_offsets of the
+  block, when already computed.
   """
-  offsets = qa_inputs.body_char_offsets(tokenizer, text, body_ids)
+  if offsets is False:
+    offsets = qa_inputs.body_char_offsets(tokenizer, text, body_ids)
   if offsets is None:
     return tokenizer.decode(body_ids[start:end + 1]), None
   lo, hi = int(offsets[start, 0]), int(offsets[end, 1])
   return text[lo:hi], (lo, hi)
+
+
+def question_words(question: str) -> str:
+  """The question normalized, possessives dropped ("Teng's" -> teng), and
+  padded with spaces, for `in_question`."""
+  return f" {qa.normalize_answer(_POSSESSIVE.sub('', question))} "
+
+
+def in_question(answer: str, question: str) -> bool:
+  """True if `answer`, normalized, is a run of whole words of the question
+  (`question_words`): "Who wrote the Harry Potter novels?" -> "Harry Potter"
+  says nothing new. Words spread over the question do not count: "Spiral
+  galaxy in the constellation Triangulum" -> "Triangulum Galaxy" stays."""
+  answer = qa.normalize_answer(_POSSESSIVE.sub("", answer))
+  return bool(answer) and f" {answer} " in question
 
 
 @functools.lru_cache(maxsize=4)
@@ -117,10 +140,13 @@ class Predictor:
                reader_beam: int, recall_k: int = 0, retrieval: str = "index",
                seed: int = 0, query_params=None,
                bm25_index: bm25.BM25Index | None = None,
-               read_cache: dict | None = None, read_batch: int = 16):
+               read_cache: dict | None = None, read_batch: int = 16,
+               answer_not_in_question: bool = False):
     """query_params: retriever params that embed the questions (default the
     model's; dense_zero_shot passes the initial ones). bm25_index: the
-    BM25Index searched in bm25 mode."""
+    BM25Index searched in bm25 mode. answer_not_in_question: a block's
+    answer is its best span that is not a phrase of the question (of its 20
+    best; ours, eval.answer_not_in_question), else its best span."""
     if retrieval not in RETRIEVAL_MODES:
       raise ValueError(f"retrieval must be one of {RETRIEVAL_MODES}, got "
                        f"{retrieval!r}")
@@ -137,6 +163,7 @@ class Predictor:
     self.query_params = (model.params["retriever"] if query_params is None
                          else query_params)
     self.read_cache, self.read_batch = read_cache, max(read_batch, self.k)
+    self.answer_not_in_question = answer_not_in_question
     cfg = model.cfg
     self._embed, self._read = _jitted(cfg)
 
@@ -235,6 +262,10 @@ class Predictor:
     """Reads (key, (i, j)) pairs into `cache`, shortest first, each batch
     cut to its longest input rounded up to _WIDTH_STEP tokens (padding is
     masked out, so only float summation order can change)."""
+    # The question of row i, as words (answer_not_in_question): its ids
+    # decoded, since the key is the ids.
+    words = {i: question_words(self.tok.decode(ids[i, 1:int(mask[i].sum()) - 1]))
+             for _, (i, _) in pairs} if self.answer_not_in_question else {}
     q = np.asarray([i for _, (i, _) in pairs])
     r = np.asarray([rows[i, j] for _, (i, j) in pairs])
     reader = qa_inputs.reader_batch(ids[q], mask[q], self.model.store,
@@ -255,21 +286,34 @@ class Predictor:
         key, (i, _) = pairs[p]
         cache[key] = self._block_read(
             logits[n, 0], int(mask[i].sum()), int(r[p]), batch["reader_ids"][n, 0],
-            int(batch["block_mask"][n, 0].sum()), width)
+            int(batch["block_mask"][n, 0].sum()), width,
+            words[i] if self.answer_not_in_question else None)
 
-  def _block_read(self, logits, first, row, reader_ids, n, width) -> BlockRead:
+  def _block_read(self, logits, first, row, reader_ids, n, width,
+                  question=None) -> BlockRead:
     """A BlockRead from one block's span logits [num_spans] of an input
     `width` tokens wide; `first` is the position of its first body token,
-    n the number of body tokens."""
+    n the number of body tokens; `question`: its words, to pass over spans
+    that only repeat them (answer_not_in_question)."""
     valid = logits > MASK_VALUE / 2
     if not valid.any():   # no whole word fits (a block of one split word)
       return BlockRead(best=MASK_VALUE, logsumexp=-np.inf)
-    best = int(np.argmax(logits))
     starts, ends = span_candidates(width, self.model.cfg.max_span_width)
-    answer, chars = span_text(self.tok, self.model.store.text(row),
-                              reader_ids[first:first + n],
-                              int(starts[best]) - first,
-                              int(ends[best]) - first)
+    text, body = self.model.store.text(row), reader_ids[first:first + n]
+    offsets = qa_inputs.body_char_offsets(self.tok, text, body)
+    cut = lambda j: span_text(self.tok, text, body, int(starts[j]) - first,
+                              int(ends[j]) - first, offsets)
+    best = int(np.argmax(logits))
+    answer, chars = cut(best)
+    if question is not None and in_question(answer, question):
+      # The best of the next spans that says something new, if any.
+      for j in np.argsort(-logits, kind="stable")[1:_SPANS_LOOKED_AT]:
+        if not valid[j]:
+          break
+        other, other_chars = cut(int(j))
+        if not in_question(other, question):
+          best, answer, chars = int(j), other, other_chars
+          break
     return BlockRead(best=float(logits[best]),
                      logsumexp=float(np.logaddexp.reduce(logits[valid])),
                      answer=answer, chars=chars)

@@ -23,6 +23,7 @@ def get_config():
   c.workdir = "workdir/demo_full"
   c.data.corpus_limit = 0        # all 10,033 documents
   # 800 steps of batch 8: ~0.9 epoch of the 7,161 training questions.
+  c.finetune.batch_size = 8
   c.finetune.num_steps = 800
   c.finetune.warmup_steps = 80
   c.finetune.retriever_lr_scale = 0.3

@@ -11,9 +11,10 @@ back together after their answers (and so reach the server a few
 milliseconds apart) are gathered into a batch of four without waiting for
 a sixteenth, and whatever else is queued by then joins the batch too, so
 batches grow with the load. `always_wait` waits max_wait_s for max_batch
-questions every time, as TF Serving's batch_timeout does. The queue is bounded: a full queue refuses at once
-(QueueFull), so an overloaded server says so instead of queueing without
-end. `max_batch=1` is unbatched serving (one forward pass per question).
+questions every time, as TF Serving's batch_timeout does. The queue is
+bounded: a full queue refuses at once (QueueFull), so an overloaded server
+says so instead of queueing without end. `max_batch=1` is unbatched
+serving (one forward pass per question).
 """
 import concurrent.futures
 import queue
@@ -29,7 +30,7 @@ class QueueFull(Exception):
 class Batcher:
 
   def __init__(self, answer_batch: Callable[[Sequence[str]], list],
-               max_batch: int = 16, max_wait_s: float = 0.005,
+               max_batch: int = 16, max_wait_s: float = 0.06,
                max_queue: int = 64, always_wait: bool = False):
     if max_batch < 1 or max_queue < 1 or max_wait_s < 0:
       raise ValueError(f"serve batching: max_batch={max_batch} and "

@@ -262,10 +262,10 @@ class Predictor:
     """Reads (key, (i, j)) pairs into `cache`, shortest first, each batch
     cut to its longest input rounded up to _WIDTH_STEP tokens (padding is
     masked out, so only float summation order can change)."""
-    # The question of row i, as words (answer_not_in_question): its ids
-    # decoded, since the key is the ids.
+    # Question i as words, for answer_not_in_question: decoded from its ids
+    # (the cache's key), [CLS] and [SEP] left out.
     words = {i: question_words(self.tok.decode(ids[i, 1:int(mask[i].sum()) - 1]))
-             for _, (i, _) in pairs} if self.answer_not_in_question else {}
+             for _, (i, _) in pairs if self.answer_not_in_question}
     q = np.asarray([i for _, (i, _) in pairs])
     r = np.asarray([rows[i, j] for _, (i, j) in pairs])
     reader = qa_inputs.reader_batch(ids[q], mask[q], self.model.store,
@@ -286,8 +286,7 @@ class Predictor:
         key, (i, _) = pairs[p]
         cache[key] = self._block_read(
             logits[n, 0], int(mask[i].sum()), int(r[p]), batch["reader_ids"][n, 0],
-            int(batch["block_mask"][n, 0].sum()), width,
-            words[i] if self.answer_not_in_question else None)
+            int(batch["block_mask"][n, 0].sum()), width, words.get(i))
 
   def _block_read(self, logits, first, row, reader_ids, n, width,
                   question=None) -> BlockRead:

@@ -129,7 +129,8 @@ def run(config):
                        "finetune.index_version": 0})
   # The REALM fine-tune starts after the baseline's reading steps, with the
   # REALM-pretrained query embedder and index (finetune.reading_from): its
-  # reader reads as the baseline's does, and the run costs its open-QA steps only.
+  # reader reads as the baseline's does, and the run costs only its open-QA
+  # steps.
   # The REALM-pretrained reader encoder is not used: at this scale (30 MLM
   # steps) it reads worse (README, "Reading").
   realm = _derive(base, os.path.join(w, "finetune_realm"), task="finetune",

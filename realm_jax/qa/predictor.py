@@ -264,8 +264,9 @@ class Predictor:
     masked out, so only float summation order can change)."""
     # Question i as words, for answer_not_in_question: decoded from its ids
     # (the cache's key), [CLS] and [SEP] left out.
+    asked = {i for _, (i, _) in pairs} if self.answer_not_in_question else ()
     words = {i: question_words(self.tok.decode(ids[i, 1:int(mask[i].sum()) - 1]))
-             for _, (i, _) in pairs if self.answer_not_in_question}
+             for i in asked}
     q = np.asarray([i for _, (i, _) in pairs])
     r = np.asarray([rows[i, j] for _, (i, j) in pairs])
     reader = qa_inputs.reader_batch(ids[q], mask[q], self.model.store,

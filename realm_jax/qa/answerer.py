@@ -204,7 +204,7 @@ class Answerer:
       f = self.config.finetune
       predictor = predictor_lib.Predictor(
           current.served, self.tokenizer, reader_len=f.reader_len,
-          reader_beam=f.reader_beam,
+          reader_beam=f.reader_beam, read_batch=self.config.eval.read_batch,
           answer_not_in_question=self.config.eval.answer_not_in_question)
       self._served = (current, predictor)
     return predictor

@@ -140,7 +140,7 @@ class Predictor:
                reader_beam: int, recall_k: int = 0, retrieval: str = "index",
                seed: int = 0, query_params=None,
                bm25_index: bm25.BM25Index | None = None,
-               read_cache: dict | None = None, read_batch: int = 16,
+               read_cache: dict | None = None, read_batch: int = 8,
                answer_not_in_question: bool = False):
     """query_params: retriever params that embed the questions (default the
     model's; dense_zero_shot passes the initial ones). bm25_index: the
@@ -160,8 +160,10 @@ class Predictor:
     if retrieval == "bm25" and bm25_index is None:
       raise ValueError("retrieval='bm25' needs bm25_index (index.bm25.BM25Index)")
     self.bm25 = bm25_index
+    # On the device once, as load_finetuned puts the model's (a numpy tree
+    # would be copied again by every call).
     self.query_params = (model.params["retriever"] if query_params is None
-                         else query_params)
+                         else jax.device_put(query_params))
     self.read_cache, self.read_batch = read_cache, max(read_batch, self.k)
     self.answer_not_in_question = answer_not_in_question
     cfg = model.cfg

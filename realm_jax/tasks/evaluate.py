@@ -191,7 +191,7 @@ def evaluate(config, params=None, *, model: FineTuned | None = None,
                         reader_beam=f.reader_beam, recall_k=config.eval.recall_k,
                         retrieval=retrieval, seed=config.seed,
                         query_params=query_params, bm25_index=bm25_index,
-                        read_cache=read_cache,
+                        read_cache=read_cache, read_batch=config.eval.read_batch,
                         answer_not_in_question=config.eval.answer_not_in_question)
   ks = sorted({1, predictor.k, config.eval.recall_k} - {0})
   match = "regex" if f.regex_answers else f.answer_match

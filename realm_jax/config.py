@@ -239,7 +239,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval.file = ""
   c.eval.batch_size = 8
   c.eval.max_questions = 0         # 0: all
-  # (question, block) pairs per reader call: 8 read 15-30% faster than 16 on a
+  # (question, block) pairs per reader call: 8 read 10-40% faster than 16 on a
   # 2-core CPU (README, "Serving it over HTTP"); larger suits accelerators.
   c.eval.read_batch = 8
   c.eval.recall_k = 5

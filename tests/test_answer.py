@@ -1,5 +1,6 @@
 """`task=answer`: evidence and the highlighted span are printed; empty and
 over-long questions get clear messages before anything heavy loads."""
+import dataclasses
 import os
 import re
 import subprocess
@@ -193,18 +194,18 @@ def test_an_answer_the_question_already_says_is_passed_over(workdir):
 
 
 def test_the_model_is_put_on_the_device_once(workdir):
-  """load_finetuned and the Predictor hold the params as device arrays: a
-  numpy tree would be copied to the device again by every jitted call
-  (~30 ms for MiniLM on a CPU, which doubled the cost of a lone question)."""
+  """The Predictor holds the params as device arrays: a numpy tree would be
+  copied to the device again by every jitted call (~30 ms for MiniLM on a
+  CPU, which doubled the cost of a lone question)."""
   import jax  # pylint: disable=g-import-not-at-top
   from realm_jax.qa import model as qa_model  # pylint: disable=g-import-not-at-top
   from realm_jax.qa import predictor as predictor_lib  # pylint: disable=g-import-not-at-top
   model = qa_model.load_finetuned(ow.tiny_config(workdir))
-  leaves = jax.tree_util.tree_leaves(model.params)
-  assert leaves and all(isinstance(x, jax.Array) for x in leaves)
-  host = jax.tree_util.tree_map(np.asarray, model.params["retriever"])
-  predictor = predictor_lib.Predictor(model, model.store.tokenizer(),
-                                      reader_len=64, reader_beam=1,
-                                      query_params=host)
-  assert all(isinstance(x, jax.Array)
-             for x in jax.tree_util.tree_leaves(predictor.query_params))
+  host = jax.tree_util.tree_map(np.asarray, model.params)
+  for query_params in (None, host["retriever"]):
+    predictor = predictor_lib.Predictor(
+        dataclasses.replace(model, params=host), model.store.tokenizer(),
+        reader_len=64, reader_beam=1, query_params=query_params)
+    for tree in (predictor.model.params, predictor.query_params):
+      leaves = jax.tree_util.tree_leaves(tree)
+      assert leaves and all(isinstance(x, jax.Array) for x in leaves)

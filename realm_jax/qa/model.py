@@ -8,8 +8,6 @@ the knowledge base's newest committed version instead.
 """
 import dataclasses
 
-import jax
-
 from realm_jax import checkpoint as ckpt_lib
 from realm_jax.data import corpus
 from realm_jax.kb import versions as kb
@@ -70,9 +68,5 @@ def load_finetuned(config) -> FineTuned:
   step, params = ckpt_lib.restore_params(workdir)
   cfg = record["model"]
   model_init.check_shapes(params["reader"], SpanReader(cfg), f"{workdir} reader")
-  # On the device once: numpy params would be copied to it again by every
-  # jitted call (91 MB for MiniLM, ~30 ms a call on a CPU, a PCIe transfer on
-  # an accelerator), which made a lone question cost 2x its arithmetic.
-  params = jax.device_put(params)
   return FineTuned(cfg=cfg, params=params, store=store, emb=emb,
                    searcher=searcher, index_path=index_path, step=step)

@@ -97,8 +97,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.log_every = 50
   c.train.checkpoint_every = 1000
   c.train.keep_checkpoints = 3
-  # A run whose params' global L2 norm passes this is stopped before it saves
-  # (diverged: BERT-base and MiniLM start near 10^2-10^3). 0: no bound.
+  # Stop before saving when the params' global L2 norm passes this (diverged:
+  # BERT-base and MiniLM start near 10^2-10^3). 0: no bound.
   c.train.max_param_norm = 1e5
   c.train.prefetch = 2             # retrieval batches prepared ahead of the device
 
@@ -124,15 +124,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.index.embed_batch_size = 256
   c.index.embed_dtype = "float32"  # float32 | bfloat16
   c.index.embed_shard_rows = 16384  # rows per shard file: the unit of resume
-  # Seconds between looks at <workdir>/exports/ (two directory listings).
-  # Short, as a deterministic trainer waits on every version; on a gcsfuse
-  # workdir each listing is a GCS list call, and the paper-scale configs
-  # poll every 5 s, nothing next to an index build there.
+  # Seconds between looks at <workdir>/exports/. Short, as a deterministic
+  # trainer waits on every version; paper-scale configs on gcsfuse poll 5 s.
   c.index.embed_poll_interval = 0.2
   c.index.embed_idle_timeout = 0.0  # exit after this many idle seconds; 0: never
-  # Exit once this process is no longer the job's parent (0: don't watch):
-  # the trainer, or launch/gpu.sh, sets it when it starts the job, so a
-  # parent killed with SIGKILL leaves no orphan behind.
+  # Exit once this pid is no longer the job's parent (0: don't watch), so a
+  # trainer (or launch/gpu.sh) killed with SIGKILL leaves no orphan behind.
   c.index.embed_parent_pid = 0
   c.index.embed_progress = False   # a tqdm bar (noise in a log file)
   # A job that dies is restarted (its builds resume) at the next export, at
@@ -192,9 +189,13 @@ def default_config() -> ml_collections.ConfigDict:
   # and index (init_from / model.init). The reading steps never train the
   # query embedder, so this is nearly the run it would have been (only the
   # block a dataset question is read in, the best-ranked one with an answer,
-  # can differ), minus their cost; the demo's REALM fine-tune shares the baseline's reading steps this way
-  # (README, "Reading"). Ours, not ORQA/REALM's. Empty: run them here.
+  # can differ), minus their cost; the demo's REALM fine-tune shares the
+  # baseline's reading steps this way. Ours. Empty: run them here.
   c.finetune.reading_from = ""
+  # True: the reading steps and the open-QA steps each have their own warmup
+  # and decay to 0, so the reader ends its reading at a low rate (README,
+  # "Reading"). False: one schedule over num_steps.
+  c.finetune.phase_schedules = False
   c.finetune.split = "train"
   c.finetune.batch_size = 1        # questions per step (ORQA/REALM: 1)
   c.finetune.num_steps = 2000

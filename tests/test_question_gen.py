@@ -39,6 +39,27 @@ def test_dates_and_places_after_a_preposition_replace_it():
   assert q["question"] == "What is the capital and largest city of Azerbaijan?"
 
 
+def test_a_form_of_to_be_moves_to_the_front_with_the_wh_word():
+  s = "Amazon was founded by Jeff Bezos in Bellevue, Washington."
+  q = gen.question_for(s, _span(s, "Jeff Bezos"), "PERSON", "Amazon (company)")
+  assert q["question"] == "Who was Amazon founded by in Bellevue?"
+  s = "Mozart was born in Salzburg."
+  q = gen.question_for(s, _span(s, "Salzburg"), "GPE", "Wolfgang Amadeus Mozart")
+  assert q["question"] == "Where was Mozart born?"
+  s = "The Loire flows through Orleans and Tours."      # no "to be": in place
+  q = gen.question_for(s, _span(s, "Orleans"), "GPE", "Loire")
+  assert q is None                                      # one of a list
+  s = "The Loire flows through Orleans before it reaches the sea."
+  q = gen.question_for(s, _span(s, "Orleans"), "GPE", "Loire")
+  assert q["question"] == "The Loire flows through what before it reaches the sea?"
+
+
+def test_no_question_starts_mid_clause():
+  s = ("In the years after the war the small and quiet northern town that "
+       "lies on the river became known for its bridge designed by Anna Berg.")
+  assert gen.question_for(s, _span(s, "Anna Berg"), "PERSON", "Town") is None
+
+
 def test_a_leading_pronoun_becomes_the_title():
   s = "It was first climbed in 1865 by Edward Whymper."
   q = gen.question_for(s, _span(s, "Edward Whymper"), "PERSON",

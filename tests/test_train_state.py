@@ -5,6 +5,8 @@ import ml_collections
 import numpy as np
 import pytest
 
+from realm_jax import config as config_lib
+from realm_jax.train import finetune as finetune_step
 from realm_jax.train import state as state_lib
 
 
@@ -28,6 +30,23 @@ def test_schedule_warms_up_then_decays_to_zero():
   np.testing.assert_allclose(float(sched(100)), 1.0, rtol=1e-6)
   np.testing.assert_allclose(float(sched(550)), 0.5, rtol=1e-6)
   assert float(sched(1000)) == 0.0
+
+
+def test_phase_schedules_decay_at_the_end_of_the_reading_steps():
+  f = config_lib.default_config().finetune
+  f.learning_rate, f.num_steps, f.reading_steps, f.warmup_steps = 1.0, 300, 200, 20
+  shared = finetune_step.schedule(f)
+  np.testing.assert_allclose(float(shared(200)), 100 / 280, rtol=1e-6)
+  f.phase_schedules = True
+  sched = finetune_step.schedule(f)
+  np.testing.assert_allclose(float(sched(20)), 1.0, rtol=1e-6)
+  np.testing.assert_allclose(float(sched(110)), 0.5, rtol=1e-6)
+  assert float(sched(200)) == 0.0             # the reading steps end at 0
+  np.testing.assert_allclose(float(sched(210)), 0.5, rtol=1e-6)   # warmup again
+  np.testing.assert_allclose(float(sched(220)), 1.0, rtol=1e-6)
+  assert float(sched(300)) == 0.0
+  f.reading_steps = 300                       # no open-QA steps: one schedule
+  np.testing.assert_allclose(float(finetune_step.schedule(f)(20)), 1.0)
 
 
 def test_decay_mask_excludes_layernorm_and_bias():

@@ -10,12 +10,18 @@ made by rule from the NER-tagged sentences that pretraining already caches
   al. 2019 ("Unsupervised Question Answering by Cloze Translation"); its
   entity label chooses the wh-word (PERSON -> who, a date after "in" ->
   when, a bare year -> what year, a place after "in"/"at" -> where, ...);
-* the question is the answer's clause with the answer replaced by the
-  wh-word, either in place (Lewis et al.'s rule-based cloze translation:
-  "Amazon was founded by who?") or with the wh-word moved to the front and
-  the rest left as it was (Fabbri et al. 2020's "Wh + sentence" template,
-  their best: "Who Amazon was founded by?"). Both forms are drawn, by a hash
-  of the sentence, so the reader sees the answer's type in either place;
+* the question is the answer's whole clause with the answer replaced by
+  the wh-word. Where the clause has a form of "to be" after its subject, the
+  wh-word and the verb move to the front ("Amazon was founded by Jeff
+  Bezos" -> "Who was Amazon founded by?"; "Mozart was born in Salzburg" ->
+  "Where was Mozart born?"), as people ask; elsewhere the wh-word stays in
+  place (Lewis et al.'s rule-based cloze translation: "Lima lies on the
+  coast of what?"). Fabbri et al. 2020's "Wh + sentence" template, the
+  wh-word put first with no inversion ("Who Amazon was founded by?"), was
+  our first choice; read by eye, most of its questions were not English,
+  and the reader trained on them read the natural dev questions worse
+  (README, "Reading"). A clause longer than MAX_BEFORE_WORDS before the
+  answer is dropped, not cut, so no question starts mid-clause;
 * the question must name its subject: a leading pronoun becomes the title
   ("It is ..." -> "Denver is ..."), and a clause that does not mention the
   title is prefixed with it ("Denver: ...").
@@ -54,7 +60,12 @@ _FUNCTION_WORDS = frozenset({"the", "a", "an", "in", "on", "at", "it", "he",
                              "this", "these", "as", "with", "by", "from",
                              "after", "before", "during", "since", "for"})
 _YEAR = re.compile(r"^\d{3,4}$")
-MAX_BEFORE_WORDS = 12
+# The verb that moves to the front with the wh-word, when one of the clause's
+# first words ("The Loire river is ..." -> "What is the Loire river ...").
+_BE = frozenset({"is", "was", "are", "were"})
+MAX_SUBJECT_WORDS = 5
+_LISTS = frozenset({"and", "or"})
+MAX_BEFORE_WORDS = 14
 MAX_AFTER_WORDS = 8
 MAX_ANSWER_WORDS = 6
 HELDOUT_PERCENT = 10
@@ -87,16 +98,31 @@ def wh_phrase(label: str | None, answer: str, previous_word: str):
   return _WH.get(label, "what"), False
 
 
-def _clause_before(text: str) -> list[str]:
-  """The words of the answer's clause before it (at most MAX_BEFORE_WORDS)."""
+def _clause_before(text: str) -> list[str] | None:
+  """The words of the answer's clause before it; None if over
+  MAX_BEFORE_WORDS (a question cut there would start mid-clause)."""
   cut = max((m.end() for m in _CLAUSE_BREAK.finditer(text)), default=0)
-  return text[cut:].split()[-MAX_BEFORE_WORDS:]
+  words = text[cut:].split()
+  return words if len(words) <= MAX_BEFORE_WORDS else None
 
 
-def _clause_after(text: str) -> list[str]:
-  text = text.lstrip(" ,")   # "In 1990, X did Y": the clause goes on
+def _clause_after(text: str, opens_clause: bool) -> list[str]:
+  if opens_clause:           # "In 1990, X did Y": the clause goes on
+    text = text.lstrip(" ,")
   m = re.search(r"[,;:()\[\]]|\.(\s|$)", text)
   return (text[:m.start()] if m else text).split()[:MAX_AFTER_WORDS]
+
+
+def _inverted(before: list[str], wh: str) -> list[str] | None:
+  """wh + verb + subject + the rest, when a form of "to be" follows the
+  subject ("Amazon was founded by" -> "who was Amazon founded by")."""
+  for i in range(1, min(len(before), MAX_SUBJECT_WORDS + 1)):
+    if before[i].lower() in _BE and before[0].lower() != "there":
+      subject = before[:i]
+      if subject[0].lower() in _FUNCTION_WORDS:
+        subject = [subject[0].lower()] + subject[1:]
+      return [wh, before[i].lower()] + subject + before[i + 1:]
+  return None
 
 
 def _name_subject(words: list[str], title: str) -> list[str]:
@@ -141,7 +167,12 @@ def question_for(sentence: str, span: tuple[int, int], label: str | None,
   if label == "NORP" and draw >= NATIONALITY_KEEP_PERCENT:
     return None
   before = _clause_before(sentence[:start])
-  after = _clause_after(sentence[limit:])
+  if before is None:
+    return None
+  after = _clause_after(sentence[limit:], opens_clause=not before)
+  if ((before and (before[-1].endswith(",") or before[-1].lower() in _LISTS))
+      or (after and after[0].lower() in _LISTS)):
+    return None   # one of a list or an apposition: "in X, Y and [Z]"
   wh, replaces_previous = wh_phrase(label, answer,
                                     before[-1] if before else "")
   if replaces_previous or (before and before[-1].lower() in _ARTICLES):
@@ -149,10 +180,9 @@ def question_for(sentence: str, span: tuple[int, int], label: str | None,
   before = _name_subject(before, short_title)
   if len(before) + len(after) < 3:
     return None            # too little of the sentence left to ask about
-  if draw % 2 and before:                       # Fabbri et al.: wh first
-    if before[0].lower() in _FUNCTION_WORDS:
-      before = [before[0].lower()] + before[1:]
-    words = [wh] + before + after
+  words = _inverted(before, wh)
+  if words is not None:
+    words += after
   else:                                         # cloze translation in place
     words = before + [wh] + after
   question = " ".join(words).strip(" ,")

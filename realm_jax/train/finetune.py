@@ -104,4 +104,19 @@ def optimizer(config) -> optax.GradientTransformation:
       warmup_steps=f.warmup_steps, weight_decay=t.weight_decay,
       adam_b1=t.adam_b1, adam_b2=t.adam_b2, adam_eps=t.adam_eps,
       adam_bias_correction=t.adam_bias_correction, clip_norm=t.clip_norm,
-      retriever_lr_scale=f.retriever_lr_scale)))
+      retriever_lr_scale=f.retriever_lr_scale)), schedule=schedule(f))
+
+
+def schedule(f) -> optax.Schedule:
+  """One warmup and linear decay over the run; with f.phase_schedules, one
+  for the reading steps and another for the open-QA steps, so the reader
+  leaves its reading at a rate near 0 (README, "Reading")."""
+  if not (f.phase_schedules and 0 < f.reading_steps < f.num_steps):
+    return state_lib.learning_rate_schedule(f.learning_rate, f.num_steps,
+                                            f.warmup_steps)
+  return optax.join_schedules(
+      [state_lib.learning_rate_schedule(f.learning_rate, f.reading_steps,
+                                        f.warmup_steps),
+       state_lib.learning_rate_schedule(
+           f.learning_rate, f.num_steps - f.reading_steps, f.warmup_steps)],
+      [f.reading_steps])

@@ -79,16 +79,18 @@ def scale_retriever_updates(factor: float) -> optax.GradientTransformation:
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def bert_adamw(train_config) -> optax.GradientTransformation:
+def bert_adamw(train_config, schedule=None) -> optax.GradientTransformation:
   """Global-norm clip, Adam, decoupled weight decay, scheduled learning rate.
 
   `train_config` is the `config.train` section (or a finetune section with
   the same optimizer fields). Its optional `retriever_lr_scale` gives the
-  retriever a learning rate of that multiple of the reader's.
+  retriever a learning rate of that multiple of the reader's. `schedule`
+  replaces learning_rate_schedule over its num_steps.
   """
   c = train_config
-  schedule = learning_rate_schedule(c.learning_rate, c.num_steps,
-                                    c.get("warmup_steps", -1))
+  if schedule is None:
+    schedule = learning_rate_schedule(c.learning_rate, c.num_steps,
+                                      c.get("warmup_steps", -1))
   if c.get("adam_bias_correction", False):
     adam = optax.scale_by_adam(b1=c.adam_b1, b2=c.adam_b2, eps=c.adam_eps)
   else:

@@ -54,6 +54,16 @@ def test_a_form_of_to_be_moves_to_the_front_with_the_wh_word():
   assert q["question"] == "The Loire flows through what before it reaches the sea?"
 
 
+def test_counts_become_how_many_and_years_in_what_year():
+  s = "Mexico City is divided into 16 boroughs."
+  [ex] = gen.generate([{"text": s, "spans": [], "labels": [],
+                        "source_uid": 0}], lambda uid: "Mexico City", "all")
+  assert ex["question"] == "Mexico City is divided into how many boroughs?"
+  assert ex["answer"] == ["16"]
+  assert gen.wh_phrase("DATE", "1636", "in", draw=1) == ("in what year", True)
+  assert gen.wh_phrase("DATE", "1636", "in", draw=0) == ("when", True)
+
+
 def test_no_question_starts_mid_clause():
   s = ("In the years after the war the small and quiet northern town that "
        "lies on the river became known for its bridge designed by Anna Berg.")

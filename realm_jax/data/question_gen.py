@@ -65,6 +65,12 @@ _YEAR = re.compile(r"^\d{3,4}$")
 _BE = frozenset({"is", "was", "are", "were"})
 MAX_SUBJECT_WORDS = 5
 _LISTS = frozenset({"and", "or"})
+# A count: digits or a number word, then a lowercase word that is not a unit
+# of the number itself ("16 boroughs", "six species"; not "2 million").
+_COUNT = re.compile(
+    r"(?<![\w.,$£€%-])(\d{1,3}(?:,\d{3})*|two|three|four|five|six|seven|eight|"
+    r"nine|ten|eleven|twelve)(?= (?!(?:million|billion|thousand|hundred|"
+    r"percent|per|of|to|and|or|in|on|at|by)\b)[a-z]{3,})", re.IGNORECASE)
 MAX_BEFORE_WORDS = 14
 MAX_AFTER_WORDS = 8
 MAX_ANSWER_WORDS = 6
@@ -84,10 +90,16 @@ def split_of(title: str) -> str:
   return "heldout" if _hash(title) % 100 < HELDOUT_PERCENT else "train"
 
 
-def wh_phrase(label: str | None, answer: str, previous_word: str):
-  """(wh-phrase, whether it replaces the word before the answer too)."""
+def wh_phrase(label: str | None, answer: str, previous_word: str,
+              draw: int = 0):
+  """(wh-phrase, whether it replaces the word before the answer too); `draw`
+  picks "when" or "in what year" for a year after "in", half each."""
   prev = previous_word.lower()
+  if label == "COUNT":
+    return "how many", False
   if label == "DATE":
+    if prev == "in" and _YEAR.match(answer) and draw % 2:
+      return "in what year", True
     if prev in _DATE_PREPOSITIONS:
       return "when", True
     return ("what year" if _YEAR.match(answer) else "when"), False
@@ -174,13 +186,13 @@ def question_for(sentence: str, span: tuple[int, int], label: str | None,
       or (after and after[0].lower() in _LISTS)):
     return None   # one of a list or an apposition: "in X, Y and [Z]"
   wh, replaces_previous = wh_phrase(label, answer,
-                                    before[-1] if before else "")
+                                    before[-1] if before else "", draw)
   if replaces_previous or (before and before[-1].lower() in _ARTICLES):
     before = before[:-1]   # "in 1990" -> "when"; "the what" -> "what"
   before = _name_subject(before, short_title)
   if len(before) + len(after) < 3:
     return None            # too little of the sentence left to ask about
-  words = _inverted(before, wh)
+  words = _inverted(before, wh) if label != "COUNT" else None
   if words is not None:
     words += after
   else:                                         # cloze translation in place
@@ -214,8 +226,9 @@ def generate(records: Iterable[dict], title_of, split: str = "train",
     if split != "all" and split_of(title) != split:
       continue
     text = record["text"]
-    spans = sorted(zip(record["spans"], record.get("labels") or
-                       [None] * len(record["spans"])),
+    spans = list(zip(record["spans"], record.get("labels") or
+                     [None] * len(record["spans"])))
+    spans = sorted(spans + _counts(text, spans),
                    key=lambda sl: _hash(f"{text}{sl[0]}"))
     kept = 0
     for span, label in spans:
@@ -226,6 +239,17 @@ def generate(records: Iterable[dict], title_of, split: str = "train",
         out.append(dict(example, title=title,
                         source_uid=record["source_uid"]))
         kept += 1
+  return out
+
+
+def _counts(text: str, spans) -> list[tuple]:
+  """("COUNT" spans): a number before a lowercase word ("16 boroughs"), not
+  inside a tagged span; a "how many" question asks for it."""
+  taken = [tuple(span[:2]) for span, _ in spans]
+  out = []
+  for m in _COUNT.finditer(text):
+    if not any(a < m.end() and m.start() < b for a, b in taken):
+      out.append(((m.start(), m.end()), "COUNT"))
   return out
 
 

@@ -193,8 +193,12 @@ def question_for(sentence: str, span: tuple[int, int], label: str | None,
   if len(before) + len(after) < 3:
     return None            # too little of the sentence left to ask about
   words = _inverted(before, wh) if label != "COUNT" else None
-  if words is not None:
+  if words is not None:                         # "to be" moves to the front
     words += after
+  elif draw % 2 and before and label != "COUNT":  # Fabbri et al.: wh first
+    if before[0].lower() in _FUNCTION_WORDS:
+      before = [before[0].lower()] + before[1:]
+    words = [wh] + before + after
   else:                                         # cloze translation in place
     words = before + [wh] + after
   question = " ".join(words).strip(" ,")

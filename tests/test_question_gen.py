@@ -49,9 +49,13 @@ def test_a_form_of_to_be_moves_to_the_front_with_the_wh_word():
   s = "The Loire flows through Orleans and Tours."      # no "to be": in place
   q = gen.question_for(s, _span(s, "Orleans"), "GPE", "Loire")
   assert q is None                                      # one of a list
+  # No "to be": the wh-word in place or first, by a hash of the sentence.
+  s = "The Loire flows through Orleans on its way west."
+  q = gen.question_for(s, _span(s, "Orleans"), "GPE", "Loire")
+  assert q["question"] == "The Loire flows through what on its way west?"
   s = "The Loire flows through Orleans before it reaches the sea."
   q = gen.question_for(s, _span(s, "Orleans"), "GPE", "Loire")
-  assert q["question"] == "The Loire flows through what before it reaches the sea?"
+  assert q["question"] == "What the Loire flows through before it reaches the sea?"
 
 
 def test_counts_become_how_many_and_years_in_what_year():

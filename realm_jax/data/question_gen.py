@@ -7,21 +7,26 @@ made by rule from the NER-tagged sentences that pretraining already caches
 (data/ner.py), following the unsupervised-QA recipes:
 
 * the answer is a salient span (a named entity or a date), as in Lewis et
-  al. 2019 ("Unsupervised Question Answering by Cloze Translation"); its
-  entity label chooses the wh-word (PERSON -> who, a date after "in" ->
-  when, a bare year -> what year, a place after "in"/"at" -> where, ...);
+  al. 2019 ("Unsupervised Question Answering by Cloze Translation"), or a
+  count before a noun ("16 boroughs"); its label chooses the wh-word
+  (PERSON -> who, a date after "in" -> when or, for a year, half the time
+  "in what year", a bare year -> what year, a place after "in"/"at" ->
+  where, a count -> how many, ...);
 * the question is the answer's whole clause with the answer replaced by
-  the wh-word. Where the clause has a form of "to be" after its subject, the
-  wh-word and the verb move to the front ("Amazon was founded by Jeff
-  Bezos" -> "Who was Amazon founded by?"; "Mozart was born in Salzburg" ->
-  "Where was Mozart born?"), as people ask; elsewhere the wh-word stays in
-  place (Lewis et al.'s rule-based cloze translation: "Lima lies on the
-  coast of what?"). Fabbri et al. 2020's "Wh + sentence" template, the
-  wh-word put first with no inversion ("Who Amazon was founded by?"), was
-  our first choice; read by eye, most of its questions were not English,
-  and the reader trained on them read the natural dev questions worse
-  (README, "Reading"). A clause longer than MAX_BEFORE_WORDS before the
-  answer is dropped, not cut, so no question starts mid-clause;
+  the wh-word. Where a form of "to be" follows the clause's subject, the
+  wh-word and the verb move to the front, as people ask ("Amazon was
+  founded by Jeff Bezos" -> "Who was Amazon founded by?", "Mozart was born
+  in Salzburg" -> "Where was Mozart born?"). Elsewhere one of two forms is
+  drawn by a hash: the wh-word in place (Lewis et al.'s rule-based cloze
+  translation: "Lima lies on the coast of what?") or first with the rest
+  as it was (Fabbri et al. 2020's "Wh + sentence" template, their best:
+  "What Lima lies on the coast of?"). Without the second form, the least
+  English of the three (and before counts), the reader read natural
+  questions worse; they mostly start with their wh-word (README,
+  "Reading"). A clause longer than
+  MAX_BEFORE_WORDS before the answer gives no question (cut, it started
+  mid-clause), nor does an answer in a list or an apposition ("in X, Y and
+  [Z]");
 * the question must name its subject: a leading pronoun becomes the title
   ("It is ..." -> "Denver is ..."), and a clause that does not mention the
   title is prefixed with it ("Denver: ...").

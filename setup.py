@@ -11,7 +11,8 @@ setuptools.setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=setuptools.find_packages(include=["realm_jax", "realm_jax.*"]),
-    package_data={"realm_jax.data": ["demo_natural.jsonl"],
+    package_data={"realm_jax.data": ["demo_natural.jsonl",
+                                     "demo_natural_dev_full.jsonl"],
                   "realm_jax.serve": ["page.html"]},
     python_requires=">=3.10",
     install_requires=[

@@ -140,3 +140,17 @@ def test_the_natural_questions_are_answerable_and_mostly_not_titles():
   assert len({r["question"] for r in rows}) == len(rows)
   with pytest.raises(ValueError):
     demo_corpus.natural_qa("train")
+
+
+def test_the_second_dev_set_asks_about_other_documents_inside_passages():
+  rows = demo_corpus.natural_qa("dev_full")
+  assert len(rows) == 220 and len({r["title"] for r in rows}) == 220
+  assert not {r["title"] for r in rows} & {
+      r["title"] for r in demo_corpus.natural_qa("all")}
+  texts = dict(demo_corpus.demo_documents())
+  for row in rows:
+    for answer in row["answer"]:
+      assert answer in texts[row["title"]], row
+    assert not any(qa.exact_match(a, demo_corpus.answers_of(row["title"]))
+                   for a in row["answer"]), row
+    assert row["answer"][0].lower() not in row["question"].lower(), row

@@ -102,17 +102,21 @@ NATURAL_SPLITS = {"dev": (0, 34), "test": (34, 100)}
 def natural_qa(split: str, limit: int | None = None) -> list[dict]:
   """The hand-written natural questions {"question", "answer": [...],
   "title"} of split "dev", "test" or "all" (file order); with `limit`, only
-  those about `demo_documents(limit)`."""
-  if split != "all" and split not in NATURAL_SPLITS:
-    raise ValueError(f"unknown split {split!r}; expected all or one of "
-                     f"{list(NATURAL_SPLITS)}")
-  path = os.path.join(os.path.dirname(__file__), "demo_natural.jsonl")
-  with open(path, encoding="utf-8") as f:
+  those about `demo_documents(limit)`. "dev_full" is a second dev set in a
+  file of its own: 220 questions about 220 other documents of the whole
+  corpus, written later the same way (README, "Reading"); not in "all"."""
+  if split not in ("all", "dev_full", *NATURAL_SPLITS):
+    raise ValueError(f"unknown split {split!r}; expected all, dev_full or "
+                     f"one of {list(NATURAL_SPLITS)}")
+  name = ("demo_natural_dev_full.jsonl" if split == "dev_full" else
+          "demo_natural.jsonl")
+  with open(os.path.join(os.path.dirname(__file__), name),
+            encoding="utf-8") as f:
     rows = [json.loads(line) for line in f if line.strip()]
   if limit:
     titles = {title for title, _ in demo_documents(limit)}
     rows = [r for r in rows if r["title"] in titles]
-  if split == "all":
+  if split in ("all", "dev_full"):
     return rows
   lo, hi = NATURAL_SPLITS[split]
   return [r for r in rows if lo <= _title_hash(r["title"]) % 100 < hi]

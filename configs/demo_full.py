@@ -5,14 +5,14 @@ Command: python -m realm_jax.main --config=configs/demo_full.py
 Hardware: a 2-core CPU is enough, but slow: every index build embeds 16,585
 blocks with all 6 MiniLM layers, and the run builds four (the initial, the
 final pretrained retriever's, and one after each fine-tuning).
-Runtime: about 1 h 15 min on an idle 2-core CPU, estimated from the last
-run's stage times (README: a reading step ~1.1 s, an open-QA step ~3.1 s,
+Runtime: about 1 h 10 min on an idle 2-core CPU, estimated from the stage
+times (README: a reading step of batch 16 ~1.5 s, an open-QA step ~6 s,
 each corpus embedding ~3 min).
-Expected result (README, 924 description test questions and 218 natural
-ones): description recall@5 BM25 72.2, fine-tuned without REALM pretraining
-78.1 (EM 51.4), REALM-pretrained + fine-tuned 77.9 (EM 51.8); natural EM
-BM25 + the same reader 29.8, fine-tuned 28.4, REALM-pretrained 29.4, far
-below the demo's 44 on the same natural questions (README, "Reading").
+Expected result (README, "The whole corpus"; 924 description test
+questions and the 218 natural ones): description EM BM25 + the same reader
+49.8, fine-tuned without REALM pretraining 51.1, REALM-pretrained +
+fine-tuned 51.4, recall@5 72.2 / 76.8 / 77.1; natural EM 45.9 / 43.6 /
+44.0 (the previous recipe: 29.8 / 28.4 / 29.4).
 """
 import os
 

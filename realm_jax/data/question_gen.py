@@ -135,11 +135,16 @@ def _inverted(before: list[str], wh: str) -> list[str] | None:
   subject ("Amazon was founded by" -> "who was Amazon founded by")."""
   for i in range(1, min(len(before), MAX_SUBJECT_WORDS + 1)):
     if before[i].lower() in _BE and before[0].lower() != "there":
-      subject = before[:i]
-      if subject[0].lower() in _FUNCTION_WORDS:
-        subject = [subject[0].lower()] + subject[1:]
-      return [wh, before[i].lower()] + subject + before[i + 1:]
+      return ([wh, before[i].lower()] + _lowered(before[:i])
+              + before[i + 1:])
   return None
+
+
+def _lowered(words: list[str]) -> list[str]:
+  """A sentence-initial function word lowercased, as the wh-word goes first."""
+  if words[0].lower() in _FUNCTION_WORDS:
+    return [words[0].lower()] + words[1:]
+  return words
 
 
 def _name_subject(words: list[str], title: str) -> list[str]:
@@ -170,8 +175,9 @@ def _glued(sentence: str, start: int, limit: int) -> bool:
 def question_for(sentence: str, span: tuple[int, int], label: str | None,
                  title: str) -> dict | None:
   """{"question", "answer": [span text]} for one salient span, or None when
-  the span is no good answer (the title, too long, or repeated in the
-  question)."""
+  the span is no good answer (the title, too long, repeated in the
+  question, one of a list) or its clause no good question (too long to keep
+  whole, too short)."""
   start, limit = span
   answer = sentence[start:limit].strip()
   if _glued(sentence, start, limit):
@@ -201,9 +207,7 @@ def question_for(sentence: str, span: tuple[int, int], label: str | None,
   if words is not None:                         # "to be" moves to the front
     words += after
   elif draw % 2 and before and label != "COUNT":  # Fabbri et al.: wh first
-    if before[0].lower() in _FUNCTION_WORDS:
-      before = [before[0].lower()] + before[1:]
-    words = [wh] + before + after
+    words = [wh] + _lowered(before) + after
   else:                                         # cloze translation in place
     words = before + [wh] + after
   question = " ".join(words).strip(" ,")

@@ -203,10 +203,11 @@ def question_for(sentence: str, span: tuple[int, int], label: str | None,
   before = _name_subject(before, short_title)
   if len(before) + len(after) < 3:
     return None            # too little of the sentence left to ask about
-  words = _inverted(before, wh) if label != "COUNT" else None
+  movable = label != "COUNT"     # "how many" stays before its noun
+  words = _inverted(before, wh) if movable else None
   if words is not None:                         # "to be" moves to the front
     words += after
-  elif draw % 2 and before and label != "COUNT":  # Fabbri et al.: wh first
+  elif movable and draw % 2 and before:         # Fabbri et al.: wh first
     words = [wh] + _lowered(before) + after
   else:                                         # cloze translation in place
     words = before + [wh] + after

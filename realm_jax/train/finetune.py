@@ -97,11 +97,10 @@ def train_step(state: dict, batch, cfg, tx, doc_loss_weight=0.0):
 
 
 def optimizer(config) -> optax.GradientTransformation:
-  """BERT's AdamW with train.* settings and finetune's lr, steps, warmup."""
+  """BERT's AdamW with train.* settings and finetune's schedule."""
   t, f = config.train, config.finetune
   return state_lib.bert_adamw(ml_collections.ConfigDict(dict(
-      learning_rate=f.learning_rate, num_steps=f.num_steps,
-      warmup_steps=f.warmup_steps, weight_decay=t.weight_decay,
+      weight_decay=t.weight_decay,
       adam_b1=t.adam_b1, adam_b2=t.adam_b2, adam_eps=t.adam_eps,
       adam_bias_correction=t.adam_bias_correction, clip_norm=t.clip_norm,
       retriever_lr_scale=f.retriever_lr_scale)), schedule=schedule(f))

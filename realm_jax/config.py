@@ -182,6 +182,9 @@ def default_config() -> ml_collections.ConfigDict:
   # at a third of an open-QA step's cost. A reader learns to find an answer
   # inside a passage far sooner this way (README, "Reading"). 0: none.
   c.finetune.reading_steps = 0
+  # Blocks a question is read in on a reading step: the one with its
+  # answer, then reading_beam - 1 of its top retrieved others (ours).
+  c.finetune.reading_beam = 1
   # A fine-tuning workdir that ran this same recipe (config, questions, model
   # shape) with reading steps: this run starts where that one's reading
   # steps ended (its state at step reading_steps, kept in <it>/reading/:

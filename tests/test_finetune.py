@@ -367,6 +367,23 @@ def test_reading_steps_train_only_the_reader_and_resume_across_the_switch(
   jax.tree.map(np.testing.assert_array_equal, params, straight)
 
 
+def test_reading_steps_with_distractors_still_train_only_the_reader(run):
+  """finetune.reading_beam=2: each reading question is read in the block
+  with its answer and its best other retrieved block; the query embedder
+  still gets no gradient until the open-QA steps."""
+  config = ow.tiny_config(str(run["tmp"] / "distractors"), **{
+      "finetune.init_from": run["pre"],
+      "finetune.dataset": run["config"].finetune.dataset,
+      "finetune.retriever_beam": run["store"].num_blocks,
+      "finetune.num_steps": 5, "finetune.reading_steps": 3,
+      "finetune.reading_beam": 2, "train.checkpoint_every": 5})
+  finetune_task.run(config)
+  rows = ow.read_jsonl(os.path.join(config.workdir, "finetune_metrics.jsonl"))
+  grad = ow.first_logged(rows, "query_grad_norm")
+  assert np.all(grad[:3] == 0) and np.all(grad[3:] > 0)
+  assert np.all(ow.first_logged(rows, "retriever_has_answer")[:3] == 1.0)
+
+
 def test_a_run_can_start_after_another_runs_reading_steps(run):
   """finetune.reading_from: a run of the same recipe starts from the state
   another run saved after its reading steps. With the same query embedder

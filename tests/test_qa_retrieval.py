@@ -48,6 +48,16 @@ def test_blocks_with_answer_agrees_with_has_answer():
   assert qa_inputs.blocks_with_answer(texts, ["Pel[eé]"], "regex").sum() == 1
 
 
+def test_reading_rows_put_the_answer_block_first_then_distractors():
+  rows = np.array([[5, 3, 7, 8], [2, 9, 4, 1]])
+  source = np.array([3, 6])           # a question's own block, retrieved or not
+  np.testing.assert_array_equal(
+      qa_inputs.reading_rows(rows, source, None, None, "normalized", beam=3),
+      [[3, 5, 7], [6, 2, 9]])
+  np.testing.assert_array_equal(
+      qa_inputs.reading_rows(rows, source, None, None, "normalized"), [[3], [6]])
+
+
 def test_reader_block_mask_excludes_question_and_separators():
   # [CLS] q q [SEP] b b b [SEP] pad pad, and the null document's input.
   segments = np.array([[0, 0, 0, 0, 1, 1, 1, 1, 0, 0],

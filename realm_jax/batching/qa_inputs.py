@@ -160,19 +160,27 @@ def source_rows(examples, store) -> np.ndarray:
 
 
 def reading_rows(rows: np.ndarray, source: np.ndarray, store, answers,
-                 match: str) -> np.ndarray:
-  """[B, 1]: the one block each question is read in on a reading step: its
-  source block (source[i] >= 0), else the highest-ranked of its retrieved
-  `rows` [B, S] that holds an answer, else its top block (which then gives
-  the reader no loss)."""
-  out = np.empty((rows.shape[0], 1), np.int64)
+                 match: str, beam: int = 1) -> np.ndarray:
+  """[B, beam]: the blocks each question is read in on a reading step.
+
+  First the block that holds its answer: its source block (source[i] >=
+  0), else the highest-ranked of its retrieved `rows` [B, S] that holds an
+  answer, else its top block (which then gives the reader no loss). Then,
+  with beam > 1, its highest-ranked other retrieved blocks, as distractors
+  (finetune.reading_beam): read with them, the reader learns to score a
+  block without the answer below one with it, which it must do at test
+  time, where it reads several.
+  """
+  out = np.empty((rows.shape[0], beam), np.int64)
   for i, retrieved in enumerate(rows):
     if source[i] >= 0:
-      out[i, 0] = source[i]
-      continue
-    correct = blocks_with_answer([store.text(int(r)) for r in retrieved],
-                                 answers[i], match)
-    out[i, 0] = retrieved[int(np.argmax(correct))]   # argmax: the first True
+      first = source[i]
+    else:
+      correct = blocks_with_answer([store.text(int(r)) for r in retrieved],
+                                   answers[i], match)
+      first = retrieved[int(np.argmax(correct))]   # argmax: the first True
+    others = [r for r in retrieved if r != first][:beam - 1]
+    out[i] = [first] + others
   return out
 
 

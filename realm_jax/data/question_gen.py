@@ -70,12 +70,42 @@ _YEAR = re.compile(r"^\d{3,4}$")
 _BE = frozenset({"is", "was", "are", "were"})
 MAX_SUBJECT_WORDS = 5
 _LISTS = frozenset({"and", "or"})
+_RELATIVES = frozenset({"who", "which", "whose", "that", "whom"})
 # A count: digits or a number word, then a lowercase word that is not a unit
 # of the number itself ("16 boroughs", "six species"; not "2 million").
 _COUNT = re.compile(
     r"(?<![\w.,$£€%-])(\d{1,3}(?:,\d{3})*|two|three|four|five|six|seven|eight|"
     r"nine|ten|eleven|twelve)(?= (?!(?:million|billion|thousand|hundred|"
     r"percent|per|of|to|and|or|in|on|at|by)\b)[a-z]{3,})", re.IGNORECASE)
+# Passive to active, as people ask (Heilman and Smith 2010's rule-based
+# question transformations): "X was founded by [Y]" -> "Who founded X?". The
+# past tense of a participle: the same word for "-ed" and for the irregular
+# verbs where they agree ("built", "led"), else this table.
+_PAST_OF = {"written": "wrote", "drawn": "drew", "sung": "sang",
+            "begun": "began", "given": "gave", "taken": "took",
+            "shown": "showed", "chosen": "chose", "driven": "drove",
+            "spoken": "spoke", "stolen": "stole", "beaten": "beat",
+            "sworn": "swore", "known": "knew", "grown": "grew",
+            "thrown": "threw", "undertaken": "undertook",
+            "overthrown": "overthrew", "rewritten": "rewrote",
+            "forgotten": "forgot", "ridden": "rode", "eaten": "ate",
+            "seen": "saw", "done": "did", "flown": "flew"}
+_SAME_PAST = frozenset({"built", "led", "made", "won", "held", "sold",
+                        "bought", "taught", "brought", "fought", "caught",
+                        "told", "paid", "sent", "struck", "shot", "set",
+                        "hit", "found", "left", "lost", "kept", "read",
+                        "run", "bred", "fed", "bound", "spun", "dug", "shut"})
+# The category an answer names in its last word: "which" asks for it, as
+# people do ("Which river runs through Nashville?" -> "Cumberland River").
+_CATEGORIES = frozenset({
+    "river", "lake", "sea", "ocean", "bay", "gulf", "strait", "island",
+    "islands", "mountain", "mountains", "desert", "valley", "peninsula",
+    "canal", "university", "college", "school", "party", "church", "empire",
+    "kingdom", "dynasty", "republic", "war", "battle", "treaty", "award",
+    "prize", "festival", "museum", "palace", "castle", "cathedral", "bridge",
+    "stadium", "airport", "station", "street", "square", "park", "company",
+    "army", "revolution", "rebellion", "movement", "council", "league",
+    "cup", "championship", "orchestra", "band"})
 MAX_BEFORE_WORDS = 14
 MAX_AFTER_WORDS = 8
 MAX_ANSWER_WORDS = 6
@@ -113,6 +143,70 @@ def wh_phrase(label: str | None, answer: str, previous_word: str,
       return "where", True
     return "what", False
   return _WH.get(label, "what"), False
+
+
+def _past(participle: str) -> str | None:
+  """The simple past of a past participle, None if not one we know."""
+  word = participle.lower()
+  if word in _PAST_OF:
+    return _PAST_OF[word]
+  if word in _SAME_PAST or (word.endswith("ed") and len(word) > 4):
+    return word
+  return None
+
+
+def _active(before: list[str], wh: str) -> list[str] | None:
+  """wh + past + subject for an answer after a passive "by": "Amazon was
+  founded by" -> "who founded Amazon"; "La traviata is an opera composed
+  by" -> "who composed the opera La traviata". None where the clause is
+  not "subject, a form of to be, [a noun,] a participle, by"."""
+  if len(before) < 4 or before[-1].lower() != "by":
+    return None
+  past = _past(before[-2])
+  be = next((i for i in range(1, min(len(before) - 2, MAX_SUBJECT_WORDS + 1))
+             if before[i].lower() in _BE), None)
+  if past is None or be is None or before[0].lower() == "there":
+    return None
+  subject, middle = _lowered(before[:be]), before[be + 1:-2]
+  if middle and middle[0].lower() in _ARTICLES and len(middle) <= 6:
+    # "is a 1975 Soviet film directed by" -> "the 1975 Soviet film Mirror"
+    subject = ["the"] + middle[1:] + subject
+  elif middle or before[be].lower() not in ("was", "were"):
+    # "was later sold by", "is one of the works painted by"; "is bordered
+    # by" would need the present tense ("what borders").
+    return None
+  return [wh, past] + subject
+
+
+def _life_event(before: list[str], title: str, wh: str) -> list[str] | None:
+  """ "When did Henry II die?" for "... until his death in [1189]" or "He
+  died in [Paris]", "When was Mozart born?" for "He was born on [27
+  January 1756]": the most asked facts of a biography, which the clause's
+  own words cannot ask without do-support. None for anything else, and
+  where the one who died may not be the title ("... Hunyadi, who died in")."""
+  if len(before) < 2 or before[-1].lower() not in ("in", "on", "at"):
+    return None
+  event, words = before[-2].lower(), [w.lower() for w in before[:-2]]
+  if event == "death":
+    owner = words[-1] if words else ""
+    if owner not in _POSSESSIVES and owner != f"{title.lower()}'s":
+      return None
+  elif event in ("died", "born"):
+    if not words or (words[0] not in _SUBJECT_PRONOUNS and not " ".join(
+        before).lower().startswith(title.lower())) or _RELATIVES & set(words):
+      return None
+  else:
+    return None
+  return ([wh, "was", title, "born"] if event == "born"
+          else [wh, "did", title, "die"])
+
+
+def _which(answer: str, wh: str, draw: int) -> str:
+  """ "which river" for half the answers that end in a category word."""
+  last = answer.split()[-1].lower()
+  if wh == "what" and last in _CATEGORIES and draw % 4 < 2:
+    return f"which {last}"
+  return wh
 
 
 def _clause_before(text: str) -> list[str] | None:
@@ -198,14 +292,25 @@ def question_for(sentence: str, span: tuple[int, int], label: str | None,
     return None   # one of a list or an apposition: "in X, Y and [Z]"
   wh, replaces_previous = wh_phrase(label, answer,
                                     before[-1] if before else "", draw)
+  life = (_life_event(before, short_title, wh) if replaces_previous
+          else None)
+  if life is not None:
+    question = " ".join(life)
+    return {"question": question[0].upper() + question[1:] + "?",
+            "answer": [answer]}
   if replaces_previous or (before and before[-1].lower() in _ARTICLES):
     before = before[:-1]   # "in 1990" -> "when"; "the what" -> "what"
   before = _name_subject(before, short_title)
   if len(before) + len(after) < 3:
     return None            # too little of the sentence left to ask about
+  if not replaces_previous:
+    wh = _which(answer, wh, draw)
   movable = label != "COUNT"     # "how many" stays before its noun
-  words = _inverted(before, wh) if movable else None
-  if words is not None:                         # "to be" moves to the front
+  words = (_active(before, wh) if movable and draw % 5 and label != "NORP"
+           else None)
+  if words is None and movable:
+    words = _inverted(before, wh)               # "to be" moves to the front
+  if words is not None:
     words += after
   elif movable and draw % 2 and before:         # Fabbri et al.: wh first
     words = [wh] + _lowered(before) + after

@@ -158,14 +158,17 @@ def run(config):
     if reading:
       rows = qa_inputs.reading_rows(
           rows, source_rows[np.asarray(qa_batch["example_index"])], store,
-          qa_batch["answers"], "regex" if f.regex_answers else f.answer_match)
-      cand_emb, k = np.asarray(emb[rows], np.float32), 1
-    return qa_inputs.training_batch(
+          qa_batch["answers"], "regex" if f.regex_answers else f.answer_match,
+          f.reading_beam)
+      cand_emb, k = np.asarray(emb[rows], np.float32), f.reading_beam
+    batch = qa_inputs.training_batch(
         qa_batch, rows, cand_emb, store, tok, reader_beam=k,
         reader_len=f.reader_len, max_span_width=cfg.max_span_width,
         max_gold_spans=f.max_gold_spans, answer_match=f.answer_match,
         regex_answers=f.regex_answers, whole_word_spans=cfg.whole_word_spans,
         doc_pairs=bool(f.doc_loss_weight))
+    batch["reading"] = np.full(len(rows), reading)
+    return batch
 
   hooks, reading = [], None
   if 0 < f.reading_steps < f.num_steps:   # kept for finetune.reading_from

@@ -20,7 +20,8 @@ from realm_jax.train import state as state_lib
 
 DEVICE_KEYS = ("question_ids", "question_mask", "cand_emb", "retriever_correct",
                "reader_ids", "reader_segments", "reader_mask", "block_mask",
-               "span_start_mask", "span_end_mask", "gold_starts", "gold_ends")
+               "span_start_mask", "span_end_mask", "gold_starts", "gold_ends",
+               "reading")
 DOC_KEYS = ("doc_ids", "doc_segments", "doc_mask", "doc_valid")
 
 
@@ -36,6 +37,13 @@ def finetune_loss(params, batch, rng, cfg, deterministic=False,
     # true gradient is 0; stopped here rather than left as round-off that
     # Adam would scale up.
     params = dict(params, retriever=jax.lax.stop_gradient(params["retriever"]))
+  elif "reading" in batch:
+    # A reading step with distractors (finetune.reading_beam > 1): only the
+    # reader learns here too. `reading` is the same for the whole batch.
+    frozen = jax.lax.stop_gradient(params["retriever"])
+    params = dict(params, retriever=jax.tree.map(
+        lambda a, b: jnp.where(batch["reading"][0], a, b), frozen,
+        params["retriever"]))
   doc_rng = None
   if doc_loss_weight and rng is not None:   # the default keeps its stream
     rng, doc_rng = jax.random.split(rng)

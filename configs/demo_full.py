@@ -10,9 +10,9 @@ times (README: a reading step of batch 16 ~1.5 s, an open-QA step ~6 s,
 each corpus embedding ~3 min).
 Expected result (README, "The whole corpus"; 924 description test
 questions and the 218 natural ones): description EM BM25 + the same reader
-49.8, fine-tuned without REALM pretraining 51.1, REALM-pretrained +
-fine-tuned 51.4, recall@5 72.2 / 76.8 / 77.1; natural EM 45.9 / 43.6 /
-44.0 (the previous recipe: 29.8 / 28.4 / 29.4).
+50.4, fine-tuned without REALM pretraining 48.7, REALM-pretrained +
+fine-tuned 49.9, recall@5 72.2 / 76.2 / 76.1; natural EM 51.8 / 47.2 /
+49.1 (the previous generator: 45.9 / 43.6 / 44.0).
 """
 import os
 

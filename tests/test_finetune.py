@@ -382,6 +382,12 @@ def test_reading_steps_with_distractors_still_train_only_the_reader(run):
   grad = ow.first_logged(rows, "query_grad_norm")
   assert np.all(grad[:3] == 0) and np.all(grad[3:] > 0)
   assert np.all(ow.first_logged(rows, "retriever_has_answer")[:3] == 1.0)
+  wide = ow.tiny_config(str(run["tmp"] / "too_wide"), **{
+      "finetune.init_from": run["pre"],
+      "finetune.dataset": run["config"].finetune.dataset,
+      "finetune.reading_beam": run["store"].num_blocks + 1})
+  with pytest.raises(ValueError, match="reading_beam"):
+    finetune_task.run(wide)
 
 
 def test_a_run_can_start_after_another_runs_reading_steps(run):

@@ -16,6 +16,7 @@ embeddings were computed on the device:
 
 Blocks are referred to by their row in the block store (= row in the index).
 """
+import itertools
 import string
 import unicodedata
 from typing import Sequence
@@ -179,8 +180,9 @@ def reading_rows(rows: np.ndarray, source: np.ndarray, store, answers,
       correct = blocks_with_answer([store.text(int(r)) for r in retrieved],
                                    answers[i], match)
       first = retrieved[int(np.argmax(correct))]   # argmax: the first True
-    others = [r for r in retrieved if r != first][:beam - 1]
-    out[i] = [first] + others
+    # Only as far as needed: `retrieved` is the whole retriever beam.
+    others = itertools.islice((r for r in retrieved if r != first), beam - 1)
+    out[i] = [first, *others]
   return out
 
 

@@ -162,10 +162,8 @@ def _active(before: list[str], wh: str) -> list[str] | None:
   not "subject, a form of to be, [a noun,] a participle, by"."""
   if len(before) < 4 or before[-1].lower() != "by":
     return None
-  past = _past(before[-2])
-  be = next((i for i in range(1, min(len(before) - 2, MAX_SUBJECT_WORDS + 1))
-             if before[i].lower() in _BE), None)
-  if past is None or be is None or before[0].lower() == "there":
+  past, be = _past(before[-2]), _be_after_subject(before[:-2])
+  if past is None or be is None:
     return None
   subject, middle = _lowered(before[:be]), before[be + 1:-2]
   if middle and middle[0].lower() in _ARTICLES and len(middle) <= 6:
@@ -224,14 +222,22 @@ def _clause_after(text: str, opens_clause: bool) -> list[str]:
   return (text[:m.start()] if m else text).split()[:MAX_AFTER_WORDS]
 
 
+def _be_after_subject(words: list[str]) -> int | None:
+  """The index of the first form of "to be" after a subject of at most
+  MAX_SUBJECT_WORDS words, None if none ("There is ..." has no subject)."""
+  if not words or words[0].lower() == "there":
+    return None
+  return next((i for i in range(1, min(len(words), MAX_SUBJECT_WORDS + 1))
+               if words[i].lower() in _BE), None)
+
+
 def _inverted(before: list[str], wh: str) -> list[str] | None:
   """wh + verb + subject + the rest, when a form of "to be" follows the
   subject ("Amazon was founded by" -> "who was Amazon founded by")."""
-  for i in range(1, min(len(before), MAX_SUBJECT_WORDS + 1)):
-    if before[i].lower() in _BE and before[0].lower() != "there":
-      return ([wh, before[i].lower()] + _lowered(before[:i])
-              + before[i + 1:])
-  return None
+  i = _be_after_subject(before)
+  if i is None:
+    return None
+  return [wh, before[i].lower()] + _lowered(before[:i]) + before[i + 1:]
 
 
 def _lowered(words: list[str]) -> list[str]:
@@ -295,9 +301,7 @@ def question_for(sentence: str, span: tuple[int, int], label: str | None,
   life = (_life_event(before, short_title, wh) if replaces_previous
           else None)
   if life is not None:
-    question = " ".join(life)
-    return {"question": question[0].upper() + question[1:] + "?",
-            "answer": [answer]}
+    return _asked(life, answer, short_title)
   if replaces_previous or (before and before[-1].lower() in _ARTICLES):
     before = before[:-1]   # "in 1990" -> "when"; "the what" -> "what"
   before = _name_subject(before, short_title)
@@ -316,10 +320,16 @@ def question_for(sentence: str, span: tuple[int, int], label: str | None,
     words = [wh] + _lowered(before) + after
   else:                                         # cloze translation in place
     words = before + [wh] + after
+  return _asked(words, answer, short_title)
+
+
+def _asked(words: list[str], answer: str, title: str) -> dict | None:
+  """The question of `words`, capitalized, naming its subject, with "?";
+  None if it gives the answer away."""
   question = " ".join(words).strip(" ,")
   question = question[0].upper() + question[1:]
-  if not _mentions(question, short_title):
-    question = f"{short_title}: {question}"
+  if not _mentions(question, title):
+    question = f"{title}: {question}"
   if answer.lower() in question.lower():
     return None
   return {"question": question.rstrip(" .") + "?", "answer": [answer]}

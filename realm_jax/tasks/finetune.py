@@ -104,6 +104,10 @@ def run(config):
                      f"[0, finetune.num_steps={f.num_steps}]")
   os.makedirs(config.workdir, exist_ok=True)
   store, tok, cfg, index_path, recorded = _resolve(config)
+  beam = min(f.retriever_beam, store.num_blocks)
+  if not 1 <= f.reading_beam <= beam:
+    raise ValueError(f"finetune.reading_beam={f.reading_beam} must be in "
+                     f"[1, the retriever beam {beam}]")
   mesh = partition.make_mesh()
   partition.check_batch_size(f.batch_size, mesh)
   checkpointer = ckpt_lib.Checkpointer(config.workdir,
@@ -126,7 +130,6 @@ def run(config):
     config_lib.save_config(config, workdir_lib.config_path(config.workdir))
   emb, searcher = finetuned.open_index(index_path, store, config.index,
                                       finetuned.searcher_cache(config))
-  beam = min(f.retriever_beam, store.num_blocks)
   logging.info("Open-QA fine-tuning: %d blocks, index %s (version %s), "
                "retriever beam %d, reader beam %d, start step %d of %d",
                store.num_blocks, index_path,
@@ -167,7 +170,8 @@ def run(config):
         max_gold_spans=f.max_gold_spans, answer_match=f.answer_match,
         regex_answers=f.regex_answers, whole_word_spans=cfg.whole_word_spans,
         doc_pairs=bool(f.doc_loss_weight))
-    batch["reading"] = np.full(len(rows), reading)
+    if f.reading_beam > 1:
+      batch["reading"] = np.full(len(rows), reading)
     return batch
 
   hooks, reading = [], None
@@ -178,7 +182,9 @@ def run(config):
       if step == f.reading_steps:
         reading.save(step, state, data_state=batch.data_state, meta=batch.meta)
     hooks = [loop.Hook(f.reading_steps, save_reading, at_end=False)]
-  keys = openqa_step.DEVICE_KEYS + (openqa_step.DOC_KEYS if f.doc_loss_weight else ())
+  keys = (openqa_step.DEVICE_KEYS
+          + (openqa_step.DOC_KEYS if f.doc_loss_weight else ())
+          + (openqa_step.READING_KEYS if f.reading_beam > 1 else ()))
   batches = question_batches.QuestionBatches(
       data_iter, question_batches.QuestionEmbedder(cfg, mesh), make_batch,
       f.num_steps, f.search_lag, keys, meta={"index_path": index_path},

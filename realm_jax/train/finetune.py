@@ -20,9 +20,10 @@ from realm_jax.train import state as state_lib
 
 DEVICE_KEYS = ("question_ids", "question_mask", "cand_emb", "retriever_correct",
                "reader_ids", "reader_segments", "reader_mask", "block_mask",
-               "span_start_mask", "span_end_mask", "gold_starts", "gold_ends",
-               "reading")
+               "span_start_mask", "span_end_mask", "gold_starts", "gold_ends")
 DOC_KEYS = ("doc_ids", "doc_segments", "doc_mask", "doc_valid")
+# Marks the reading steps where their shape cannot (finetune.reading_beam > 1).
+READING_KEYS = ("reading",)
 
 
 # ----------------------------------------------------------------- the step
@@ -38,8 +39,9 @@ def finetune_loss(params, batch, rng, cfg, deterministic=False,
     # Adam would scale up.
     params = dict(params, retriever=jax.lax.stop_gradient(params["retriever"]))
   elif "reading" in batch:
-    # A reading step with distractors (finetune.reading_beam > 1): only the
-    # reader learns here too. `reading` is the same for the whole batch.
+    # Reading steps with distractors (finetune.reading_beam > 1) have as
+    # many candidates as open-QA steps: a flag, the same for the whole
+    # batch, says which this is; only the reader learns in a reading step.
     frozen = jax.lax.stop_gradient(params["retriever"])
     params = dict(params, retriever=jax.tree.map(
         lambda a, b: jnp.where(batch["reading"][0], a, b), frozen,

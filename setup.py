@@ -21,7 +21,7 @@ setuptools.setup(
         "optax>=0.2.3",
         "orbax-checkpoint>=0.10",
         "tensorflow-datasets>=4.9.7",
-        "ml-collections>=0.1.1",
+        "ml-collections>=1.0",
         "sentencepiece>=0.2",
         "tokenizers>=0.19",
         "safetensors>=0.4",

@@ -6,6 +6,7 @@ Intentionally short: it parses the config and dispatches on `config.task`.
 import ast
 import importlib
 import os
+import re
 import sys
 import textwrap
 
@@ -161,12 +162,37 @@ def main(argv):
     sys.exit(f"error: {errors.disk_full_message(e, config.workdir)}")
 
 
+def _parse_flags(argv):
+  """absl's flag parsing, with a bad --config override reported in one line.
+
+  ml_collections raises KeyError, AttributeError, TypeError or ValueError for
+  an override naming no field or giving a value of the wrong type, which
+  version depending; absl would print each as a long traceback.
+  """
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (KeyError, AttributeError, TypeError, ValueError) as e:
+    cause = e   # ml_collections 1.x wraps the KeyError in an AttributeError
+    while cause.args and isinstance(cause.args[0], BaseException):
+      cause = cause.args[0]
+    text = str(cause.args[0] if isinstance(cause, KeyError) else cause)
+    message = " ".join(text.split())
+    key = re.match(r"'([^']+)'", message)
+    overrides = [a.split("=")[0] for a in argv[1:]
+                 if a.startswith("--config.")]
+    named = [o for o in overrides if key and key.group(1) in o.split(".")]
+    what = ("no such field" if isinstance(cause, (KeyError, AttributeError))
+            else "a value of the wrong type")
+    sys.exit(f"error: {' '.join(named or overrides) or '--config'}: {what}: "
+             f"{message}")
+
+
 def run():
   # absl's --help (and the usage printed for a UsageError) is the __main__
   # module's docstring: this module under `python -m`, the console script's
   # wrapper (which has none) under `realm-jax`.
   sys.modules["__main__"].__doc__ = usage_text()
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

@@ -172,14 +172,15 @@ def default_config() -> ml_collections.ConfigDict:
   c.finetune.dataset = "demo"
   c.finetune.regex_answers = False # CuratedTREC answers are regexes
   # Share of the training questions generated from the corpus's own
-  # sentences, answers inside passages (data/question_gen.py): 0 = the
-  # dataset only (ORQA/REALM); 1 = generated only (a corpus without QA pairs).
+  # sentences (data/question_gen.py): 0 = the dataset only (ORQA/REALM); 1 =
+  # generated only (a corpus without QA pairs). Of the sentences that can ask
+  # for their document's subject, subject_percent do (subject_questions.py).
   c.finetune.generated_fraction = 0.0
+  c.finetune.subject_percent = 0
   # The first reading_steps of num_steps are reading steps (ours): each
   # question is read in the block with its answer (a generated question's
   # own, else the best retrieved one) and reading_beam - 1 distractors, and
-  # only the reader learns; it learns to read far sooner (README, "Reading";
-  # 3 blocks cost 3x the step for +0.9 EM). 0: none.
+  # only the reader learns (README, "Reading"). 0: none.
   c.finetune.reading_steps = 0
   c.finetune.reading_beam = 1
   # A fine-tuning workdir that ran this same recipe (config, questions, model
@@ -192,9 +193,8 @@ def default_config() -> ml_collections.ConfigDict:
   # can differ), minus their cost; the demo's REALM fine-tune shares the
   # baseline's reading steps this way. Ours. Empty: run them here.
   c.finetune.reading_from = ""
-  # True: the reading steps and the open-QA steps each have their own warmup
-  # and decay to 0, so the reader ends its reading at a low rate (README,
-  # "Reading"). False: one schedule over num_steps.
+  # True: the reading and the open-QA steps each have their own warmup and
+  # decay to 0 (README, "Reading"). False: one schedule over num_steps.
   c.finetune.phase_schedules = False
   c.finetune.split = "train"
   c.finetune.batch_size = 1        # questions per step (ORQA/REALM: 1)

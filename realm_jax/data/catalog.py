@@ -149,7 +149,7 @@ def training_questions(config, store) -> list[dict]:
               list(qa_examples(config, config.finetune.split)))
   if not fraction:
     return examples
-  generated = generated_questions(store)
+  generated = generated_questions(store, config.finetune.subject_percent)
   want = (len(generated) if fraction == 1 else
           round(len(examples) * fraction / (1 - fraction)))
   order = np.random.default_rng(config.seed).permutation(len(generated))
@@ -160,10 +160,11 @@ def training_questions(config, store) -> list[dict]:
   return examples + chosen
 
 
-def generated_questions(store) -> list[dict]:
+def generated_questions(store, subject_percent: int = 0) -> list[dict]:
   """Reading questions generated from the block store's own sentences, the
   train split of question_gen (held-out documents never give one)."""
-  return question_gen.from_store(store, ner.QueryRecords(store), "train")
+  return question_gen.from_store(store, ner.QueryRecords(store), "train",
+                                 subject_percent)
 
 
 def qa_examples(config, split: str):

@@ -20,10 +20,8 @@ made by rule from the NER-tagged sentences that pretraining already caches
   drawn by a hash: the wh-word in place (Lewis et al.'s rule-based cloze
   translation: "Lima lies on the coast of what?") or first with the rest
   as it was (Fabbri et al. 2020's "Wh + sentence" template, their best:
-  "What Lima lies on the coast of?"). Without the second form, the least
-  English of the three (and before counts), the reader read natural
-  questions worse; they mostly start with their wh-word (README,
-  "Reading"). A clause longer than
+  "What Lima lies on the coast of?"); without it natural questions, which
+  mostly start with their wh-word, read worse (README). A clause longer than
   MAX_BEFORE_WORDS before the answer gives no question (cut, it started
   mid-clause), nor does an answer in a list or an apposition ("in X, Y and
   [Z]");
@@ -32,11 +30,11 @@ made by rule from the NER-tagged sentences that pretraining already caches
   title is prefixed with it ("Denver: ...").
 
 Fabbri et al. also retrieve a *different* sentence with the answer to lower
-the lexical overlap; here the retriever, trained on these questions jointly
-with the reader, already finds the block by other words, and the reader has
-to locate the gap. Answers equal to the title are left out (the
-description -> title pairs teach those), as are answers that also occur in
-the question's own words.
+the lexical overlap; here the retriever, trained jointly, finds the block by
+other words. Answers equal to the title are left out here, as are
+answers that occur in the question's own words: where a sentence's subject
+is its document's, subject_percent in 100 ask for that subject instead
+(subject_questions.py), so that no wh-word tells where its answer is.
 
 Every question keeps its document's title, and `split_of` assigns whole
 documents to "train" (90%) or "heldout" (10%) by a hash of the title, so
@@ -47,6 +45,7 @@ import re
 from typing import Iterable
 
 from realm_jax.data import demo_corpus
+from realm_jax.data import subject_questions
 
 # wh-word by OntoNotes label; places and dates depend on the word before.
 # The small tagger's other labels are too noisy ("Sun" as ORG) for more than
@@ -106,13 +105,10 @@ _CATEGORIES = frozenset({
     "stadium", "airport", "station", "street", "square", "park", "company",
     "army", "revolution", "rebellion", "movement", "council", "league",
     "cup", "championship", "orchestra", "band"})
-MAX_BEFORE_WORDS = 14
-MAX_AFTER_WORDS = 8
-MAX_ANSWER_WORDS = 6
+MAX_BEFORE_WORDS, MAX_AFTER_WORDS, MAX_ANSWER_WORDS = 14, 8, 6
 HELDOUT_PERCENT = 10
-# Wikipedia leads call nearly every person "an American ..." or "a French
-# ...": unthinned, a fifth of the questions ask a nationality and the reader
-# learns to answer one to everything. Three in four are dropped.
+# Wikipedia calls nearly every person "an American ...": unthinned, a fifth
+# of the questions ask a nationality. Three in four are dropped.
 NATIONALITY_KEEP_PERCENT = 25
 
 
@@ -336,7 +332,7 @@ def _asked(words: list[str], answer: str, title: str) -> dict | None:
 
 
 def generate(records: Iterable[dict], title_of, split: str = "train",
-             per_sentence: int = 1) -> list[dict]:
+             per_sentence: int = 1, subject_percent: int = 0) -> list[dict]:
   """Questions from NER-tagged sentences (ner.QueryRecords records).
 
   Args:
@@ -344,10 +340,12 @@ def generate(records: Iterable[dict], title_of, split: str = "train",
     title_of: source_uid -> the document title.
     split: "train", "heldout" (split_of the title) or "all".
     per_sentence: questions kept per sentence (spans in a fixed hashed order).
+    subject_percent: of the sentences that can ask for their subject, the
+      share (by hash) that does (all where no span gives a question).
 
   Returns:
-    [{"question", "answer": [str], "title", "source_uid"}], in record order
-    (source_uid: the block the question was made from).
+    [{"question", "answer": [str], "kind", "title", "source_uid"}], in record
+    order (source_uid: the block it was made from; kind: subject or inside).
   """
   out = []
   for record in records:
@@ -357,17 +355,26 @@ def generate(records: Iterable[dict], title_of, split: str = "train",
     text = record["text"]
     spans = list(zip(record["spans"], record.get("labels") or
                      [None] * len(record["spans"])))
-    spans = sorted(spans + _counts(text, spans),
-                   key=lambda sl: _hash(f"{text}{sl[0]}"))
-    kept = 0
-    for span, label in spans:
-      if kept == per_sentence:
-        break
-      example = question_for(text, tuple(span), label, title)
-      if example is not None:
-        out.append(dict(example, title=title,
-                        source_uid=record["source_uid"]))
-        kept += 1
+    subject = subject_percent and subject_questions.question_for(
+        text, title, subject_questions.label_at_start(spans))
+    inside = _inside(text, spans, title, per_sentence)
+    if subject and (not inside or _hash(text) % 100 < subject_percent):
+      inside = [dict(subject, kind="subject")]
+    out += [dict(e, title=title, source_uid=record["source_uid"])
+            for e in inside]
+  return out
+
+
+def _inside(text: str, spans: list, title: str, per_sentence: int):
+  """Up to per_sentence questions about its spans, in a hashed order."""
+  out = []
+  for span, label in sorted(spans + _counts(text, spans),
+                            key=lambda sl: _hash(f"{text}{sl[0]}")):
+    if len(out) == per_sentence:
+      break
+    example = question_for(text, tuple(span), label, title)
+    if example is not None:
+      out.append(dict(example, kind="inside"))
   return out
 
 
@@ -382,9 +389,11 @@ def _counts(text: str, spans) -> list[tuple]:
   return out
 
 
-def from_store(store, records, split: str = "train") -> list[dict]:
+def from_store(store, records, split: str = "train",
+               subject_percent: int = 0) -> list[dict]:
   """`generate` over a block store's query records (ner.QueryRecords)."""
   titles = {}
   for _, record in store.iter_records():
     titles[record["uid"]] = record["title"]
-  return generate(records, titles.__getitem__, split)
+  return generate(records, titles.__getitem__, split,
+                  subject_percent=subject_percent)

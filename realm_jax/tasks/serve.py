@@ -54,8 +54,9 @@ def run(config):
     app = app_lib.make_app(answerer, batcher, s)
     logging.info("serving %s (version %s) on http://%s:%d", config.workdir,
                  answerer.version, s.host, s.port)
-    server_class(uvicorn.Config(app, host=s.host, port=s.port, log_level="warning",
-                           timeout_graceful_shutdown=30)).run()
+    server_class(uvicorn.Config(app, host=s.host, port=s.port,
+                                log_level="warning",
+                                timeout_graceful_shutdown=30)).run()
   finally:
     batcher.close()
     answerer.close()

@@ -96,13 +96,11 @@ def question_for(sentence: str, title: str, mention_label: str | None = None
     return None   # the question would give the answer away
   person = (mention.lower() in _PERSON_PRONOUNS or mention_label == "PERSON")
   wh = "Who" if person else "What"
-  answers = [subject]
-  bare = mention.split(" ", 1)[1] if mention.split()[0].lower() in (
-      _ARTICLES) and " " in mention else mention
-  if (bare.lower() not in {a.lower() for a in answers}
-      and bare.lower() not in _PERSON_PRONOUNS | _THING_PRONOUNS):
-    answers.append(bare)
-  return {"question": f"{wh} {question}?", "answer": answers}
+  first, _, rest = mention.partition(" ")
+  bare = rest if first.lower() in _ARTICLES and rest else mention
+  pronoun = bare.lower() in _PERSON_PRONOUNS | _THING_PRONOUNS
+  alternatives = [] if pronoun or bare.lower() == subject.lower() else [bare]
+  return {"question": f"{wh} {question}?", "answer": [subject, *alternatives]}
 
 
 def label_at_start(spans) -> str | None:

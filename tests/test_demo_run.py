@@ -8,6 +8,7 @@ tuning configs/demo.py does not change what this test runs. Two of MiniLM's
 layers are kept; with proj_init=identity (proj_size = the hidden size, 384)
 the initial retriever is still MiniLM's cosine over those layers.
 """
+import collections
 import json
 import os
 import re
@@ -114,17 +115,21 @@ def test_stdout_has_the_summary_table(first, num_test_questions):
   lines = stdout.splitlines()
   assert (f"demo QA test split (description -> title): {num_test_questions} "
           "questions" in stdout)
-  n_natural = len(demo_corpus.natural_qa("test", CORPUS_LIMIT))
-  assert (f"natural questions, test split (answers inside passages): "
-          f"{n_natural} questions" in stdout)
+  natural = demo_corpus.natural_qa("test", CORPUS_LIMIT)
+  assert (f"natural questions, test split (the answer is the passage's "
+          f"subject, or inside it): {len(natural)} questions" in stdout)
   assert "| system | EM | recall@1 | recall@5 |" in lines
-  ci = r"\d+\.\d \[\d+\.\d, \d+\.\d\]"
+  kinds = collections.Counter(r["kind"] for r in natural)
+  assert (f"| system | EM | " + "".join(
+      f"EM {k} ({kinds[k]}) | " for k in sorted(kinds))
+      + "recall@1 | recall@5 |") in lines
+  ci = r"(\d+\.\d \[\d+\.\d, \d+\.\d\]|–)"
   for key in SYSTEM_KEYS:
     label = demo_run.SYSTEMS[key]
     rows = [l for l in lines if l.startswith(f"| {label} |")]
     assert len(rows) == 2, (label, rows)   # both question sets
-    for row in rows:
-      assert re.fullmatch(rf"\| {re.escape(label)} \| {ci} \| {ci} \| {ci} \|",
+    for row, columns in zip(rows, (3, 3 + len(kinds))):
+      assert re.fullmatch(rf"\| {re.escape(label)} \|" + rf" {ci} \|" * columns,
                           row), row
   i = lines.index("REALM pretraining minus none, same fine-tuning budget "
                   "(paired bootstrap 95% CI):")
@@ -176,9 +181,17 @@ def test_summary_json(first, workdir, num_test_questions):
   assert list(natural) == SYSTEM_KEYS
   n_natural = len(demo_corpus.natural_qa("test", CORPUS_LIMIT))
   assert n_natural >= 5
+  kinds = [r["kind"] for r in demo_corpus.natural_qa("test", CORPUS_LIMIT)]
   for key, r in natural.items():
     assert r["num_questions"] == n_natural, key
-    assert len(_read_jsonl(r["predictions"])) == n_natural, key
+    preds = _read_jsonl(r["predictions"])
+    assert len(preds) == n_natural, key
+    # EM by kind of answer (subject / inside), recomputed from predictions.
+    assert set(r["by_kind"]) == set(kinds), key
+    for kind, k in r["by_kind"].items():
+      mine = [bool(p["correct"]) for p, pk in zip(preds, kinds) if pk == kind]
+      assert k["num_questions"] == len(mine), (key, kind)
+      assert k["exact_match"] == pytest.approx(sum(mine) / len(mine))
   assert natural["no_retrieval"]["exact_match"] == 0.0
   assert set(summary["natural_realm_minus_no_realm"]) == set(demo_run.METRICS)
   assert set(summary["zero_shot_realm_minus_initial"]) == set(demo_run.METRICS)

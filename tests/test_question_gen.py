@@ -5,6 +5,7 @@ answer is that span (not the passage's title); the hand-written natural
 questions that measure reading must each be answerable from the corpus.
 """
 import collections
+import re
 
 import pytest
 
@@ -160,34 +161,46 @@ def test_generated_questions_answer_inside_passages(tmp_path):
       w for e in train for w in e["question"].lower().split()}
 
 
-def test_the_natural_questions_are_answerable_and_mostly_not_titles():
+def _says(question, answer):
+  """Whether the question holds the answer as whole words."""
+  return re.search(rf"\b{re.escape(answer.lower())}\b", question.lower())
+
+
+def _subject_share(rows):
+  return sum(r["kind"] == "subject" for r in rows) / len(rows)
+
+
+def test_the_natural_questions_are_answerable_and_of_both_kinds():
   rows = demo_corpus.natural_qa("all")
-  assert len(rows) >= 200
+  assert len(rows) >= 500
   dev, test = demo_corpus.natural_qa("dev"), demo_corpus.natural_qa("test")
-  assert len(dev) + len(test) == len(rows) and len(test) >= 150
+  assert len(dev) + len(test) == len(rows) and len(test) >= 300
   texts = dict(demo_corpus.demo_documents(2700))
-  not_title = 0
   for row in rows:
     assert row["title"] in texts, row
     for answer in row["answer"]:
       assert answer in texts[row["title"]], row
-    not_title += not any(qa.exact_match(a, demo_corpus.answers_of(row["title"]))
-                         for a in row["answer"])
-  assert not_title >= 0.85 * len(rows)
+      assert not _says(row["question"], answer), row
+    assert row["kind"] == ("subject" if any(
+        qa.exact_match(a, demo_corpus.answers_of(row["title"]))
+        for a in row["answer"]) else "inside"), row
+  # Neither kind of answer follows from the question's form: each split
+  # asks for the passage's subject and for a span inside it, 35-65% each.
+  for split in (dev, test):
+    assert 0.35 <= _subject_share(split) <= 0.65
   assert len({r["question"] for r in rows}) == len(rows)
   with pytest.raises(ValueError):
     demo_corpus.natural_qa("train")
 
 
-def test_the_second_dev_set_asks_about_other_documents_inside_passages():
+def test_the_second_dev_set_asks_about_other_documents_of_both_kinds():
   rows = demo_corpus.natural_qa("dev_full")
-  assert len(rows) == 220 and len({r["title"] for r in rows}) == 220
+  assert len(rows) == 350 and len({r["title"] for r in rows}) == 350
   assert not {r["title"] for r in rows} & {
       r["title"] for r in demo_corpus.natural_qa("all")}
   texts = dict(demo_corpus.demo_documents())
   for row in rows:
     for answer in row["answer"]:
       assert answer in texts[row["title"]], row
-    assert not any(qa.exact_match(a, demo_corpus.answers_of(row["title"]))
-                   for a in row["answer"]), row
-    assert row["answer"][0].lower() not in row["question"].lower(), row
+      assert not _says(row["question"], answer), row
+  assert 0.35 <= _subject_share(rows) <= 0.65

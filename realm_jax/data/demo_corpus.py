@@ -32,6 +32,7 @@ import os
 import re
 
 from realm_jax import packaged
+from realm_jax.data import qa
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +97,19 @@ def answers_of(title: str) -> list[str]:
   return [title, short] if short and short != title else [title]
 
 
+def is_subject_answer(answers, title: str) -> bool:
+  """Whether one of `answers` names the passage's subject, `title` (EM)."""
+  return any(qa.exact_match(a, answers_of(title)) for a in answers)
+
+
 NATURAL_SPLITS = {"dev": (0, 34), "test": (34, 100)}
 
 
 def natural_qa(split: str, limit: int | None = None) -> list[dict]:
   """The hand-written natural questions {"question", "answer": [...],
-  "title"} of split "dev", "test" or "all" (file order); with `limit`, only
+  "title", "kind"} of split "dev", "test" or "all" (file order); kind is
+  "subject" where an answer is the passage's subject (its title, as
+  `answers_of`), else "inside". With `limit`, only
   those about `demo_documents(limit)`. "dev_full" is a second dev set in a
   file of its own: 220 questions about 220 other documents of the whole
   corpus, written later the same way (README, "Reading"); not in "all"."""
@@ -113,6 +121,9 @@ def natural_qa(split: str, limit: int | None = None) -> list[dict]:
   with open(os.path.join(os.path.dirname(__file__), name),
             encoding="utf-8") as f:
     rows = [json.loads(line) for line in f if line.strip()]
+  for r in rows:
+    r["kind"] = "subject" if is_subject_answer(r["answer"], r["title"]) else (
+        "inside")
   if limit:
     titles = {title for title, _ in demo_documents(limit)}
     rows = [r for r in rows if r["title"] in titles]

@@ -239,13 +239,17 @@ def _check_example(obj, where: str) -> dict:
       or not all(isinstance(a, str) for a in answer)):
     raise ValueError(f"{where}: 'answer' must be a non-empty list of strings, "
                      f"got {answer!r}")
-  return {"question": question, "answer": list(answer)}
+  example = {"question": question, "answer": list(answer)}
+  if isinstance(obj.get("kind"), str):   # subject | inside: EM is kept by kind
+    example["kind"] = obj["kind"]
+  return example
 
 
 def read_qa_jsonl(path: str | os.PathLike) -> list[dict]:
   """Reads a resplit file: one {"question": str, "answer": [str, ...]} a line.
 
-  Blank lines are skipped; extra keys are dropped.
+  Blank lines are skipped; extra keys are dropped, except a string "kind"
+  (evaluation reports EM by kind, e.g. subject and inside answers).
 
   Raises:
     ValueError naming the file and 1-based line number of a malformed line.

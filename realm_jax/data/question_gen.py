@@ -336,7 +336,8 @@ def generate(records: Iterable[dict], title_of, split: str = "train",
   """Questions from NER-tagged sentences (ner.QueryRecords records).
 
   Args:
-    records: {"text", "spans", "labels", "source_uid"} dicts.
+    records: {"text", "spans", "labels", "source_uid"} dicts (iterated
+      twice with subject_percent: a sequence or ner.QueryRecords).
     title_of: source_uid -> the document title.
     split: "train", "heldout" (split_of the title) or "all".
     per_sentence: questions kept per sentence (spans in a fixed hashed order).
@@ -347,7 +348,8 @@ def generate(records: Iterable[dict], title_of, split: str = "train",
     [{"question", "answer": [str], "kind", "title", "source_uid"}], in record
     order (source_uid: the block it was made from; kind: subject or inside).
   """
-  out = []
+  out, ask_subject = [], subject_questions.Asker(
+      records if subject_percent else (), title_of)
   for record in records:
     title = title_of(record["source_uid"])
     if split != "all" and split_of(title) != split:
@@ -355,8 +357,7 @@ def generate(records: Iterable[dict], title_of, split: str = "train",
     text = record["text"]
     spans = list(zip(record["spans"], record.get("labels") or
                      [None] * len(record["spans"])))
-    subject = subject_percent and subject_questions.question_for(
-        text, title, subject_questions.label_at_start(spans))
+    subject = subject_percent and ask_subject(text, title, spans)
     inside = _inside(text, spans, title, per_sentence)
     if subject and (not inside or _hash(text) % 100 < subject_percent):
       inside = [dict(subject, kind="subject")]

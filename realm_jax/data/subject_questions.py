@@ -15,8 +15,13 @@ the wh-word and the predicate stays as it was, as people ask:
 The gold answer is the title (less a disambiguation suffix), with the
 sentence's own mention ("Eric John Ernest Hobsbawm", "Dargal") as an
 alternative. "who" asks for a person: a he/she subject, or a mention the
-tagger labels PERSON; "what" everything else.
+tagger labels PERSON; "what" everything else. Where the document says what
+its subject is ("Osror Dargal is a composer from Vingalheim"), half of its
+questions (by hash) ask "which" of that category, as people often do
+("Which composer wrote the opera Venethlo?"): a "which" question then has
+subject answers as well as inside ones.
 """
+import hashlib
 import re
 
 from realm_jax.data import demo_corpus
@@ -87,8 +92,9 @@ def question_for(sentence: str, title: str, mention_label: str | None = None
            else MIN_PREDICATE_WORDS)
   if (not least <= len(predicate) <= MAX_PREDICATE_WORDS
       or not predicate[0].isalpha() or not predicate[0].islower()
-      or predicate[0] in _NOT_A_PREDICATE):
-    return None
+      or predicate[0] in _NOT_A_PREDICATE
+      or predicate[-1].lower() in _NOT_A_PREDICATE | _ARTICLES):
+    return None   # "... character who", cut at a comma
   subject = demo_corpus.short_title(title)
   question = " ".join(predicate)
   named = set(_words(subject)) | set(_words(mention))
@@ -101,6 +107,76 @@ def question_for(sentence: str, title: str, mention_label: str | None = None
   pronoun = bare.lower() in _PERSON_PRONOUNS | _THING_PRONOUNS
   alternatives = [] if pronoun or bare.lower() == subject.lower() else [bare]
   return {"question": f"{wh} {question}?", "answer": [subject, *alternatives]}
+
+
+# A category noun ends before these: "a composer from ...", "a film directed
+# by ...", "a composer and lyricist".
+_CATEGORY_END = frozenset({
+    "of", "in", "from", "who", "that", "which", "with", "and", "or", "for",
+    "by", "on", "at", "to", "whose", "where", "known", "based", "located",
+    "born", "founded", "directed", "written", "released", "published",
+    "used", "made", "created", "named", "called", "considered"})
+# Too vague to ask "which" of: "Which form ...?"
+_VAGUE = frozenset({"form", "type", "kind", "group", "branch", "member",
+                    "part", "term", "set", "class", "way", "piece", "number",
+                    "collection", "method", "process", "field", "variety"})
+_ADJECTIVE_ENDINGS = ("al", "ed", "ic", "ous", "ive", "ful", "ly", "less")
+MAX_CATEGORY_WORDS = 8
+WHICH_PERCENT = 50
+
+
+def category(sentence: str, title: str) -> str | None:
+  """What a defining sentence says its subject is: "composer" of "Osror
+  Dargal is a composer from Vingalheim", "university" of "Yale University
+  is a private Ivy League research university in New Haven"; None if the
+  sentence is not "<the subject> is/was a(n) ...". The noun is the last
+  lowercase word before a preposition, a relative or a comma."""
+  mention = subject_mention(sentence, title)
+  words = sentence[len(mention):].split() if mention else []
+  if words[:1] not in (["is"], ["was"]) or words[1:2] not in (["a"], ["an"]):
+    return None
+  head = None
+  for word in words[2:2 + MAX_CATEGORY_WORDS]:
+    bare = word.rstrip(",;:.")
+    if bare.lower() in _CATEGORY_END or bare.endswith("ing"):
+      break
+    if bare.replace("-", "").isalpha() and bare.islower():
+      head = bare
+    if bare != word:
+      break   # the noun phrase ends at the punctuation
+  if head is None or head in _VAGUE or head.endswith(_ADJECTIVE_ENDINGS):
+    return None   # "a cultural and financial centre": no noun found
+  return head
+
+
+class Asker:
+  """question_for with each document's category: "Which composer ...?"
+  for WHICH_PERCENT of the questions of a document with one (by hash).
+
+  Args:
+    records: the {"text", "source_uid"} sentences questions are made from;
+      the first sentence of a document that has a `category` gives it.
+    title_of: source_uid -> the document title.
+  """
+
+  def __init__(self, records, title_of):
+    self.categories = {}
+    for record in records:
+      title = title_of(record["source_uid"])
+      if title not in self.categories:
+        found = category(record["text"], title)
+        if found:
+          self.categories[title] = found
+
+  def __call__(self, sentence: str, title: str, spans) -> dict | None:
+    example = question_for(sentence, title, label_at_start(spans))
+    noun = self.categories.get(title)
+    digest = hashlib.sha1(sentence.encode("utf-8")).hexdigest()
+    if (example and noun and int(digest[:8], 16) % 100 < WHICH_PERCENT
+        and noun not in _words(example["question"])):   # "an English actress"
+      example["question"] = f"Which {noun} " + example["question"].split(
+          " ", 1)[1]
+    return example
 
 
 def label_at_start(spans) -> str | None:

@@ -177,6 +177,8 @@ def run(config):
                               num_questions=r["num_questions"],
                               predictions=r["predictions"],
                               workdir=run_config.workdir)
+        if "by_kind" in r:
+          out[name][key]["by_kind"] = r["by_kind"]
     return out
   evaluated, timings["evaluation"] = _stage(
       "6. evaluate on demo QA test and the natural questions", evaluate_all)
@@ -290,9 +292,19 @@ def _differences(comparison) -> list[str]:
 
 
 def _rows(results) -> list[str]:
-  lines = ["| system | EM | recall@1 | recall@5 |", "|---|---|---|---|"]
+  """One row per system; EM by kind of answer where the questions have one
+  (the natural questions: the passage's subject, or inside it)."""
+  by_kind = next(iter(results.values())).get("by_kind", {})
+  kinds = sorted(by_kind)
+  head = ["EM", *(f"EM {k} ({by_kind[k]['num_questions']})" for k in kinds),
+          "recall@1", "recall@5"]
+  lines = ["| system | " + " | ".join(head) + " |",
+           "|---" * (len(head) + 1) + "|"]
   for key, r in results.items():
-    cells = [_pct(r[m], r["ci95"].get(m)) for m in METRICS]
+    cells = [_pct(r["exact_match"], r["ci95"].get("exact_match"))]
+    cells += [_pct(r["by_kind"][k]["exact_match"],
+                   r["by_kind"][k]["ci95"].get("exact_match")) for k in kinds]
+    cells += [_pct(r[m], r["ci95"].get(m)) for m in METRICS[1:]]
     lines.append(f"| {SYSTEMS[key]} | " + " | ".join(cells) + " |")
   return lines
 
@@ -304,8 +316,8 @@ def summary_table(results, comparison, zero_shot, masked, timings,
   lines = ["", f"demo QA test split (description -> title): {n} questions, "
            f"{num_blocks} blocks (95% bootstrap CI in brackets)"]
   lines += _rows(results)
-  lines += ["", f"natural questions, test split (answers inside passages): "
-            f"{n_natural} questions"]
+  lines += ["", f"natural questions, test split (the answer is the passage's "
+            f"subject, or inside it): {n_natural} questions"]
   lines += _rows(natural)
   lines += ["", "REALM pretraining minus none, same fine-tuning budget "
             "(paired bootstrap 95% CI):"]

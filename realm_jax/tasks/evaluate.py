@@ -156,7 +156,8 @@ def evaluate(config, params=None, *, model: FineTuned | None = None,
   Returns:
     {"exact_match" (None without a reader), "recall@<k>"...,
     "num_questions", "metric" (exact_match or regex_match), "retrieval",
-    "step", "predictions"}.
+    "step", "predictions", "ci95", and "by_kind" where examples have a
+    "kind"}.
   """
   retrieval = retrieval or config.eval.retrieval
   if model is None:
@@ -232,12 +233,30 @@ def evaluate(config, params=None, *, model: FineTuned | None = None,
     per_question["exact_match"] = np.asarray(correct, np.float64)
   result["ci95"] = {name: list(stats.bootstrap_ci(v))
                     for name, v in per_question.items()}
+  kinds = np.asarray([ex.get("kind") or "" for ex in examples])
+  if kinds.any():
+    result["by_kind"] = by_kind(kinds, per_question)
   em = result["exact_match"]
   logging.info("eval (%s retrieval, %d questions, step %s): EM %s %s",
                retrieval, len(correct), model.step,
                "–" if em is None else f"{em:.4f}",
                " ".join(f"recall@{k} {v:.3f}" for k, v in recall.items()))
   return result
+
+
+def by_kind(kinds: np.ndarray, per_question: dict) -> dict:
+  """{kind: {metric: mean, "ci95": {metric: [lo, hi]}, "num_questions"}}
+  for the questions of each kind (e.g. natural_qa's subject and inside
+  answers), so that a reader that reads one kind only shows it."""
+  out = {}
+  for kind in sorted(set(kinds) - {""}):
+    mask = kinds == kind
+    out[kind] = {name: float(v[mask].mean()) for name, v in
+                 per_question.items()}
+    out[kind]["ci95"] = {name: list(stats.bootstrap_ci(v[mask]))
+                         for name, v in per_question.items()}
+    out[kind]["num_questions"] = int(mask.sum())
+  return out
 
 
 def run(config):

@@ -174,24 +174,21 @@ def default_config() -> ml_collections.ConfigDict:
   # Share of the training questions generated from the corpus's own
   # sentences (data/question_gen.py): 0 = the dataset only (ORQA/REALM); 1 =
   # generated only (a corpus without QA pairs). Of the sentences that can ask
-  # for their document's subject, subject_percent do (subject_questions.py).
+  # for their document's subject, subject_percent do (subject_questions.py);
+  # generated_kinds keeps "subject" and/or "inside" ones (an ablation).
   c.finetune.generated_fraction = 0.0
   c.finetune.subject_percent = 0
+  c.finetune.generated_kinds = "subject,inside"
   # The first reading_steps of num_steps are reading steps (ours): each
   # question is read in the block with its answer (a generated question's
   # own, else the best retrieved one) and reading_beam - 1 distractors, and
   # only the reader learns (README, "Reading"). 0: none.
   c.finetune.reading_steps = 0
   c.finetune.reading_beam = 1
-  # A fine-tuning workdir that ran this same recipe (config, questions, model
-  # shape) with reading steps: this run starts where that one's reading
-  # steps ended (its state at step reading_steps, kept in <it>/reading/:
-  # reader, optimizer state, question stream) with its own query embedder
-  # and index (init_from / model.init). The reading steps never train the
-  # query embedder, so this is nearly the run it would have been (only the
-  # block a dataset question is read in, the best-ranked one with an answer,
-  # can differ), minus their cost; the demo's REALM fine-tune shares the
-  # baseline's reading steps this way. Ours. Empty: run them here.
+  # A fine-tuning workdir that ran this recipe with reading steps: this run
+  # starts from its state at step reading_steps (<it>/reading/) with its
+  # own query embedder and index, as the demo's REALM fine-tune shares the
+  # baseline's reading steps (README, "Reading"). Ours. Empty: run them here.
   c.finetune.reading_from = ""
   # True: the reading and the open-QA steps each have their own warmup and
   # decay to 0 (README, "Reading"). False: one schedule over num_steps.
@@ -255,6 +252,8 @@ def default_config() -> ml_collections.ConfigDict:
   # A block's answer: its best span that is not a phrase of the question
   # (ours; ORQA/REALM take the best span: False). Also answer and serve.
   c.eval.answer_not_in_question = False
+  # Nor a span the wh-word rules out ("how many" -> no number; ours).
+  c.eval.answer_types = False
   c.eval.predictions = ""          # default: <workdir>/predictions.jsonl
 
   # task=index: a knowledge base of data.corpus in <workdir>

@@ -25,7 +25,7 @@ from realm_jax.tasks import demo as demo_run
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORPUS_LIMIT = 150     # 247 blocks; the test split then has 11 questions
 SYSTEM_KEYS = ["no_retrieval", "bm25", "dense_zero_shot", "realm_zero_shot",
-               "no_realm_pretraining", "realm"]
+               "no_realm_pretraining", "realm", "hybrid"]
 OVERRIDES = [
     f"--config.data.corpus_limit={CORPUS_LIMIT}",
     "--config.data.heldout_fraction=0.25",
@@ -120,6 +120,7 @@ def test_stdout_has_the_summary_table(first, num_test_questions):
           f"subject, or inside it): {len(natural)} questions" in stdout)
   assert "| system | EM | recall@1 | recall@5 |" in lines
   kinds = collections.Counter(r["kind"] for r in natural)
+  assert len(kinds) == 2, kinds   # a column of EM for each kind of answer
   assert (f"| system | EM | " + "".join(
       f"EM {k} ({kinds[k]}) | " for k in sorted(kinds))
       + "recall@1 | recall@5 |") in lines

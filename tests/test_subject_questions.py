@@ -64,3 +64,67 @@ def test_subject_percent_mixes_the_two_kinds():
   assert every[0]["answer"] == ["Osror Dargal", "Dargal"]
   for q in none:   # an inside question never has the title as its answer
     assert q["answer"][0] not in ("Osror Dargal", "Dargal", "Vienna")
+
+
+@pytest.mark.parametrize("sentence, title, noun", [
+    ("Osror Dargal is a composer from Vingalheim.", "Osror Dargal",
+     "composer"),
+    ("Yale University is a private Ivy League research university in New "
+     "Haven, Connecticut.", "Yale University", "university"),
+    ("Irving Berlin was a Russian-born American composer and lyricist.",
+     "Irving Berlin", "composer"),
+    ("Mirror is a 1975 Soviet art film directed by Andrei Tarkovsky.",
+     "Mirror (1975 film)", "film"),
+    ("Neon is a chemical element with the symbol Ne.", "Neon", "element"),
+    # No noun, a vague one, or not a defining sentence: no category.
+    ("Baghdad is a cultural and financial centre.", "Baghdad", None),
+    ("Rope is a group of yarns.", "Rope", None),
+    ("Vienna lies on the Danube.", "Vienna", None),
+    ("The capital is Vienna.", "Austria", None),
+])
+def test_a_defining_sentence_gives_its_subjects_category(sentence, title,
+                                                          noun):
+  assert sq.category(sentence, title) == noun
+
+
+def test_a_document_with_a_category_asks_which_for_half_its_questions():
+  facts = [f"Dargal wrote the opera number {i} for the court in {1900 + i}."
+           for i in range(40)]
+  records = [{"text": t, "spans": [], "source_uid": "a"} for t in
+             ["Osror Dargal is a composer from Vingalheim."] + facts]
+  ask = sq.Asker(records, lambda uid: "Osror Dargal")
+  assert ask.categories == {"Osror Dargal": "composer"}
+  questions = [ask(t, "Osror Dargal", [((0, 6), "PERSON")])["question"]
+               for t in facts]
+  which = [q for q in questions if q.startswith("Which composer wrote ")]
+  assert 10 <= len(which) <= 30, questions   # WHICH_PERCENT = 50, by hash
+  assert all(q.startswith(("Which composer wrote ", "Who wrote "))
+             for q in questions)
+  # The category is never asked of a sentence that already says it.
+  said = ask("Dargal is a composer of operas and songs.", "Osror Dargal",
+             [((0, 6), "PERSON")])
+  assert said is None or "Which composer" not in said["question"]
+
+
+def test_generated_kinds_keeps_only_the_kinds_named(tmp_path):
+  from realm_jax import config as config_lib
+  from realm_jax.data import catalog
+  c = config_lib.default_config()
+  c.finetune.generated_kinds = "subject,elsewhere"
+  c.finetune.generated_fraction = 1.0
+  with pytest.raises(ValueError, match="generated_kinds"):
+    catalog.training_questions(c, store=None)
+
+
+def test_the_wh_table_gives_each_wh_words_share_of_subject_answers():
+  from realm_jax.data import catalog
+  table = catalog.wh_table([
+      {"question": "Who wrote Venethlo?", "kind": "subject"},
+      {"question": "Who was born in Vingalheim?", "kind": "inside"},
+      {"question": "In what year was Venethlo first performed?",
+       "kind": "inside"},
+      {"question": "How many operas did he write?", "kind": "inside"},
+      {"question": "Composer from Vingalheim", "kind": "subject"}]).split("\n")
+  assert table[2] == "| who | 2 | 50% |"
+  assert set(table[3:]) == {"| what | 1 | 0% |", "| how many | 1 | 0% |",
+                            "| none | 1 | 100% |"}

@@ -149,15 +149,50 @@ def training_questions(config, store) -> list[dict]:
               list(qa_examples(config, config.finetune.split)))
   if not fraction:
     return examples
-  generated = generated_questions(store, config.finetune.subject_percent)
+  kinds = config.finetune.generated_kinds.split(",")
+  if not set(kinds) <= {"subject", "inside"}:
+    raise ValueError("finetune.generated_kinds must name subject and/or "
+                     f"inside, got {config.finetune.generated_kinds!r}")
+  generated = [q for q in generated_questions(
+      store, config.finetune.subject_percent) if q["kind"] in kinds]
   want = (len(generated) if fraction == 1 else
           round(len(examples) * fraction / (1 - fraction)))
   order = np.random.default_rng(config.seed).permutation(len(generated))
   chosen = [generated[i] for i in np.sort(order[:want])]
   logging.info("fine-tuning questions: %d of %s + %d generated from the "
-               "corpus (%d available)", len(examples), config.finetune.dataset,
-               len(chosen), len(generated))
+               "corpus (%d available); by wh-word:\n%s", len(examples),
+               config.finetune.dataset, len(chosen), len(generated),
+               wh_table(examples + chosen))
   return examples + chosen
+
+
+_WH_WORDS = ("how many", "how", "what", "which", "who", "whom", "whose",
+             "when", "where", "why")
+
+
+def wh_word(question: str) -> str:
+  """The question's first wh-word ("how many" as one), or "none" (a
+  description such as "Capital of Colorado")."""
+  words = question.lower().replace("?", " ").split()
+  for i, word in enumerate(words):
+    if word in _WH_WORDS:
+      return "how many" if words[i:i + 2] == ["how", "many"] else word
+  return "none"
+
+
+def wh_table(examples) -> str:
+  """Markdown: per wh-word, the questions and the share whose answer is the
+  subject of their passage ("kind": subject; a question without a kind
+  counts as not), so that no question form tells the answer's place."""
+  counts = {}
+  for ex in examples:
+    row = counts.setdefault(wh_word(ex["question"]), [0, 0])
+    row[0] += 1
+    row[1] += ex.get("kind") == "subject"
+  lines = ["| wh-word | questions | subject answers |", "|---|---|---|"]
+  for wh, (n, subject) in sorted(counts.items(), key=lambda kv: -kv[1][0]):
+    lines.append(f"| {wh} | {n} | {100 * subject / n:.0f}% |")
+  return "\n".join(lines)
 
 
 def generated_questions(store, subject_percent: int = 0) -> list[dict]:

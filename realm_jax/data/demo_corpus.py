@@ -135,7 +135,8 @@ def natural_qa(split: str, limit: int | None = None) -> list[dict]:
 
 def demo_qa(split: str, limit: int | None = None) -> list[dict]:
   """Question/answer pairs {"question": description,
-  "answer": answers_of(title)}.
+  "answer": answers_of(title), "kind": "subject"} (the answer is the
+  subject of its passage).
 
   Args:
     split: "train", "dev" or "test" (80/10/10 by hash of the title).
@@ -161,7 +162,8 @@ def demo_qa(split: str, limit: int | None = None) -> list[dict]:
     elif by_desc[desc.lower()] > 1:
       skipped["ambiguous"] += 1
     elif split_of(title) == split:
-      out.append({"question": desc, "answer": answers_of(title)})
+      out.append({"question": desc, "answer": answers_of(title),
+                  "kind": "subject"})
   log.info("demo QA %s: %d pairs; skipped (all splits) %s", split, len(out),
            skipped)
   return out

@@ -56,6 +56,15 @@ def exact_match(prediction: str, references: Iterable[str]) -> bool:
   return any(normalized == normalize_answer(r) for r in references)
 
 
+def wrong_edges(prediction: str, references: Iterable[str]) -> bool:
+  """A span-edge error: not an exact match, but sharing a word with a
+  reference ("Paris is the capital ... of France" for "Paris", "Denver" for
+  "Denver, Colorado")."""
+  words = set(normalize_answer(prediction).split())
+  return (not exact_match(prediction, references) and any(
+      words & set(normalize_answer(r).split()) for r in references))
+
+
 def compiled_answers(patterns: Iterable[str]) -> list[re.Pattern]:
   """CuratedTREC's answer regexes, compiled case-blind (its official
   flags); an invalid pattern is skipped: it never matches."""

@@ -342,7 +342,7 @@ def generate(records: Iterable[dict], title_of, split: str = "train",
     split: "train", "heldout" (split_of the title) or "all".
     per_sentence: questions kept per sentence (spans in a fixed hashed order).
     subject_percent: of the sentences that can ask for their subject, the
-      share (by hash) that does (all where no span gives a question).
+      share (by hash) that does, instead of about a span inside.
 
   Returns:
     [{"question", "answer": [str], "kind", "title", "source_uid"}], in record
@@ -359,7 +359,7 @@ def generate(records: Iterable[dict], title_of, split: str = "train",
                      [None] * len(record["spans"])))
     subject = subject_percent and ask_subject(text, title, spans)
     inside = _inside(text, spans, title, per_sentence)
-    if subject and (not inside or _hash(text) % 100 < subject_percent):
+    if subject and _hash(text) % 100 < subject_percent:
       inside = [dict(subject, kind="subject")]
     out += [dict(e, title=title, source_uid=record["source_uid"])
             for e in inside]

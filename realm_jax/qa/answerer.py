@@ -205,7 +205,8 @@ class Answerer:
       predictor = predictor_lib.Predictor(
           current.served, self.tokenizer, reader_len=f.reader_len,
           reader_beam=f.reader_beam, read_batch=self.config.eval.read_batch,
-          answer_not_in_question=self.config.eval.answer_not_in_question)
+          answer_not_in_question=self.config.eval.answer_not_in_question,
+          answer_types=self.config.eval.answer_types)
       self._served = (current, predictor)
     return predictor
 

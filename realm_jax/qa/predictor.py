@@ -29,7 +29,13 @@ Baselines (eval.retrieval, or `retrieval=` of `evaluate`):
           document embedders match exactly for a workdir fine-tuned without
           finetune.init_from (its index/0 was embedded by that same initial
           embedder); with init_from the index is the pretraining run's newest,
-          whose embedder may be a refresh older than its last checkpoint.
+          whose embedder may be a refresh older than its last checkpoint;
+  hybrid  BM25 and the fine-tuned retriever fused by reciprocal rank
+          (Cormack et al. 2009: a block's score is the sum over the two
+          rankings of 1 / (RRF_K + rank), over each one's top
+          HYBRID_DEPTH): BM25 finds the blocks that share the question's
+          rare words (names), the dense retriever those that paraphrase it.
+          Scored by the fine-tuned query embedder as in bm25. Ours.
 """
 import dataclasses
 import functools
@@ -57,7 +63,12 @@ _SPANS_LOOKED_AT = 20
 # cuts blocks): at most reader_len / 16 widths compile.
 _WIDTH_STEP = 16
 
-RETRIEVAL_MODES = ("index", "random", "null", "bm25", "dense_zero_shot")
+RETRIEVAL_MODES = ("index", "random", "null", "bm25", "dense_zero_shot",
+                   "hybrid")
+# Reciprocal-rank fusion (hybrid): Cormack et al.'s constant, and how deep
+# each ranking is read.
+RRF_K = 60
+HYBRID_DEPTH = 100
 # Modes that need no fine-tuned reader (recall@k only without one).
 RETRIEVAL_ONLY_MODES = ("bm25", "dense_zero_shot")
 
@@ -100,6 +111,28 @@ def in_question(answer: str, question: str) -> bool:
   return bool(answer) and f" {answer} " in question
 
 
+_NUMBER_WORDS = frozenset(
+    "one two three four five six seven eight nine ten eleven twelve twenty "
+    "hundred thousand million billion dozen several".split())
+
+
+def wrong_type(answer: str, question: str) -> bool:
+  """True if `answer` cannot be what the question's wh-word asks for
+  (`question` as `question_words`): a count ("how many") without a number,
+  a year or date ("when", "what year") without a digit, a person or place
+  ("who", "where") that holds a digit or starts in lowercase. Ours."""
+  digit = any(ch.isdigit() for ch in answer)
+  if " how many " in question:
+    return not (digit or any(w.lower() in _NUMBER_WORDS
+                             for w in answer.split()))
+  if question.startswith(" when ") or any(
+      f" {w} year " in question for w in ("what", "which")):
+    return not digit
+  if question.startswith((" who ", " whom ", " where ")):
+    return digit or not answer[:1].isupper()
+  return False
+
+
 @functools.lru_cache(maxsize=4)
 def _jitted(cfg):
   """(embed, read) jitted once per model config, so that several
@@ -123,6 +156,22 @@ class BlockRead:
   chars: tuple | None = None
 
 
+def fuse_ranks(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
+  """Reciprocal-rank fusion of two rankings of rows [B, n] (best first; -1
+  pads): the top k rows [B, k] by sum of 1 / (RRF_K + rank), ties broken
+  by the first ranking."""
+  out = np.empty((len(a), k), np.int64)
+  for i, rankings in enumerate(zip(a, b)):
+    score = {}
+    for ranking in rankings:
+      for rank, row in enumerate(ranking):
+        if row >= 0:
+          score[int(row)] = score.get(int(row), 0.0) + 1 / (RRF_K + rank + 1)
+    best = sorted(score, key=score.get, reverse=True)[:k]   # stable sort
+    out[i] = best + [-1] * (k - len(best))
+  return out
+
+
 class Predictor:
   """Answers batches of questions with a fine-tuned model and its index.
 
@@ -141,12 +190,15 @@ class Predictor:
                seed: int = 0, query_params=None,
                bm25_index: bm25.BM25Index | None = None,
                read_cache: dict | None = None, read_batch: int = 8,
-               answer_not_in_question: bool = False):
+               answer_not_in_question: bool = False,
+               answer_types: bool = False):
     """query_params: retriever params that embed the questions (default the
     model's; dense_zero_shot passes the initial ones). bm25_index: the
     BM25Index searched in bm25 mode. answer_not_in_question: a block's
     answer is its best span that is not a phrase of the question (of its 20
-    best; ours, eval.answer_not_in_question), else its best span."""
+    best; ours, eval.answer_not_in_question), else its best span.
+    answer_types: also not of a type the wh-word rules out (`wrong_type`;
+    ours, eval.answer_types)."""
     if retrieval not in RETRIEVAL_MODES:
       raise ValueError(f"retrieval must be one of {RETRIEVAL_MODES}, got "
                        f"{retrieval!r}")
@@ -162,13 +214,15 @@ class Predictor:
     self.k = min(reader_beam, model.store.num_blocks)
     self.beam = min(max(self.k, recall_k), model.store.num_blocks)
     self.rng = np.random.default_rng(seed)
-    if retrieval == "bm25" and bm25_index is None:
-      raise ValueError("retrieval='bm25' needs bm25_index (index.bm25.BM25Index)")
+    if retrieval in ("bm25", "hybrid") and bm25_index is None:
+      raise ValueError(f"retrieval={retrieval!r} needs bm25_index "
+                       "(index.bm25.BM25Index)")
     self.bm25 = bm25_index
     self.query_params = (model.params["retriever"] if query_params is None
                          else jax.device_put(query_params))
     self.read_cache, self.read_batch = read_cache, max(read_batch, self.k)
     self.answer_not_in_question = answer_not_in_question
+    self.answer_types = answer_types
     cfg = model.cfg
     self._embed, self._read = _jitted(cfg)
 
@@ -226,6 +280,13 @@ class Predictor:
              and self.query_params is self.model.params["retriever"]
              else np.asarray(self._embed(self.query_params, question_ids,
                                          question_mask)))
+    if self.retrieval == "hybrid":
+      depth = min(max(HYBRID_DEPTH, self.beam), self.model.store.num_blocks)
+      dense, _ = qa_inputs.search(self.model.searcher, self.model.emb, q_emb,
+                                  depth)
+      rows = fuse_ranks(self.bm25.search(questions, depth)[0], dense,
+                        self.beam)
+      return rows, np.asarray(self.model.emb[rows[:, :self.k]], np.float32)
     rows, cand = qa_inputs.search(self.model.searcher, self.model.emb,
                                      q_emb, self.beam)
     return rows, cand[:, :self.k]
@@ -269,7 +330,8 @@ class Predictor:
     masked out, so only float summation order can change)."""
     # Question i as words, for answer_not_in_question: decoded from its ids
     # (the cache's key), [CLS] and [SEP] left out.
-    asked = {i for _, (i, _) in pairs} if self.answer_not_in_question else ()
+    asked = ({i for _, (i, _) in pairs}
+             if self.answer_not_in_question or self.answer_types else ())
     words = {i: question_words(self.tok.decode(ids[i, 1:int(mask[i].sum()) - 1]))
              for i in asked}
     q = np.asarray([i for _, (i, _) in pairs])
@@ -310,13 +372,15 @@ class Predictor:
                               int(ends[j]) - first, offsets)
     best = int(np.argmax(logits))
     answer, chars = cut(best)
-    if question is not None and in_question(answer, question):
-      # The best of the next spans that says something new, if any.
+    unfit = lambda a: ((self.answer_not_in_question and in_question(a, question))
+                       or (self.answer_types and wrong_type(a, question)))
+    if question is not None and unfit(answer):
+      # The best of the next spans that fits, if any.
       for j in np.argsort(-logits, kind="stable")[1:_SPANS_LOOKED_AT]:
         if not valid[j]:
           break
         other, other_chars = cut(int(j))
-        if not in_question(other, question):
+        if not unfit(other):
           best, answer, chars = int(j), other, other_chars
           break
     return BlockRead(best=float(logits[best]),

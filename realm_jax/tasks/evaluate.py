@@ -8,6 +8,8 @@ in ORQA. Reported:
                CuratedTREC (finetune.regex_answers) the regex match of ORQA
                (re.match, IGNORECASE) on the raw prediction, which the paper
                also reports as EM.
+  wrong_edges  the share of answers that share a word with a reference but
+               are not it: spans cut too long or too short (qa.wrong_edges).
   recall@k     fraction of questions with an answer-bearing block among the
                top k retrieved (k in {1, reader_beam, eval.recall_k}).
 and one JSON line per question in eval.predictions (default
@@ -185,7 +187,7 @@ def evaluate(config, params=None, *, model: FineTuned | None = None,
     query_params = initial_retriever(config, model.cfg)
     model = _start_index(config, model)
   bm25_index = None
-  if retrieval == "bm25":
+  if retrieval in ("bm25", "hybrid"):
     bm25_index = bm25.BM25Index(model.store,
                                 os.path.join(config.workdir, "bm25_cache"))
   predictor = predictor_lib.Predictor(model, tok, reader_len=f.reader_len,
@@ -193,13 +195,14 @@ def evaluate(config, params=None, *, model: FineTuned | None = None,
                         retrieval=retrieval, seed=config.seed,
                         query_params=query_params, bm25_index=bm25_index,
                         read_cache=read_cache, read_batch=config.eval.read_batch,
-                        answer_not_in_question=config.eval.answer_not_in_question)
+                        answer_not_in_question=config.eval.answer_not_in_question,
+                        answer_types=config.eval.answer_types)
   ks = sorted({1, predictor.k, config.eval.recall_k} - {0})
   match = "regex" if f.regex_answers else f.answer_match
   path = (predictions_path or config.eval.predictions
           or os.path.join(config.workdir, "predictions.jsonl"))
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  correct, hits = [], []
+  correct, hits, edges = [], [], []
   with open(path + ".tmp", "w", encoding="utf-8") as out:
     for batch, n in _batches(examples, tok, config):
       for pred in predictor.predict(batch)[:n]:
@@ -216,6 +219,8 @@ def evaluate(config, params=None, *, model: FineTuned | None = None,
           block["has_answer"] = bool(hit[rows.index(block["row"])]) if (
               block["row"] in rows) else None
         correct.append(pred["correct"])
+        edges.append(read and not f.regex_answers and qa.wrong_edges(
+            pred["prediction"], pred["answers"]))
         out.write(json.dumps(pred, ensure_ascii=False) + "\n")
   os.replace(path + ".tmp", path)
   hits = np.stack(hits)
@@ -231,6 +236,8 @@ def evaluate(config, params=None, *, model: FineTuned | None = None,
                   for k in ks}
   if read:
     per_question["exact_match"] = np.asarray(correct, np.float64)
+    per_question["wrong_edges"] = np.asarray(edges, np.float64)
+    result["wrong_edges"] = float(per_question["wrong_edges"].mean())
   result["ci95"] = {name: list(stats.bootstrap_ci(v))
                     for name, v in per_question.items()}
   kinds = np.asarray([ex.get("kind") or "" for ex in examples])

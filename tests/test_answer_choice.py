@@ -1,0 +1,42 @@
+"""How the predictor chooses: reciprocal-rank fusion of BM25 and the dense
+retriever (retrieval=hybrid), and answers the wh-word rules out
+(eval.answer_types)."""
+import numpy as np
+import pytest
+
+from realm_jax.qa import predictor
+
+
+def test_a_block_both_rankings_hold_beats_one_ranked_first_by_one():
+  bm25 = np.array([[7, 3, 5]])
+  dense = np.array([[9, 3, 7]])
+  # 3 is second in both, 7 first and third, 9 and 5 in one ranking only.
+  assert predictor.fuse_ranks(bm25, dense, 4).tolist() == [[7, 3, 9, 5]]
+
+
+def test_ties_go_to_the_first_ranking_and_padding_is_skipped():
+  bm25 = np.array([[1, 2, -1], [4, -1, -1]])
+  dense = np.array([[5, 6, -1], [-1, -1, -1]])
+  assert predictor.fuse_ranks(bm25, dense, 3).tolist() == [[1, 5, 2],
+                                                           [4, -1, -1]]
+
+
+@pytest.mark.parametrize("question, answer, wrong", [
+    ("How many moons does Mars have?", "two", False),
+    ("How many moons does Mars have?", "6,779 km", False),
+    ("How many moons does Mars have?", "Phobos", True),
+    ("When did the bridge open?", "in 1987", False),
+    ("When did the bridge open?", "Rotterdam", True),
+    ("In what year was Quill Robotics founded?", "2011", False),
+    ("In what year was Quill Robotics founded?", "Rotterdam", True),
+    ("Who founded Quill Robotics?", "Ada Brenner", False),
+    ("Who founded Quill Robotics?", "2011", True),
+    ("Who wrote The Salt Orchard?", "Norwegian writer Hanne Vosberg", False),
+    ("Where was Mirela Dantes born?", "Coimbra", False),
+    ("Where was Mirela Dantes born?", "northern highlands", True),
+    ("What is the capital of Austria?", "1918", False),   # what: anything
+])
+def test_the_wh_word_rules_out_answers_of_another_type(question, answer,
+                                                       wrong):
+  words = predictor.question_words(question)
+  assert predictor.wrong_type(answer, words) == wrong

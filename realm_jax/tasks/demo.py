@@ -14,13 +14,14 @@
      run's reading steps (finetune.reading_from: its reader reads as the
      first one's; the REALM-pretrained reader encoder reads worse at this
      scale, README "Reading");
-  6. evaluate six systems with 95% bootstrap CIs on two question sets, the
+  6. evaluate seven systems with 95% bootstrap CIs on two question sets, the
      description -> title test split and the hand-written natural questions
-     (test split; answers inside passages): no retrieval, BM25 and zero-shot
+     (test split; EM also by kind: the answer is the passage's subject, or
+     inside it): no retrieval, BM25 and zero-shot
      dense retrieval with the initial and with the REALM-pretrained
      retriever (read by the reader fine-tuned from the same start),
      fine-tuned without REALM pretraining, REALM-pretrained retriever +
-     fine-tuned;
+     fine-tuned, and BM25 rank-fused with that retriever (hybrid);
      the paired bootstrap CI of REALM's difference on each set; and
      retrieval recall@k on held-out masked sentences before and after REALM
      pretraining (realm_jax.index.masked_recall);

@@ -242,7 +242,7 @@ def test_finetune_builds_a_missing_block_store(tmp_path, explicit_store):
 
 def test_a_recorded_index_that_went_bad_before_training_is_chosen_again(
     run, tmp_path):
-  """finetuned.json pins the index a run trains against. If that version is
+  """openqa.json pins the index a run trains against. If that version is
   moved away or corrupt before any checkpoint exists, a rerun chooses the
   newest intact version again instead of failing on the pinned one."""
   pre_index = os.path.join(run["pre"], "index")

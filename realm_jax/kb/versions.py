@@ -1,7 +1,7 @@
 """A knowledge base: any corpus indexed with a trained model, kept current.
 
-`task=index` (realm_jax/tasks/index.py) builds one in its workdir;
-kb_update.py updates it; eval, answer and qa.Answerer search it. Layout:
+`task=index` (realm_jax/tasks/index.py) builds one in its workdir and
+kb/update.py updates it; eval, answer and qa.Answerer search it. Layout:
 
   <workdir>/kb.json        which model indexes this corpus (kb.model, as an
                            absolute path; "" for config.model's initial
@@ -65,7 +65,7 @@ def write_record(workdir: str, record: dict):
 def document_embedder(config) -> dict:
   """Which export embeds the documents, and the store settings it needs.
 
-  kb.model is a fine-tuning workdir (finetuned.json): the export that built the
+  kb.model is a fine-tuning workdir (openqa.json): the export that built the
   index it fine-tuned against (its documents were embedded by exactly that,
   and its query embedder learned to match them); a pretraining workdir: its
   newest export; "": config.model's initial retriever (e.g.

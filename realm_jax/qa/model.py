@@ -1,6 +1,6 @@
 """A fine-tuned open-QA model with its frozen index, loaded for inference.
 
-Fine-tuning records what it used in <workdir>/finetuned.json (retrieval/finetuned.py);
+Fine-tuning records what it used in <workdir>/openqa.json (retrieval/finetuned.py);
 loading reads that record, so eval and answer search exactly the index the
 model was trained against. A knowledge base workdir (task=index,
 kb/versions.py) names its fine-tuned model in kb.json; it is loaded with

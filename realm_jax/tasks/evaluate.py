@@ -22,7 +22,7 @@ Predicting (the answer string, the baselines' retrieval modes) is
 realm_jax/qa/predictor.py.
 
 bm25 and dense_zero_shot also run without a fine-tuned reader (a workdir with
-no finetuned.json, e.g. only data.block_store or an index: `retrieval_model`):
+no openqa.json, e.g. only data.block_store or an index: `retrieval_model`):
 then only recall@k is measured, exact_match is None, and each prediction has
 "prediction": null and p: null in top_blocks.
 

@@ -234,7 +234,7 @@ def _after_reading(workdir: str, state: dict, reading_steps: int, mesh):
 def reembed(config, cfg, store):
   """After fine-tuning that trained the document side (doc_loss_weight > 0):
   the corpus is embedded again with the final embedder into
-  <workdir>/index/<step>, and finetuned.json points eval and answering there.
+  <workdir>/index/<step>, and openqa.json points eval and answering there.
   The record is written last, so a run killed before it repeats this (the
   build resumes) and one killed after it finds it done."""
   step, params = ckpt_lib.restore_params(config.workdir)

@@ -15,11 +15,19 @@ than no_inside. A reader trained without one kind learns where that kind's
 answer is not: the generator's old shortcut ("a wh-question's answer is
 never the passage's subject").
 
+The readers are trained on the demo's mix (a quarter description -> title
+pairs, whose answer is always the subject): without them, 100 steps of
+generated questions alone teach so little reading that the arms differed by
+0.02 nats; with them, an arm without one kind learns the shortcut that the
+issue describes.
+
 The measure is the mean negative log-likelihood of the gold spans
 (reading_measure.py), not EM: on a few dozen questions EM moves by one to
 three questions between machines, which measures the CPU's floating-point
-order, not learning. The gaps measured are in the module's README entry
-("Reading"); MARGIN_NATS is a fraction of the smallest.
+order, not learning. Measured (mix against the arm without the kind, nats;
+subject, then inside): two cores 1.27 / 3.36 and 4.05 / 7.35; one core
+(taskset -c 0) 0.96 / 5.62 and 3.92 / 8.79. The smallest gap, 2.09, is
+four times MARGIN_NATS.
 """
 
 import jax
@@ -32,9 +40,12 @@ from realm_jax.data import question_gen
 from realm_jax.tasks import finetune as finetune_task
 import reading_measure
 
-CORPUS_LIMIT = 150
+CORPUS_LIMIT = 300
 STEPS = 100
 MARGIN_NATS = 0.5
+# As the demo: a quarter of the questions are description -> title pairs,
+# whose answer is always the passage's subject.
+GENERATED_FRACTION = 0.75
 ARMS = {"mix": (50, "subject,inside"), "no_subject": (0, "inside"),
         "no_inside": (100, "subject")}
 
@@ -51,7 +62,7 @@ def _config(workdir, blocks, subject_percent, kinds):
   c.finetune.batch_size = 8
   c.finetune.reader_beam = 2
   c.finetune.retriever_beam = 50
-  c.finetune.generated_fraction = 1.0
+  c.finetune.generated_fraction = GENERATED_FRACTION
   c.finetune.subject_percent = subject_percent
   c.finetune.generated_kinds = kinds
   # Reading steps only, in every arm: each question read in one block with
@@ -94,5 +105,5 @@ def results(tmp_path_factory):
 def test_each_kind_of_answer_is_learnt_from_its_own_questions(
     results, kind, without):
   mix, other = results["mix", kind], results[without, kind]
-  assert mix["read"] >= 15
+  assert mix["read"] >= 10
   assert mix["nll"] < other["nll"] - MARGIN_NATS, (kind, mix, other)

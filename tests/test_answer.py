@@ -151,11 +151,13 @@ def test_an_answer_the_question_already_says_is_passed_over(workdir):
   from realm_jax.batching import qa_inputs  # pylint: disable=g-import-not-at-top
   from realm_jax.models.reader import span_candidates  # pylint: disable=g-import-not-at-top
   from realm_jax.qa import model as qa_model  # pylint: disable=g-import-not-at-top
+  from realm_jax.qa import answer_rules  # pylint: disable=g-import-not-at-top
   from realm_jax.qa import predictor as predictor_lib  # pylint: disable=g-import-not-at-top
   config = ow.tiny_config(workdir)
   model = qa_model.load_finetuned(config)
   tok = model.store.tokenizer()
-  predictor = predictor_lib.Predictor(model, tok, reader_len=64, reader_beam=1)
+  predictor = predictor_lib.Predictor(model, tok, reader_len=64, reader_beam=1,
+                                      answer_not_in_question=True)
   q = np.asarray([tok.encode("x").ids])
   batch = qa_inputs.reader_batch(
       np.pad(q, ((0, 0), (1, 0)), constant_values=tok.cls_id),
@@ -175,7 +177,7 @@ def test_an_answer_the_question_already_says_is_passed_over(workdir):
   logits[best], logits[second] = 5.0, 4.0
 
   def read(question):
-    words = None if question is None else predictor_lib.question_words(
+    words = None if question is None else answer_rules.question_words(
         question)
     return predictor._block_read(logits, first, 0, ids, n, 64, words)  # pylint: disable=protected-access
   said = read(None).answer
@@ -184,12 +186,12 @@ def test_an_answer_the_question_already_says_is_passed_over(workdir):
   assert other.answer not in ("", said) and other.best == 4.0
   assert other.logsumexp == read(None).logsumexp
   assert read("Nothing of it here?").answer == said
-  assert predictor_lib.in_question("Harry Potter", predictor_lib.question_words(
+  assert answer_rules.in_question("Harry Potter", answer_rules.question_words(
       "Who wrote the Harry Potter novels?"))
-  assert predictor_lib.in_question("Teresa Teng", predictor_lib.question_words(
+  assert answer_rules.in_question("Teresa Teng", answer_rules.question_words(
       "What is Teresa Teng's birth name?"))
-  assert not predictor_lib.in_question(
-      "Triangulum Galaxy", predictor_lib.question_words(
+  assert not answer_rules.in_question(
+      "Triangulum Galaxy", answer_rules.question_words(
           "Spiral galaxy in the constellation Triangulum"))
 
 

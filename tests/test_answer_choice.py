@@ -4,20 +4,20 @@ retriever (retrieval=hybrid), and answers the wh-word rules out
 import numpy as np
 import pytest
 
-from realm_jax.qa import predictor
+from realm_jax.qa import answer_rules
 
 
 def test_a_block_both_rankings_hold_beats_one_ranked_first_by_one():
   bm25 = np.array([[7, 3, 5]])
   dense = np.array([[9, 3, 7]])
   # 3 is second in both, 7 first and third, 9 and 5 in one ranking only.
-  assert predictor.fuse_ranks(bm25, dense, 4).tolist() == [[7, 3, 9, 5]]
+  assert answer_rules.fuse_ranks(bm25, dense, 4).tolist() == [[7, 3, 9, 5]]
 
 
 def test_ties_go_to_the_first_ranking_and_padding_is_skipped():
   bm25 = np.array([[1, 2, -1], [4, -1, -1]])
   dense = np.array([[5, 6, -1], [-1, -1, -1]])
-  assert predictor.fuse_ranks(bm25, dense, 3).tolist() == [[1, 5, 2],
+  assert answer_rules.fuse_ranks(bm25, dense, 3).tolist() == [[1, 5, 2],
                                                            [4, -1, -1]]
 
 
@@ -38,5 +38,5 @@ def test_ties_go_to_the_first_ranking_and_padding_is_skipped():
 ])
 def test_the_wh_word_rules_out_answers_of_another_type(question, answer,
                                                        wrong):
-  words = predictor.question_words(question)
-  assert predictor.wrong_type(answer, words) == wrong
+  words = answer_rules.question_words(question)
+  assert answer_rules.wrong_type(answer, words) == wrong

@@ -57,7 +57,7 @@ def test_qa_splits_are_disjoint_and_about_80_10_10(raw):
       assert raw[title]["description"].strip() == q["question"]
       assert title.lower() not in q["question"].lower()
   assert {"question": "Chinese novelist and essayist (1881–1936)",
-          "answer": ["Lu Xun"]} in splits[demo_corpus.split_of("Lu Xun")]
+          "answer": ["Lu Xun"], "kind": "subject"} in splits[demo_corpus.split_of("Lu Xun")]
 
 
 def test_qa_limit_keeps_answers_inside_the_small_corpus():

@@ -30,32 +30,29 @@ Baselines (eval.retrieval, or `retrieval=` of `evaluate`):
           finetune.init_from (its index/0 was embedded by that same initial
           embedder); with init_from the index is the pretraining run's newest,
           whose embedder may be a refresh older than its last checkpoint;
-  hybrid  BM25 and the fine-tuned retriever fused by reciprocal rank
-          (Cormack et al. 2009: a block's score is the sum over the two
-          rankings of 1 / (RRF_K + rank), over each one's top
-          HYBRID_DEPTH): BM25 finds the blocks that share the question's
-          rare words (names), the dense retriever those that paraphrase it.
-          Scored by the fine-tuned query embedder as in bm25. Ours.
+  hybrid  BM25 and the fine-tuned retriever fused by reciprocal rank over
+          each one's top HYBRID_DEPTH (answer_rules.fuse_ranks): BM25 finds
+          the blocks that share the question's rare words (names), the
+          dense retriever those that paraphrase it. Scored by the
+          fine-tuned query embedder as in bm25. Ours.
 """
 import dataclasses
 import functools
-import re
 
 import jax
 import numpy as np
 
 from realm_jax.batching import candidates
 from realm_jax.batching import qa_inputs
-from realm_jax.data import qa
 from realm_jax.index import bm25
 from realm_jax.models import retrieve_and_read
 from realm_jax.models.bert import MASK_VALUE
 from realm_jax.models.reader import span_candidates
 from realm_jax.models.retriever import jitted_embed_queries
+from realm_jax.qa import answer_rules
 from realm_jax.qa.model import FineTuned
 
 
-_POSSESSIVE = re.compile(r"['\u2019]s\b")
 # With answer_not_in_question, the best spans looked at per block.
 _SPANS_LOOKED_AT = 20
 
@@ -65,9 +62,7 @@ _WIDTH_STEP = 16
 
 RETRIEVAL_MODES = ("index", "random", "null", "bm25", "dense_zero_shot",
                    "hybrid")
-# Reciprocal-rank fusion (hybrid): Cormack et al.'s constant, and how deep
-# each ranking is read.
-RRF_K = 60
+# How deep each ranking is read for the hybrid's fusion.
 HYBRID_DEPTH = 100
 # Modes that need no fine-tuned reader (recall@k only without one).
 RETRIEVAL_ONLY_MODES = ("bm25", "dense_zero_shot")
@@ -96,43 +91,6 @@ def span_text(tokenizer, text: str, body_ids: np.ndarray, start: int,
   return text[lo:hi], (lo, hi)
 
 
-def question_words(question: str) -> str:
-  """The question normalized, possessives dropped ("Teng's" -> teng), and
-  padded with spaces, for `in_question`."""
-  return f" {qa.normalize_answer(_POSSESSIVE.sub('', question))} "
-
-
-def in_question(answer: str, question: str) -> bool:
-  """True if `answer`, normalized, is a run of whole words of the question
-  (`question_words`): "Who wrote the Harry Potter novels?" -> "Harry Potter"
-  says nothing new. Words spread over the question do not count: "Spiral
-  galaxy in the constellation Triangulum" -> "Triangulum Galaxy" stays."""
-  answer = qa.normalize_answer(_POSSESSIVE.sub("", answer))
-  return bool(answer) and f" {answer} " in question
-
-
-_NUMBER_WORDS = frozenset(
-    "one two three four five six seven eight nine ten eleven twelve twenty "
-    "hundred thousand million billion dozen several".split())
-
-
-def wrong_type(answer: str, question: str) -> bool:
-  """True if `answer` cannot be what the question's wh-word asks for
-  (`question` as `question_words`): a count ("how many") without a number,
-  a year or date ("when", "what year") without a digit, a person or place
-  ("who", "where") that holds a digit or starts in lowercase. Ours."""
-  digit = any(ch.isdigit() for ch in answer)
-  if " how many " in question:
-    return not (digit or any(w.lower() in _NUMBER_WORDS
-                             for w in answer.split()))
-  if question.startswith(" when ") or any(
-      f" {w} year " in question for w in ("what", "which")):
-    return not digit
-  if question.startswith((" who ", " whom ", " where ")):
-    return digit or not answer[:1].isupper()
-  return False
-
-
 @functools.lru_cache(maxsize=4)
 def _jitted(cfg):
   """(embed, read) jitted once per model config, so that several
@@ -154,22 +112,6 @@ class BlockRead:
   logsumexp: float
   answer: str = ""
   chars: tuple | None = None
-
-
-def fuse_ranks(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
-  """Reciprocal-rank fusion of two rankings of rows [B, n] (best first; -1
-  pads): the top k rows [B, k] by sum of 1 / (RRF_K + rank), ties broken
-  by the first ranking."""
-  out = np.empty((len(a), k), np.int64)
-  for i, rankings in enumerate(zip(a, b)):
-    score = {}
-    for ranking in rankings:
-      for rank, row in enumerate(ranking):
-        if row >= 0:
-          score[int(row)] = score.get(int(row), 0.0) + 1 / (RRF_K + rank + 1)
-    best = sorted(score, key=score.get, reverse=True)[:k]   # stable sort
-    out[i] = best + [-1] * (k - len(best))
-  return out
 
 
 class Predictor:
@@ -284,7 +226,7 @@ class Predictor:
       depth = min(max(HYBRID_DEPTH, self.beam), self.model.store.num_blocks)
       dense, _ = qa_inputs.search(self.model.searcher, self.model.emb, q_emb,
                                   depth)
-      rows = fuse_ranks(self.bm25.search(questions, depth)[0], dense,
+      rows = answer_rules.fuse_ranks(self.bm25.search(questions, depth)[0], dense,
                         self.beam)
       return rows, np.asarray(self.model.emb[rows[:, :self.k]], np.float32)
     rows, cand = qa_inputs.search(self.model.searcher, self.model.emb,
@@ -332,7 +274,7 @@ class Predictor:
     # (the cache's key), [CLS] and [SEP] left out.
     asked = ({i for _, (i, _) in pairs}
              if self.answer_not_in_question or self.answer_types else ())
-    words = {i: question_words(self.tok.decode(ids[i, 1:int(mask[i].sum()) - 1]))
+    words = {i: answer_rules.question_words(self.tok.decode(ids[i, 1:int(mask[i].sum()) - 1]))
              for i in asked}
     q = np.asarray([i for _, (i, _) in pairs])
     r = np.asarray([rows[i, j] for _, (i, j) in pairs])
@@ -372,8 +314,8 @@ class Predictor:
                               int(ends[j]) - first, offsets)
     best = int(np.argmax(logits))
     answer, chars = cut(best)
-    unfit = lambda a: ((self.answer_not_in_question and in_question(a, question))
-                       or (self.answer_types and wrong_type(a, question)))
+    unfit = lambda a: ((self.answer_not_in_question and answer_rules.in_question(a, question))
+                       or (self.answer_types and answer_rules.wrong_type(a, question)))
     if question is not None and unfit(answer):
       # The best of the next spans that fits, if any.
       for j in np.argsort(-logits, kind="stable")[1:_SPANS_LOOKED_AT]:

@@ -269,17 +269,18 @@ def default_config() -> ml_collections.ConfigDict:
   c.answer.questions_file = ""     # one question a line, or {"question"} JSONL
   c.answer.num_evidence = 3
 
-  # task=serve (the [serve] extra): the HTTP API and page over the workdir.
-  c.serve = ml_collections.ConfigDict()
+  c.serve = ml_collections.ConfigDict()   # task=serve: the [serve] extra
   c.serve.host = "127.0.0.1"       # local only; e.g. 0.0.0.0 opens it up
-  c.serve.port = 8000
+  c.serve.port = 8000              # 0: any free port (the log names it)
+  c.serve.allowed_hosts = ""       # more Host names, comma-separated; else 421
   c.serve.max_batch = 16           # dynamic batching: 1 = one question a pass
-  # Under load only, for as many as the previous batch held (qa/batcher.py;
-  # README: 5 ms split 16 clients into small batches, 12 questions/s).
-  c.serve.max_wait_ms = 60.0       # how long a batch waits for more
+  c.serve.max_wait_ms = 60.0       # a batch's wait for more (under load only)
   c.serve.always_wait = False      # True: max_wait_ms for max_batch, always
   c.serve.max_queue = 64           # questions waiting; beyond: 503
   c.serve.max_body_bytes = 4096    # a request body; beyond: 413
+  c.serve.request_timeout_s = 10.0  # to send a request; then it is closed
+  c.serve.keep_alive_s = 5.0       # an idle connection is closed after this
+  c.serve.max_connections = 100    # open at once; beyond: 503
   c.serve.poll_interval = 2.0      # seconds between looks for a new version
   return c
 

@@ -58,6 +58,11 @@ def check_question(question: str, tokenizer, question_len: int) -> str | None:
   """None if the question fits `[CLS] q [SEP]` of question_len, else why not."""
   if not isinstance(question, str):
     return f"a question must be a string, got {type(question).__name__}"
+  try:   # JSON's "\ud800" decodes to a str the tokenizer cannot take
+    question.encode("utf-8")
+  except UnicodeEncodeError as e:
+    return (f"the question is not valid Unicode: a lone surrogate "
+            f"{question[e.start]!r} at character {e.start}")
   if not question.strip():
     return "the question is empty"
   n = len(tokenizer.encode(question).ids)
@@ -153,17 +158,24 @@ class Answerer:
     return self.answer_batch([question])[0]
 
   def answer_batch(self, questions: list[str]) -> list[Answer]:
-    """Answers; a question that is empty or too long raises ValueError
-    before anything runs."""
+    """Answers a list (or any iterable) of str; a question that is empty,
+    too long or not text raises ValueError before anything runs."""
     preds, current = self.predict(questions)
     return [self._answer(p, current) for p in preds]
 
   def predict(self, questions: list[str]):
     """(the predictor's raw records, the version in service) for questions."""
     qlen = self.config.finetune.question_len
-    if isinstance(questions, str):   # would be read as one-letter questions
-      raise TypeError("answer_batch takes a list of questions; for one "
-                      "question use answer(question)")
+    # A str or bytes would be read as one-letter questions or as ints.
+    what = type(questions).__name__
+    if isinstance(questions, (str, bytes, bytearray)):
+      raise TypeError(f"answer_batch takes a list of questions (str), got "
+                      f"{what}; for one question use answer(question)")
+    try:
+      questions = list(questions)   # a generator too: read it once, here
+    except TypeError:
+      raise TypeError(f"answer_batch takes a list of questions (str), got "
+                      f"{what}") from None
     for i, q in enumerate(questions):
       problem = check_question(q, self.tokenizer, qlen)
       if problem:

@@ -4,6 +4,7 @@ Intentionally short: it parses the config and dispatches on `config.task`.
 `--help` (usage_text) lists the tasks, the config files and how to override.
 """
 import ast
+import errno
 import importlib
 import os
 import re
@@ -62,6 +63,8 @@ assert set(_TASK_MODULES) == set(config_lib.TASKS)
 _USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError,
                 FloatingPointError, errors.JobFailed, PermissionError,
                 IsADirectoryError, NotADirectoryError)
+# OSErrors of a path the user gave: a symlink loop, a name too long.
+_PATH_ERRNOS = (errno.ELOOP, errno.ENAMETOOLONG)
 
 # The config files of a source checkout (a pip install has none).
 _CONFIGS_DIR = os.path.join(
@@ -157,9 +160,13 @@ def main(argv):
       raise
     sys.exit(f"error: {type(e).__name__}: {e}")
   except OSError as e:
-    if not errors.is_disk_full(e) or os.environ.get("REALM_JAX_TRACEBACK"):
+    if os.environ.get("REALM_JAX_TRACEBACK"):
       raise
-    sys.exit(f"error: {errors.disk_full_message(e, config.workdir)}")
+    if errors.is_disk_full(e):
+      sys.exit(f"error: {errors.disk_full_message(e, config.workdir)}")
+    if e.errno in _PATH_ERRNOS:   # a path that cannot be opened as given
+      sys.exit(f"error: {type(e).__name__}: {e}")
+    raise
 
 
 def _parse_flags(argv):

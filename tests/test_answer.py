@@ -114,6 +114,23 @@ def test_highlight_marks_the_span():
   assert answer.highlight("ab", (1, 2), True) == "a\033[1m\033[4mb\033[0m"
 
 
+def test_control_characters_are_shown_not_sent_to_the_terminal(workdir):
+  """A document or question holding an escape sequence ("\x1b[2J" clears
+  the screen) is printed with it spelled out, never raw; our own highlight
+  codes stay."""
+  assert answer.printable("a\x1b[2Jb\x07\nc\td é") == "a\\x1b[2Jb\\x07 c d é"
+  marked = answer.highlight("x\x1b[2J Lu Xun \x9b31m", (6, 12), True)
+  assert marked == ("x\\x1b[2J \033[1m\033[4mLu Xun\033[0m \\x9b31m")
+  store = corpus.BlockStore(finetuned.read_record(workdir)["block_store"])
+  pred = {"question": "Who?\x1b]0;owned\x07", "score": None,
+          "top_blocks": [{"row": 0, "p": 1.0, "title": "T\x1b[8m"}],
+          "block": None, "span": None}
+  out = answer.format_prediction(pred, store, 1, color=True)
+  assert "\x1b" not in out and "\x07" not in out, out
+  assert out.startswith("Q: Who?\\x1b]0;owned\\x07\n")
+  assert "1. p=1.000  T\\x1b[8m  [block 0]" in out
+
+
 def test_an_empty_questions_file_is_an_error(workdir, tmp_path, capsys):
   empty = tmp_path / "none.txt"
   empty.write_text("")

@@ -147,18 +147,24 @@ def test_bad_input_is_one_line_and_the_traceback_is_on_request(tmp_path):
   assert r.returncode != 0 and "Traceback" in r.stderr
 
 
-@pytest.mark.parametrize("where", ["workdir_is_a_file", "corpus_is_a_dir"])
+@pytest.mark.parametrize("where", ["workdir_is_a_file", "corpus_is_a_dir",
+                                   "corpus_is_a_symlink_loop"])
 def test_a_path_of_the_wrong_kind_is_one_line(tmp_path, where):
   """task=index on a workdir that is a regular file, or a corpus path that is
-  a directory, used to print a traceback; it is one line naming the path."""
+  a directory or a symlink loop, used to print a traceback; it is one line
+  naming the path."""
   corpus = tmp_path / "docs.jsonl"
   corpus.write_text('{"title": "A", "text": "Some text."}\n')
   workdir = tmp_path / "kb"
   if where == "workdir_is_a_file":
     workdir.write_text("not a directory")
-  else:
+  elif where == "corpus_is_a_dir":
     corpus = tmp_path / "a_dir"
     corpus.mkdir()
+  else:
+    corpus = tmp_path / "loop"
+    os.symlink(tmp_path / "loop2", corpus)
+    os.symlink(corpus, tmp_path / "loop2")
   r = _main("--config=configs/tiny_cpu.py", "--config.task=index",
             f"--config.workdir={workdir}", f"--config.data.corpus=jsonl:{corpus}")
   assert r.returncode == 1, r.stderr[-2000:]

@@ -21,6 +21,7 @@ compiled XLA programs are reused from <workdir>/jax_cache/.
 import json
 import sys
 import time
+import unicodedata
 
 from absl import logging
 
@@ -60,27 +61,44 @@ def read_questions(config) -> list[str]:
   return questions
 
 
+def printable(text: str) -> str:
+  """`text` with line breaks and tabs as spaces and every other control
+  character shown as an escape ("\\x1b"): a document or question holding
+  "\\x1b[2J" must not clear the reader's terminal, nor hide or fake lines.
+  Always, not only on a terminal: printed output is read in one later."""
+  def show(ch):
+    if ch in "\n\r\t":
+      return " "
+    if unicodedata.category(ch) == "Cc":
+      return ch.encode("unicode_escape").decode("ascii")
+    return ch
+  return "".join(map(show, text))
+
+
 def highlight(text: str, span, color: bool) -> str:
-  """`text` with text[span[0]:span[1]] marked (ANSI bold or >>> <<<)."""
+  """`text` with text[span[0]:span[1]] marked (ANSI bold or >>> <<<), each
+  part `printable`."""
   lo, hi = span
   left, right = (_BOLD, _RESET) if color else (">>>", "<<<")
-  return f"{text[:lo]}{left}{text[lo:hi]}{right}{text[hi:]}"
+  return (f"{printable(text[:lo])}{left}{printable(text[lo:hi])}{right}"
+          f"{printable(text[hi:])}")
 
 
 def format_prediction(pred: dict, store, num_evidence: int,
                       color: bool = False, snippet: int = 300) -> str:
   """The printed answer: question, answer + score, evidence with p(z|x)."""
-  lines = [f"Q: {pred['question']}"]
+  lines = [f"Q: {printable(pred['question'])}"]
   if pred["score"] is None:
     lines.append("A: (no answer: the reader found no span)")
   else:
-    lines.append(f"A: {pred['prediction']}    (score {pred['score']:.3f}, "
-                 f"p {pred['prob']:.3f}, from block {pred['block']['rank'] + 1}"
-                 f" \"{pred['block']['title']}\")")
+    lines.append(f"A: {printable(pred['prediction'])}    (score "
+                 f"{pred['score']:.3f}, p {pred['prob']:.3f}, from block "
+                 f"{pred['block']['rank'] + 1} "
+                 f"\"{printable(pred['block']['title'])}\")")
   lines.append("Evidence (p(z|x) over the blocks read):")
   for rank, block in enumerate(pred["top_blocks"][:num_evidence]):
-    lines.append(f"  {rank + 1}. p={block['p']:.3f}  {block['title']}  "
-                 f"[block {block['row']}]")
+    lines.append(f"  {rank + 1}. p={block['p']:.3f}  "
+                 f"{printable(block['title'])}  [block {block['row']}]")
     text = store.text(block["row"])
     answer_here = pred["block"] is not None and pred["block"]["rank"] == rank
     if answer_here and pred["span"] is not None:
@@ -90,8 +108,8 @@ def format_prediction(pred: dict, store, num_evidence: int,
       body = highlight(text[start:end], (lo - start, hi - start), color)
       body = ("..." if start else "") + body + ("..." if end < len(text) else "")
     else:
-      body = text[:snippet] + ("..." if len(text) > snippet else "")
-    lines.append("     " + body.replace("\n", " "))
+      body = printable(text[:snippet]) + ("..." if len(text) > snippet else "")
+    lines.append("     " + body)
   return "\n".join(lines)
 
 

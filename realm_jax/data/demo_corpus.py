@@ -111,8 +111,9 @@ def natural_qa(split: str, limit: int | None = None) -> list[dict]:
   "subject" where an answer is the passage's subject (its title, as
   `answers_of`), else "inside". With `limit`, only
   those about `demo_documents(limit)`. "dev_full" is a second dev set in a
-  file of its own: 220 questions about 220 other documents of the whole
-  corpus, written later the same way (README, "Reading"); not in "all"."""
+  file of its own: 350 questions about 350 other documents of the whole
+  corpus (130 of them subject answers), written later the same way (README,
+  "Reading"); not in "all"."""
   if split not in ("all", "dev_full", *NATURAL_SPLITS):
     raise ValueError(f"unknown split {split!r}; expected all, dev_full or "
                      f"one of {list(NATURAL_SPLITS)}")

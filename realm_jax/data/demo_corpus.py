@@ -14,8 +14,11 @@ topic} (CC BY-SA). The package is located with importlib and never imported
 
 - Natural questions (`natural_qa`): questions as people ask them ("Who
   founded Amazon?"), written by hand over the first 2,700 summaries (the
-  demo's subset), each answered by a span of one summary, mostly not its
-  title: they measure reading, which the description -> title pairs do not.
+  demo's subset), each answered by a span of one summary: its title (the
+  passage's subject, "Who wrote The Tale of Genji?") for about 40%, a span
+  inside it for the rest. They measure reading, which the description ->
+  title pairs do not, and whether a question's form gives away where its
+  answer is.
   They ship with realm_jax (demo_natural.jsonl) and were written
   independently of the question generator (data/question_gen.py). Split by a
   hash of the source title: "dev" (a third, for tuning) and "test".

@@ -166,8 +166,8 @@ def training_questions(config, store) -> list[dict]:
   return examples + chosen
 
 
-_WH_WORDS = ("how many", "how", "what", "which", "who", "whom", "whose",
-             "when", "where", "why")
+_WH_WORDS = ("how", "what", "which", "who", "whom", "whose", "when", "where",
+             "why")
 
 
 def wh_word(question: str) -> str:

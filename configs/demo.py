@@ -47,10 +47,17 @@ def get_config():
   c.train.num_steps = 30
   c.train.learning_rate = 5e-5
   c.train.warmup_steps = 4
-  # MiniLM has no MLM head: the reader learns to read first, and the
-  # retriever then moves at a tenth of the reader's rate.
+  # MiniLM has no MLM head: the head warms up first (plain MLM with the
+  # null document, the head alone: train/head_warmup.py), the reader then
+  # reads for 10 steps, and the retriever moves at a tenth of its rate.
+  c.pretrain.head_warmup_steps = 200
+  c.pretrain.head_warmup_eval_every = 100
   c.train.retriever_frozen_steps = 10
   c.train.retriever_lr_scale = 0.1
+  # 128 held-out masked sentences measured every 10 steps: utility, MLM
+  # accuracy, masked recall@5 (train/heldout.py; README, "Pretraining").
+  c.pretrain.heldout_queries = 128
+  c.pretrain.heldout_every = 10
   c.train.log_every = 5
   c.train.checkpoint_every = 30
   # One refresh, at the end: an index build of the demo corpus takes ~2.5

@@ -23,11 +23,11 @@ choice: the REALM paper does not give its fine-tuning step count.
 Expected result: CT test EM (regex match) 42.9 (paper, Table 1, REALM
 X=CC-News; 46.8 with X=Wikipedia, ORQA 30.1).
 """
-from realm_jax import config as config_lib
+from realm_jax import paper_configs
 
 
 def get_config():
-  c = config_lib.paper_finetune_config(
+  c = paper_configs.paper_finetune_config(
       dataset="jsonl:data/CuratedTrec.resplit.{split}.jsonl",
       workdir="workdir/finetune_ct", num_steps=5_000, checkpoint_every=1000,
       eval_split="test")

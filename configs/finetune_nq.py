@@ -26,11 +26,11 @@ X=Wikipedia, ORQA 33.3). TFDS natural_questions_open's validation split (3,610
 questions) is the paper's NQ test set, hence eval.split="dev"; its train
 split is the paper's train + dev (79,168 + 8,757).
 """
-from realm_jax import config as config_lib
+from realm_jax import paper_configs
 
 
 def get_config():
-  c = config_lib.paper_finetune_config(
+  c = paper_configs.paper_finetune_config(
       dataset="natural_questions_open",
       workdir="workdir/finetune_nq", num_steps=100_000, checkpoint_every=5000,
       eval_split="dev")

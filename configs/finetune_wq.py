@@ -16,11 +16,11 @@ Expected result: WQ test EM 40.7 (paper, Table 1, REALM X=CC-News; 40.2 with
 X=Wikipedia, ORQA 36.4). TFDS web_questions has train (the paper's train +
 dev, 3,417 + 361) and test (2,032, the paper's test set).
 """
-from realm_jax import config as config_lib
+from realm_jax import paper_configs
 
 
 def get_config():
-  c = config_lib.paper_finetune_config(
+  c = paper_configs.paper_finetune_config(
       dataset="web_questions",
       workdir="workdir/finetune_wq", num_steps=10_000, checkpoint_every=2000,
       eval_split="test")

@@ -102,6 +102,23 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.max_param_norm = 1e5
   c.train.prefetch = 2             # retrieval batches prepared ahead of the device
 
+  c.pretrain = ml_collections.ConfigDict()
+  # Held-out masked sentences measured at every refresh (train/heldout.py):
+  # utility, MLM accuracy, masked recall@eval.recall_k. 0: none.
+  c.pretrain.heldout_queries = 0
+  c.pretrain.heldout_every = 0     # steps between measures; 0: index.refresh_every
+  c.pretrain.heldout_batch_size = 16
+  # MLM head warm-up before the first REALM step (train/head_warmup.py):
+  # up to this many steps of plain MLM with the null document, training the
+  # head alone; it stops early once held-out MLM accuracy reaches
+  # head_warmup_min_accuracy with held-out utility above 0. 0: none (REALM's
+  # BERT reader comes with a trained head; MiniLM's is random).
+  c.pretrain.head_warmup_steps = 0
+  c.pretrain.head_warmup_batch_size = 64
+  c.pretrain.head_warmup_learning_rate = 1e-3
+  c.pretrain.head_warmup_eval_every = 50
+  c.pretrain.head_warmup_min_accuracy = 0.03
+
   c.ict = ml_collections.ConfigDict()
   c.ict.query_len = 64
   c.ict.remove_prob = 0.9          # drop the query sentence from its block
@@ -364,37 +381,3 @@ def get_config(saved_json: str | None = None) -> ml_collections.ConfigDict:
       saved_json, "pass the config file the run was started with instead")
   return ml_collections.ConfigDict(_tuples(_merged(
       default_config().to_dict(), saved)))
-
-
-def paper_finetune_config(dataset: str, workdir: str, num_steps: int,
-                          checkpoint_every: int, eval_split: str = "test"
-                          ) -> ml_collections.ConfigDict:
-  """ORQA/REALM Open-QA fine-tuning settings shared by configs/finetune_*.py:
-  BERT-base, lr 1e-5, one question per step, top-5 blocks read from a
-  5000-block retriever beam, reader input 320 tokens."""
-  c = default_config()
-  c.task = "finetune"
-  c.workdir = workdir
-  c.finetune.init_from = "workdir/pretrain_ccnews"
-  # Used only without init_from (e.g. model.init=hf_realm); with init_from
-  # the model shape, corpus and index come from the pretraining workdir.
-  c.model.encoder = "bert_base"
-  c.model.init = "hf_realm"
-  c.data.corpus = "wikipedia"
-  c.data.tokenizer = "wordpiece:vocab.txt"   # BERT uncased, 30522 tokens
-  c.data.block_len = 288
-  c.finetune.dataset = dataset
-  c.finetune.batch_size = 1
-  c.finetune.num_steps = num_steps
-  c.finetune.learning_rate = 1e-5
-  c.finetune.question_len = 64
-  c.finetune.reader_len = 320
-  c.finetune.reader_beam = 5
-  c.finetune.retriever_beam = 5000
-  c.train.log_every = 100
-  c.train.checkpoint_every = checkpoint_every
-  c.index.searcher = "scann"
-  c.eval.split = eval_split
-  c.eval.batch_size = 16
-  c.eval.recall_k = 5
-  return c

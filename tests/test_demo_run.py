@@ -41,6 +41,11 @@ OVERRIDES = [
     "--config.train.num_steps=4",
     "--config.train.warmup_steps=1",
     "--config.train.retriever_frozen_steps=2",
+    "--config.pretrain.head_warmup_steps=4",
+    "--config.pretrain.head_warmup_eval_every=2",
+    "--config.pretrain.head_warmup_min_accuracy=1.0",   # never early
+    "--config.pretrain.heldout_queries=16",
+    "--config.pretrain.heldout_every=2",
     "--config.train.log_every=1",
     "--config.train.checkpoint_every=4",
     "--config.index.refresh_every=2",
@@ -144,6 +149,18 @@ def test_stdout_has_the_summary_table(first, num_test_questions):
   assert any(re.fullmatch(r"\| initial \| 0 \| \d+\.\d \|", l) for l in lines)
   assert any(re.fullmatch(r"\| pretrained \| \d+ \| \d+\.\d \|", l)
              for l in lines)
+  assert any(re.fullmatch(rf"  recall@5, pretrained minus initial: {paired}",
+                          l) for l in lines), stdout
+  # What pretraining learnt: accuracy by third, the warm-up, the curve.
+  assert any(re.fullmatch(r"REALM pretraining: training MLM accuracy by third "
+                          r"of the steps \d+\.\d / \d+\.\d / \d+\.\d", l)
+             for l in lines), stdout
+  assert any(l.startswith("MLM head warm-up: 4 steps, held-out accuracy ")
+             for l in lines), stdout
+  i = lines.index("| step | index version | utility (nats) | MLM accuracy | "
+                  "recall@5 |")
+  steps = [int(l.split("|")[1]) for l in lines[i + 2:i + 5]]
+  assert steps == [0, 2, 4], lines[i:i + 5]
   i = lines.index("The same on the natural questions:")
   for line, metric in zip(lines[i + 1:i + 4], demo_run.METRICS):
     assert re.fullmatch(rf"  {re.escape(metric)}: {paired}", line), line
@@ -196,6 +213,16 @@ def test_summary_json(first, workdir, num_test_questions):
   assert natural["no_retrieval"]["exact_match"] == 0.0
   assert set(summary["natural_realm_minus_no_realm"]) == set(demo_run.METRICS)
   assert set(summary["zero_shot_realm_minus_initial"]) == set(demo_run.METRICS)
+  pre = summary["pretraining"]
+  assert [r["step"] for r in pre["heldout"]] == [0, 2, 4]
+  assert [r["step"] for r in pre["head_warmup"]] == [0, 2, 4]
+  assert pre["best_heldout_utility"] in pre["heldout"]
+  assert len(pre["mlm_accuracy_by_third"]) == 3
+  masked = summary["masked_recall"]["pretrained_minus_initial"]
+  assert masked["difference"] == pytest.approx(
+      summary["masked_recall"]["pretrained"]
+      - summary["masked_recall"]["initial"])
+  assert os.path.isfile(os.path.join(workdir, "plots", "pretraining.png"))
 
 
 def test_metrics_recompute_from_predictions(first):

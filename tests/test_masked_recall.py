@@ -68,6 +68,9 @@ def test_before_after_needs_the_initial_index(workdir, tmp_path):
                                    c.data.query_len, c.data.max_masks)
   assert out["initial_version"] == out["pretrained_version"] == 0
   assert out["initial"] == out["pretrained"]
+  # The same index twice: the paired difference is exactly 0, CI included.
+  assert out["pretrained_minus_initial"] == {"difference": 0.0,
+                                             "ci95": [0.0, 0.0]}
   with pytest.raises(ValueError, match="no index 0"):
     masked_recall.before_after(store, store.tokenizer(), held, str(tmp_path),
                                3, c.data.query_len, c.data.max_masks)

@@ -21,6 +21,8 @@ from realm_jax.data import tokenizer as tokenizer_lib
 from realm_jax.index import export as export_lib
 from realm_jax.models.retriever import doc_embedder_params
 from realm_jax.train import embed_job
+from realm_jax.train import head_warmup
+from realm_jax.train import heldout
 import stopping_child
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,7 +71,16 @@ DETERMINISTIC = ("--config.index.deterministic=True",
                  "--config.train.checkpoint_every=5",
                  "--config.train.log_every=1",
                  "--config.train.num_steps=20",
-                 "--config.train.learning_rate=3e-3")
+                 "--config.train.learning_rate=3e-3",
+                 # The MLM head's warm-up, then held-out measures every 5
+                 # steps: both must keep a resume bitwise exact.
+                 "--config.data.heldout_fraction=0.25",
+                 "--config.pretrain.heldout_queries=16",
+                 "--config.pretrain.heldout_every=5",
+                 "--config.pretrain.head_warmup_steps=6",
+                 "--config.pretrain.head_warmup_eval_every=3",
+                 "--config.pretrain.head_warmup_batch_size=8",
+                 "--config.pretrain.head_warmup_learning_rate=3e-2")
 
 
 def test_reader_inputs_put_query_then_body_and_null_first(shared, tmp_path):
@@ -116,15 +127,44 @@ def _kill_after(shared, workdir, overrides, lines):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(shared, tmp_path_factory):
-  """{step: metrics row} of an uninterrupted DETERMINISTIC run."""
+def uninterrupted_dir(shared, tmp_path_factory):
+  """The workdir of an uninterrupted DETERMINISTIC run."""
   ref = tmp_path_factory.mktemp("uninterrupted")
   _run(shared, ref, *DETERMINISTIC)
-  return _metrics(ref)
+  return ref
 
 
-def test_kill_minus_nine_then_resume_is_bitwise_identical(shared, tmp_path,
-                                                          uninterrupted):
+@pytest.fixture(scope="module")
+def uninterrupted(uninterrupted_dir):
+  """{step: metrics row} of the uninterrupted DETERMINISTIC run."""
+  return _metrics(uninterrupted_dir)
+
+
+def test_the_head_warms_up_then_held_out_sentences_are_measured(
+    uninterrupted_dir):
+  """The MLM head's warm-up runs before step 1, measured before it starts
+  and every 3 of its steps; then the held-out measures come at step 0,
+  every 5 steps and at the end."""
+  work = uninterrupted_dir
+  warm = [json.loads(l) for l in
+          (work / head_warmup.PATH).read_text().splitlines()]
+  assert [r["step"] for r in warm] == [0, 3, 6]
+  held = heldout.read(str(work))
+  assert [r["step"] for r in held] == [0, 5, 10, 15, 20]
+  for r in warm + held:
+    assert np.isfinite(r["heldout_utility"]), r
+    assert 0.0 <= r["heldout_mlm_accuracy"] <= 1.0
+    assert 0.0 <= r["heldout_recall@5"] <= 1.0
+  # The warm-up's measure at its last step is step 0's: nothing moved since.
+  assert held[0]["heldout_utility"] == warm[-1]["heldout_utility"]
+  # Learning: the head alone raises the held-out likelihood of the masks.
+  key = "heldout_marginal_log_likelihood"
+  assert warm[-1][key] > warm[0][key] + 0.1, warm
+  assert heldout.best(held) == max(held, key=lambda r: r["heldout_utility"])
+
+
+def test_kill_minus_nine_then_resume_is_bitwise_identical(
+    shared, tmp_path, uninterrupted, uninterrupted_dir):
   """Deterministic refresh: a run killed with SIGKILL mid-run and resumed
   logs exactly the losses of an uninterrupted run."""
   expected = uninterrupted
@@ -138,6 +178,8 @@ def test_kill_minus_nine_then_resume_is_bitwise_identical(shared, tmp_path,
   for step in expected:
     assert got[step]["loss"] == expected[step]["loss"], step
     assert got[step]["index_version"] == expected[step]["index_version"]
+  # The held-out measures too: one row per measured step, the same values.
+  assert heldout.read(str(work)) == heldout.read(str(uninterrupted_dir))
 
 
 def test_asynchronous_resume_continues_from_the_checkpoint(shared, tmp_path):

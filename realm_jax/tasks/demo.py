@@ -53,6 +53,8 @@ from realm_jax.tasks import answer as answer_lib
 from realm_jax.tasks import evaluate as evaluate_lib
 from realm_jax.tasks import finetune
 from realm_jax.tasks import pretrain
+from realm_jax.train import head_warmup
+from realm_jax.train import heldout
 from realm_jax.train import metrics as metrics_lib
 
 
@@ -207,7 +209,11 @@ def run(config):
       "7. answer three test questions of each kind", lambda: answer_lib.run(ask))
   print(mark_answers(examples, answers))
 
-  plots = []
+  pretraining = pretraining_summary(pre.workdir)
+  figure = metrics_lib.plot_pretraining(
+      pre.workdir, os.path.join(w, "plots", "pretraining.png"),
+      config.eval.recall_k)
+  plots = [figure] if figure else []
   for name in ("pretrain/pretrain", "finetune_realm/finetune",
                "finetune_initial/finetune"):
     path = os.path.join(w, f"{name}_metrics.jsonl")
@@ -219,14 +225,56 @@ def run(config):
                       "retriever_loss", "reader_loss")])
   print(summary_table(results, comparison, zero_shot, masked, timings,
                       store.num_blocks, natural, natural_comparison))
+  print(pretraining_table(pretraining, config.eval.recall_k))
   print(f"plots: {os.path.join(w, 'plots')} ({len(plots)} PNG files)")
   with open(os.path.join(w, "summary.json"), "w") as f:
     json.dump({"results": results, "realm_minus_no_realm": comparison,
                "natural": natural,
                "natural_realm_minus_no_realm": natural_comparison,
                "zero_shot_realm_minus_initial": zero_shot,
-               "masked_recall": masked, "timings_s": timings}, f, indent=1)
+               "masked_recall": masked, "pretraining": pretraining,
+               "timings_s": timings}, f, indent=1)
   return results
+
+
+def pretraining_summary(workdir: str) -> dict:
+  """What the pretraining run learnt: its MLM head warm-up's held-out rows,
+  the held-out measures at each step measured (the utility curve), the best
+  held-out utility, and the training MLM accuracy by third of the steps
+  (weighted by masks), which should rise."""
+  rows = metrics_lib.read_jsonl(os.path.join(workdir, "pretrain_metrics.jsonl"))
+  third = max(len(rows) // 3, 1)
+  parts = (rows[:third], rows[third:len(rows) - third], rows[-third:])
+  accuracy = [sum(r["mlm_accuracy"] * r["num_masks"] for r in part)
+              / max(sum(r["num_masks"] for r in part), 1) for part in parts]
+  held = heldout.read(workdir)
+  warm_path = os.path.join(workdir, head_warmup.PATH)
+  return {"head_warmup": (metrics_lib.read_jsonl(warm_path)
+                          if os.path.exists(warm_path) else []),
+          "heldout": held, "best_heldout_utility": heldout.best(held),
+          "mlm_accuracy_by_third": accuracy}
+
+
+def pretraining_table(summary: dict, k: int) -> str:
+  """The held-out curve and the training accuracy by third, as a table."""
+  thirds = " / ".join(f"{100 * a:.1f}" for a in summary["mlm_accuracy_by_third"])
+  lines = ["", f"REALM pretraining: training MLM accuracy by third of the "
+           f"steps {thirds}"]
+  if summary["head_warmup"]:
+    last = summary["head_warmup"][-1]
+    lines.append(f"MLM head warm-up: {last['step']} steps, held-out accuracy "
+                 f"{100 * last['heldout_mlm_accuracy']:.1f}, utility "
+                 f"{last['heldout_utility']:+.3f}")
+  if summary["heldout"]:
+    lines += ["held-out masked sentences at each measure:",
+              f"| step | index version | utility (nats) | MLM accuracy | "
+              f"recall@{k} |", "|---|---|---|---|---|"]
+    lines += [f"| {r['step']} | {r['index_version']} | "
+              f"{r['heldout_utility']:+.3f} | "
+              f"{100 * r['heldout_mlm_accuracy']:.1f} | "
+              f"{100 * r[f'heldout_recall@{k}']:.1f} |"
+              for r in summary["heldout"]]
+  return "\n".join(lines)
 
 
 def final_index(pre, store) -> str:
@@ -335,6 +383,9 @@ def summary_table(results, comparison, zero_shot, masked, timings,
   for name in ("initial", "pretrained"):
     lines.append(f"| {name} | {masked[name + '_version']} | "
                  f"{100 * masked[name]:.1f} |")
+  if "pretrained_minus_initial" in masked:
+    lines += _differences({f"recall@{masked['k']}, pretrained minus initial":
+                           masked["pretrained_minus_initial"]})
   lines += ["", "| stage | seconds |", "|---|---|"]
   lines += [f"| {name} | {s:.0f} |" for name, s in timings.items()]
   return "\n".join(lines)

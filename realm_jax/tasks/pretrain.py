@@ -29,12 +29,16 @@ from realm_jax import workdir as workdir_lib
 from realm_jax.data import catalog
 from realm_jax.data import pipeline
 from realm_jax.index import export as export_lib
+from realm_jax.index import query_embedder
 from realm_jax.index import refresh
 from realm_jax.index import searchers
 from realm_jax.index import store as index_store
 from realm_jax.train import embed_job
 from realm_jax.train import exports
+from realm_jax.train import head_warmup
+from realm_jax.train import heldout
 from realm_jax.train import loop
+from realm_jax.train import partition
 from realm_jax.train import prefetch
 from realm_jax.train import prepare
 from realm_jax.train import pretrain as realm_step
@@ -73,6 +77,7 @@ def run(config):
     if not config.index.deterministic:
       embed_job.serve_first_index(watcher, r.meta.get("index_version"),
                                   index_dir, job, config.workdir)
+    monitor = _monitor(config, r, start, watcher, job)
     dataset = pipeline.pretraining_dataset(
         records, tok, config.seed, config.train.batch_size // jax.process_count(),
         mask_fn=config.data.masking, query_len=config.data.query_len,
@@ -86,7 +91,11 @@ def run(config):
     feeder = prefetch.Prefetcher(maker, depth=config.train.prefetch)
     exporter = exports.BackgroundExporter(config, cfg, keep=config.index.keep + 2)
     try:
-      _train(config, r, maker, feeder, exporter, job)
+      _train(config, r, maker, feeder, exporter, job, monitor)
+      top = heldout.best(heldout.read(config.workdir))
+      if top is not None:
+        logging.info("best held-out utility %.3f at step %d",
+                     top["heldout_utility"], top["step"])
     finally:
       feeder.close()
       exporter.close()
@@ -97,7 +106,47 @@ def run(config):
       job.close()
 
 
-def _train(config, r, maker, feeder, exporter, job):
+def _monitor(config, r, start, watcher, job):
+  """The held-out monitor (None without pretrain.heldout_queries). A fresh
+  run warms the MLM head up first (pretrain.head_warmup_steps) and measures
+  its step 0."""
+  p = config.pretrain
+  if not p.heldout_queries:
+    if p.head_warmup_steps:
+      raise ValueError("pretrain.head_warmup_steps needs held-out sentences "
+                       "to stop on: set pretrain.heldout_queries and "
+                       "data.heldout_fraction")
+    return None
+  if not config.data.heldout_fraction:
+    raise ValueError("pretrain.heldout_queries needs data.heldout_fraction > 0")
+  monitor = heldout.HeldoutMonitor(
+      config, r.cfg, r.store, r.tokenizer,
+      catalog.query_records(config, r.store, split="heldout"),
+      query_embedder.QueryEmbedder(r.cfg, config.workdir))
+  if start == 0:
+    current = (watcher.current if watcher.current is not None
+               else _wait_for_first(watcher, job))
+    if p.head_warmup_steps:
+      params, _ = head_warmup.warm_up(
+          config, r.cfg, r.state["params"],
+          catalog.query_records(config, r.store, split="train"), r.store,
+          r.tokenizer, monitor, current)
+      r.state["params"] = jax.device_put(params, partition.replicated(r.mesh))
+    monitor.record(0, r.state["params"], current)
+  return monitor
+
+
+def _wait_for_first(watcher, job):
+  """Deterministic mode: index 0 (the trainer has not waited for it yet)."""
+  while True:
+    try:
+      return watcher.wait_for(0, timeout=5.0)
+    except TimeoutError:
+      if job is not None:
+        job.check()
+
+
+def _train(config, r, maker, feeder, exporter, job, monitor):
   """The shared loop, fed by the prefetch thread; exports the retriever every
   index.refresh_every steps for the embedding job, checking the job each
   time, and warns when the index in service falls too far behind."""
@@ -134,12 +183,22 @@ def _train(config, r, maker, feeder, exporter, job):
     if job is not None:
       job.check()
 
-  export = loop.Hook(config.index.refresh_every, export_and_check,
-                     at_end=False)
+  def measure(step, state, _):
+    row = monitor.record(step, state["params"], maker.watcher.current)
+    logging.info("held-out at step %d (index v%d): utility %.3f, MLM "
+                 "accuracy %.3f, recall@%d %.3f", step, row["index_version"],
+                 row["heldout_utility"], row["heldout_mlm_accuracy"],
+                 monitor.k, row[f"heldout_recall@{monitor.k}"])
+
+  hooks = [loop.Hook(config.index.refresh_every, export_and_check,
+                     at_end=False)]
+  if monitor is not None:
+    hooks.append(loop.Hook(config.pretrain.heldout_every
+                           or config.index.refresh_every, measure))
   return loop.train(
       r.state, step_fn, next_batch,
       schedule=loop.Schedule.of(config.train),
       mesh=r.mesh, checkpointer=r.checkpointer, workdir=config.workdir,
-      name="pretrain", describe=describe, hooks=[export],
+      name="pretrain", describe=describe, hooks=hooks,
       on_step=[publish_latest] if config.index.query_params == "latest" else [],
       write_every_step=True)

@@ -75,6 +75,38 @@ def plot_metrics(jsonl_path: str, out_dir: Optional[str] = None,
   return paths
 
 
+def plot_pretraining(workdir: str, out_path: str, k: int = 5) -> str | None:
+  """One figure of a REALM pretraining run, the paper's Figure 4 for its
+  corpus: the loss and MLM accuracy of the training steps beside held-out
+  retrieval utility and masked recall@k at each measure (heldout.py)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  train_path = os.path.join(workdir, "pretrain_metrics.jsonl")
+  held_path = os.path.join(workdir, "heldout_metrics.jsonl")
+  if not (os.path.exists(train_path) and os.path.exists(held_path)):
+    return None
+  train, held = read_jsonl(train_path), read_jsonl(held_path)
+  panels = [("loss", train, "loss"), ("MLM accuracy (training steps)", train,
+                                      "mlm_accuracy"),
+            ("held-out retrieval utility (nats)", held, "heldout_utility"),
+            (f"held-out masked recall@{k}", held, f"heldout_recall@{k}")]
+  fig, axes = plt.subplots(1, 4, figsize=(16, 3.4))
+  for ax, (title, rows, key) in zip(axes, panels):
+    points = [(r["step"], r[key]) for r in rows if key in r]
+    if points:
+      ax.plot(*zip(*points), marker="." if len(points) < 50 else None)
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(out_path) or ".", exist_ok=True)
+  fig.savefig(out_path, dpi=100)
+  plt.close(fig)
+  return out_path
+
+
 if __name__ == "__main__":
   if len(sys.argv) < 2:
     sys.exit("usage: python -m realm_jax.train.metrics METRICS.jsonl [--out DIR]")

@@ -4,9 +4,10 @@ Command (a fresh machine; `make demo` installs first):
   python -m realm_jax.main --config=configs/demo.py
 The full 10,033-summary corpus: configs/demo_full.py.
 Hardware: a 2-core CPU, no accelerator, no network.
-Runtime: about 11-13 min after the install on a 2-core CPU (the baseline's
+Runtime: about 14-15 min after the install on a 2-core CPU (the baseline's
 170 fine-tuning steps are 5 of them; the REALM fine-tune starts after the
-baseline's 150 reading steps and runs the last 20; README, "Reading").
+baseline's 150 reading steps and runs the last 20; README, "Reading"; the
+MLM head's warm-up and the held-out measures of pretraining 3.5).
 Expected result: two tables with 95% bootstrap CIs (EM, recall@1,
 recall@5), over the 253 demo QA test questions (description -> title) and
 the 356 natural test questions (EM also by kind: 141 answered by the
@@ -51,13 +52,14 @@ def get_config():
   # null document, the head alone: train/head_warmup.py), the reader then
   # reads for 10 steps, and the retriever moves at a tenth of its rate.
   c.pretrain.head_warmup_steps = 200
-  c.pretrain.head_warmup_eval_every = 100
+  c.pretrain.head_warmup_eval_every = 200
   c.train.retriever_frozen_steps = 10
   c.train.retriever_lr_scale = 0.1
-  # 128 held-out masked sentences measured every 10 steps: utility, MLM
-  # accuracy, masked recall@5 (train/heldout.py; README, "Pretraining").
+  # 128 held-out masked sentences measured every 15 steps: utility, MLM
+  # accuracy, masked recall@5 (train/heldout.py; README, "Pretraining you
+  # can watch"). Each measure costs ~12 s here.
   c.pretrain.heldout_queries = 128
-  c.pretrain.heldout_every = 10
+  c.pretrain.heldout_every = 15
   c.train.log_every = 5
   c.train.checkpoint_every = 30
   # One refresh, at the end: an index build of the demo corpus takes ~2.5

@@ -291,6 +291,7 @@ def test_a_document_with_a_long_title_is_kept_with_its_title_cut(model,
   export = index_store.read_manifest(version)["export"]
   assert export["documents"] == 3
   assert export["skipped"]["no_blocks"] == 0
+  assert export["title_truncated"] == 1   # kept, and counted
   _, rows, _ = contents(version)
   assert "doc-1" in {doc for doc, _ in rows}
   store = kb.check_version(version)

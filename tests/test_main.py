@@ -148,11 +148,12 @@ def test_bad_input_is_one_line_and_the_traceback_is_on_request(tmp_path):
 
 
 @pytest.mark.parametrize("where", ["workdir_is_a_file", "corpus_is_a_dir",
-                                   "corpus_is_a_symlink_loop"])
+                                   "corpus_is_a_symlink_loop",
+                                   "corpus_is_a_fifo"])
 def test_a_path_of_the_wrong_kind_is_one_line(tmp_path, where):
   """task=index on a workdir that is a regular file, or a corpus path that is
   a directory or a symlink loop, used to print a traceback; it is one line
-  naming the path."""
+  naming the path. A FIFO hung (read twice); it is refused the same way."""
   corpus = tmp_path / "docs.jsonl"
   corpus.write_text('{"title": "A", "text": "Some text."}\n')
   workdir = tmp_path / "kb"
@@ -161,6 +162,9 @@ def test_a_path_of_the_wrong_kind_is_one_line(tmp_path, where):
   elif where == "corpus_is_a_dir":
     corpus = tmp_path / "a_dir"
     corpus.mkdir()
+  elif where == "corpus_is_a_fifo":
+    corpus = tmp_path / "fifo"
+    os.mkfifo(corpus)
   else:
     corpus = tmp_path / "loop"
     os.symlink(tmp_path / "loop2", corpus)
@@ -180,6 +184,21 @@ def test_index_keep_zero_is_refused_before_any_work(tmp_path):
             f"--config.workdir={tmp_path}", "--config.index.keep=0")
   assert r.returncode == 1
   assert "error: ValueError: index.keep=0: keep at least 1" in r.stderr
+  assert not os.path.exists(tmp_path / "blocks")   # nothing was built
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (("--config.pretrain.head_warmup_steps=5",),
+     "pretrain.head_warmup_steps needs held-out sentences"),
+    (("--config.pretrain.heldout_queries=8",
+      "--config.data.heldout_fraction=0.0"),
+     "pretrain.heldout_queries needs data.heldout_fraction > 0")])
+def test_a_warm_up_without_held_out_sentences_is_refused_before_any_work(
+    tmp_path, overrides, message):
+  r = _main("--config=configs/tiny_cpu.py", "--config.task=pretrain",
+            f"--config.workdir={tmp_path}", *overrides)
+  assert r.returncode == 1
+  assert f"error: ValueError: {message}" in r.stderr, r.stderr[-2000:]
   assert not os.path.exists(tmp_path / "blocks")   # nothing was built
 
 

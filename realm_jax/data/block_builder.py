@@ -382,6 +382,7 @@ def _finalize(tmp, out_dir, num_shards, tokenizer, config, counts):
       "stats": {"documents_read": counts.get("documents_read", 0),
                 "documents": counts.get("documents", 0),
                 "split_sentences": counts.get("split_sentences", 0),
+                "title_truncated": counts.get("title_truncated", 0),
                 "sentences": num_sent}}
   del title_len, body_len, uids, sent_ptr, sent_starts, line_offsets
   integrity.write_json_atomic(os.path.join(tmp, "manifest.json"), manifest)
@@ -394,6 +395,6 @@ def _finalize(tmp, out_dir, num_shards, tokenizer, config, counts):
   os.remove(os.path.join(out_dir, "progress.json"))
   stats = manifest["stats"]
   log.info("block store %s: %d blocks from %d of %d documents (%d sentences "
-           "split); skipped %s", out_dir, n, stats["documents"],
-           stats["documents_read"], stats["split_sentences"],
-           ", ".join(f"{r}={c}" for r, c in skipped.items()))
+           "split, %d titles cut); skipped %s", out_dir, n, *(stats[k] for k in (
+               "documents", "documents_read", "split_sentences",
+               "title_truncated")), ", ".join(f"{r}={c}" for r, c in skipped.items()))

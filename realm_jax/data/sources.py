@@ -38,6 +38,7 @@ import hashlib
 import importlib
 import json
 import os
+import stat
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -309,6 +310,12 @@ class JsonlDocuments(Sequence):
 
   def __init__(self, path: str | os.PathLike):
     self.path = os.fspath(path)
+    # Read twice (the offsets, then each line): a FIFO or a device would
+    # hang or lose what the first pass consumed.
+    if os.path.exists(self.path) and not stat.S_ISREG(os.stat(self.path).st_mode):
+      kind = "a directory" if os.path.isdir(self.path) else (
+          "not a regular file (a FIFO, socket or device)")
+      raise ValueError(f"corpus {self.path} is {kind}: give a JSONL file")
     offsets, line_numbers = [], []
     with open(self.path, "rb") as f:
       offset = 0

@@ -299,5 +299,9 @@ def _assemble(config, directory, version, docs, previous, fresh, skipped,
       # counted, never silently gone.
       export=dict(export_info, files=files, documents=len(docs) - no_blocks,
                   skipped=dict(skipped, no_blocks=no_blocks),
+                  # Kept, with their titles cut to fit a block (this
+                  # update's new documents; the others were counted before).
+                  title_truncated=(fresh.store.manifest["stats"].get(
+                      "title_truncated", 0) if fresh else 0),
                   changes=changes))
 

@@ -36,5 +36,6 @@ def run(config):
   print(json.dumps({"version": manifest["step"], "path": path,
                     "committed": committed, "blocks": manifest["num_blocks"],
                     "documents": export["documents"], "changes": changes,
-                    "skipped": export["skipped"]}))
+                    "skipped": export["skipped"],
+                    "title_truncated": export.get("title_truncated", 0)}))
   return path

@@ -50,9 +50,21 @@ def _make_searcher_fn(config):
                            **searchers.searcher_options(config.index))
 
 
-def run(config):
+def _check(config):
+  """Settings that cannot work together, refused before any work."""
+  p = config.pretrain
   if config.index.deterministic and config.index.query_params != "index":
     raise ValueError("index.deterministic needs index.query_params=index")
+  if p.head_warmup_steps and not p.heldout_queries:
+    raise ValueError("pretrain.head_warmup_steps needs held-out sentences to "
+                     "stop on: set pretrain.heldout_queries and "
+                     "data.heldout_fraction")
+  if p.heldout_queries and not config.data.heldout_fraction:
+    raise ValueError("pretrain.heldout_queries needs data.heldout_fraction > 0")
+
+
+def run(config):
+  _check(config)
   index_store.check_keep(config.index.keep)
   r = prepare.prepare(config, with_reader=True)
   tok, store, cfg, state = r.tokenizer, r.store, r.cfg, r.state
@@ -112,20 +124,14 @@ def _monitor(config, r, start, watcher, job):
   its step 0."""
   p = config.pretrain
   if not p.heldout_queries:
-    if p.head_warmup_steps:
-      raise ValueError("pretrain.head_warmup_steps needs held-out sentences "
-                       "to stop on: set pretrain.heldout_queries and "
-                       "data.heldout_fraction")
     return None
-  if not config.data.heldout_fraction:
-    raise ValueError("pretrain.heldout_queries needs data.heldout_fraction > 0")
   monitor = heldout.HeldoutMonitor(
       config, r.cfg, r.store, r.tokenizer,
       catalog.query_records(config, r.store, split="heldout"),
       query_embedder.QueryEmbedder(r.cfg, config.workdir))
   if start == 0:
     current = (watcher.current if watcher.current is not None
-               else _wait_for_first(watcher, job))
+               else realm_step.wait_for_version(watcher, 0, job))
     if p.head_warmup_steps:
       params, _ = head_warmup.warm_up(
           config, r.cfg, r.state["params"],
@@ -134,16 +140,6 @@ def _monitor(config, r, start, watcher, job):
       r.state["params"] = jax.device_put(params, partition.replicated(r.mesh))
     monitor.record(0, r.state["params"], current)
   return monitor
-
-
-def _wait_for_first(watcher, job):
-  """Deterministic mode: index 0 (the trainer has not waited for it yet)."""
-  while True:
-    try:
-      return watcher.wait_for(0, timeout=5.0)
-    except TimeoutError:
-      if job is not None:
-        job.check()
 
 
 def _train(config, r, maker, feeder, exporter, job, monitor):

@@ -70,6 +70,17 @@ def version_for_step(step: int, every: int, delay: int) -> int:
   return max(0, (step - delay) // every * every)
 
 
+def wait_for_version(watcher, version: int, job=None):
+  """Deterministic mode waits for exactly `version`; meanwhile the job is
+  checked (and restarted if it died), or the wait would never end."""
+  while True:
+    try:
+      return watcher.wait_for(version, timeout=5.0)
+    except TimeoutError:
+      if job is not None:
+        job.check()
+
+
 class BatchMaker:
   """The prefetch thread's work: one query batch -> one full train batch."""
 
@@ -81,14 +92,7 @@ class BatchMaker:
     self.embedder = QueryEmbedder(cfg, config.workdir)
 
   def _wait_for(self, version: int):
-    """Deterministic mode waits for exactly `version`; meanwhile the job is
-    checked (and restarted if it died), or the wait would never end."""
-    while True:
-      try:
-        return self.watcher.wait_for(version, timeout=5.0)
-      except TimeoutError:
-        if self.job is not None:
-          self.job.check()
+    return wait_for_version(self.watcher, version, self.job)
 
   def __call__(self) -> dict:
     config = self.config

@@ -86,16 +86,10 @@ class HeldoutMonitor:
       hits.append(masked_recall.span_hits(self.store, rows[:, 1:self.k + 1],
                                           q["answers"][part]))
       rows = rows[:, :1 + self.num_retrieved]
-      cand = candidates.candidate_doc_inputs(self.store, rows, self.tok)
-      reader = candidates.reader_inputs(
-          q["query_ids"][part], q["query_mask"][part], self.store, rows,
-          self.reader_len, self.tok.sep_id, self.tok.pad_id)
-      batch = {key: q[key][part] for key in (
-          "query_ids", "query_mask", "mlm_positions", "mlm_labels",
-          "mlm_weights")}
-      batch.update(cand_ids=cand[0], cand_segments=cand[1],
-                   cand_mask=cand[2], reader_ids=reader[0],
-                   reader_segments=reader[1], reader_mask=reader[2])
+      batch = realm_step.step_inputs(
+          {key: value[part] for key, value in q.items()
+           if isinstance(value, np.ndarray)}, rows, self.store, self.tok,
+          self.reader_len)
       _, aux = jax.device_get(self._measure(params, batch))
       n = float(aux["num_masks"])
       masks += n

@@ -70,6 +70,21 @@ def version_for_step(step: int, every: int, delay: int) -> int:
   return max(0, (step - delay) // every * every)
 
 
+def step_inputs(queries: dict, rows, store, tok, reader_len: int) -> dict:
+  """A train step's batch: the masked queries' arrays (query_*, mlm_*) and
+  the retriever and reader inputs of their candidate rows [B, K]."""
+  cand = candidates.candidate_doc_inputs(store, rows, tok)
+  reader = candidates.reader_inputs(queries["query_ids"], queries["query_mask"],
+                                    store, rows, reader_len, tok.sep_id,
+                                    tok.pad_id)
+  out = {k: queries[k] for k in ("query_ids", "query_mask", "mlm_positions",
+                                 "mlm_labels", "mlm_weights")}
+  out.update(cand_ids=cand[0], cand_segments=cand[1], cand_mask=cand[2],
+             reader_ids=reader[0], reader_segments=reader[1],
+             reader_mask=reader[2])
+  return out
+
+
 def wait_for_version(watcher, version: int, job=None):
   """Deterministic mode waits for exactly `version`; meanwhile the job is
   checked (and restarted if it died), or the wait would never end."""
@@ -113,15 +128,8 @@ class BatchMaker:
     source_rows = self.store.rows_for_uids(list(batch["source_uid"]))
     rows, _ = candidates.retrieve_candidates(
         current.served, q_emb, source_rows, config.train.num_candidates - 1)
-    cand = candidates.candidate_doc_inputs(self.store, rows, self.tok)
-    reader = candidates.reader_inputs(
-        batch["query_ids"], batch["query_mask"], self.store, rows,
-        config.data.reader_len, self.tok.sep_id, self.tok.pad_id)
-    out = {k: batch[k] for k in ("query_ids", "query_mask", "mlm_positions",
-                                 "mlm_labels", "mlm_weights")}
-    out.update(cand_ids=cand[0], cand_segments=cand[1], cand_mask=cand[2],
-               reader_ids=reader[0], reader_segments=reader[1],
-               reader_mask=reader[2])
+    out = step_inputs(batch, rows, self.store, self.tok,
+                      config.data.reader_len)
     info = {"step": self.step, "data_state": data_state,
             "index_version": current.version, "rows": rows}
     self.step += 1

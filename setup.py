@@ -49,7 +49,8 @@ setuptools.setup(
         # run it: bm25s with Snowball stemming (PyStemmer).
         "baselines": ["bm25s>=0.2", "PyStemmer>=2.2"],
         # task=serve: the HTTP API and page (httpx: the tests' client).
-        "serve": ["fastapi>=0.110", "uvicorn>=0.29", "httpx>=0.27"],
+        "serve": ["fastapi>=0.110", "uvicorn>=0.29", "httpx>=0.27",
+                  "swagger-ui-bundle>=1.1"],   # /docs offline
         # selenium drives the system's Chromium in the page's browser test.
         "test": ["pytest>=8", "pytest-xdist>=3.5", "selenium>=4.20"],
         "tpu": ["jax[tpu]"],

@@ -108,6 +108,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.pretrain.heldout_queries = 0
   c.pretrain.heldout_every = 0     # steps between measures; 0: index.refresh_every
   c.pretrain.heldout_batch_size = 16
+  # What each refresh exports for the embedding job: "latest" (the retriever
+  # at that step) or "best_heldout_utility" (measured at every refresh: the
+  # retriever of the best held-out utility so far, as the original hands
+  # its best checkpoint to the index refresher; train/exports.py).
+  c.pretrain.export = "latest"
   # MLM head warm-up before the first REALM step (train/head_warmup.py):
   # up to this many steps of plain MLM with the null document, training the
   # head alone; it stops early once held-out MLM accuracy reaches

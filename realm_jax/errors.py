@@ -2,6 +2,7 @@
 import contextlib
 import errno
 import os
+import re
 import shutil
 
 # errno values of a full disk (EDQUOT: a quota, which fills the same way).
@@ -13,16 +14,28 @@ class JobFailed(RuntimeError):
   its log, which holds its own traceback."""
 
 
+# numpy's message for a write that wrote less than asked (fwrite gives no
+# errno): on a local disk that is a full disk.
+_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
+
+
 def is_disk_full(e: BaseException) -> bool:
-  return isinstance(e, OSError) and e.errno in _DISK_FULL
+  """A full disk or quota, a short write, or a file over the size limit
+  (EFBIG, `ulimit -f`): no room to write, the same for the user."""
+  return isinstance(e, OSError) and (
+      e.errno in (*_DISK_FULL, errno.EFBIG)
+      or (e.errno is None and bool(_SHORT_WRITE.search(str(e)))))
 
 
 def disk_full_message(e: OSError, workdir: str) -> str:
   """One line: the disk is full, where (the file, else the workdir a write
   failed in, as a failed write() names no file), and what is free there."""
   where = e.filename or os.path.abspath(workdir)
-  line = f"the disk is full (errno {e.errno}, {os.strerror(e.errno)}) writing "\
-      f"{'' if e.filename else 'under '}{where}"
+  why = f"errno {e.errno}, {os.strerror(e.errno)}" if e.errno else \
+      f"a short write: {e}"
+  what = "a file reached the size limit" if e.errno == errno.EFBIG else \
+      "the disk is full"
+  line = f"{what} ({why}) writing {'' if e.filename else 'under '}{where}"
   probe = where if os.path.isdir(where) else os.path.dirname(where) or "."
   with contextlib.suppress(OSError):
     line += f"; {shutil.disk_usage(probe).free} bytes free there"

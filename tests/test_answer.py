@@ -34,7 +34,10 @@ def _answer(workdir, *flags, env=None):
       [sys.executable, "-m", "realm_jax.main", "--config=configs/tiny_cpu.py",
        f"--config.workdir={workdir}", "--config.task=answer", *FLAGS, *flags],
       cwd=ow.ROOT, capture_output=True, text=True, timeout=600,
-      env=None if env is None else dict(os.environ, **env))
+      # Not the suite's shared compilation cache (conftest.py): the
+      # workdir's own is tested below.
+      env={k: v for k, v in dict(os.environ, **(env or {})).items()
+           if k != "JAX_COMPILATION_CACHE_DIR"})
 
 
 def test_prints_answer_evidence_and_highlight(workdir, tmp_path):

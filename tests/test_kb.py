@@ -14,6 +14,7 @@ import threading
 import numpy as np
 import pytest
 
+from realm_jax import errors
 from realm_jax.data import corpus
 from realm_jax.data import demo_corpus
 from realm_jax.index import build
@@ -492,3 +493,24 @@ def test_scann_on_a_full_disk_says_the_disk_is_full(small_disk):
   assert e.value.errno == errno.ENOSPC
   assert e.value.filename == str(small_disk / "scann")
   assert os.listdir(small_disk) == ["filler"]
+
+
+def test_a_short_write_is_a_full_disk_and_its_files_are_removed(small_disk):
+  """numpy's short write ("N requested and M written", no errno) was a
+  traceback that left kb/<n>.tmp and .work-<n> keeping the disk full."""
+  work = small_disk / ".work-0"
+  work.mkdir()
+  _fill(small_disk, 100_000)
+  with pytest.raises(OSError) as e, errors.removed_on_disk_full(str(work)):
+    with open(work / "emb-00000.npy.partial", "wb") as f:
+      np.save(f, np.zeros(300_000, np.float32))
+  assert e.value.errno is None and "requested and" in str(e.value)
+  assert errors.is_disk_full(e.value)
+  assert errors.disk_full_message(e.value, str(small_disk)).startswith(
+      "the disk is full (a short write: 300000 requested and")
+  assert os.listdir(small_disk) == ["filler"]
+  # A file over `ulimit -f` is no room to write either, said as such.
+  too_big = OSError(errno.EFBIG, os.strerror(errno.EFBIG), "x.npy")
+  assert errors.is_disk_full(too_big)
+  assert errors.disk_full_message(too_big, ".").startswith(
+      "a file reached the size limit (errno 27")

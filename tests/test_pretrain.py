@@ -80,7 +80,10 @@ DETERMINISTIC = ("--config.index.deterministic=True",
                  "--config.pretrain.head_warmup_steps=6",
                  "--config.pretrain.head_warmup_eval_every=3",
                  "--config.pretrain.head_warmup_batch_size=8",
-                 "--config.pretrain.head_warmup_learning_rate=3e-2")
+                 "--config.pretrain.head_warmup_learning_rate=3e-2",
+                 # Each refresh exports the best retriever so far: its
+                 # decisions must repeat after a kill too.
+                 "--config.pretrain.export=best_heldout_utility")
 
 
 def test_reader_inputs_put_query_then_body_and_null_first(shared, tmp_path):
@@ -161,6 +164,18 @@ def test_the_head_warms_up_then_held_out_sentences_are_measured(
   key = "heldout_marginal_log_likelihood"
   assert warm[-1][key] > warm[0][key] + 0.1, warm
   assert heldout.best(held) == max(held, key=lambda r: r["heldout_utility"])
+  # pretrain.export=best_heldout_utility: a refresh whose utility beats
+  # every earlier one exports its retriever (which moved), else the
+  # previous export again, byte for byte.
+  params = lambda step: (work / "exports" / str(step) /
+                         export_lib.PARAMS).read_bytes()
+  utility = {r["step"]: r["heldout_utility"] for r in held}
+  improved = []
+  for step in (5, 10, 15, 20):
+    better = utility[step] > max(u for s, u in utility.items() if s < step)
+    assert (params(step) != params(step - 5)) == better, (step, utility)
+    improved.append(better)
+  assert len(set(improved)) == 2, utility   # both kinds happened here
 
 
 def test_kill_minus_nine_then_resume_is_bitwise_identical(

@@ -290,3 +290,42 @@ def test_a_client_that_leaves_mid_body_is_one_log_line(server):
   # 40-line "Exception in ASGI application" traceback.
   log = server.wait_for_log("cut off before its whole body came", since)
   assert "Traceback" not in log and "Exception" not in log, log
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_while_the_model_loads_is_one_line_and_exit_0(workdir, sig):  # pylint: disable=redefined-outer-name
+  """SIGTERM before the model had loaded killed the server by the signal,
+  with no line. Sent once the server logs that it is loading: it stops with
+  a line saying so (or, had loading already ended, as a serving one does)."""
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "realm_jax.main",
+       f"--config=realm_jax/config.py:{os.path.join(workdir, 'config.json')}",
+       f"--config.workdir={workdir}", "--config.task=serve",
+       "--config.serve.port=0"],
+      cwd=ow.ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  lines = []
+  for line in proc.stderr:
+    lines.append(line)
+    if "loading the model of" in line:
+      proc.send_signal(sig)
+      break
+  lines += proc.stderr.readlines()
+  assert proc.wait(timeout=120) == 0, "".join(lines)[-3000:]
+  log = "".join(lines)
+  assert "Traceback" not in log, log[-3000:]
+  assert re.search(f"{sig.name}.*(before the model had loaded|stopping)",
+                   log), log[-3000:]
+
+
+def test_the_docs_page_needs_no_network(server):
+  """/docs loaded Swagger UI from a CDN: blank offline. Every script and
+  style it names is served here."""
+  page = httpx.get(server.url + "/docs", timeout=60)
+  assert page.status_code == 200 and "swagger" in page.text.lower()
+  assets = re.findall(r"""(?:src|href)=["']([^"']+)["']""", page.text)
+  assert any(a.endswith("swagger-ui-bundle.js") for a in assets), page.text
+  for asset in assets:
+    assert asset.startswith("/"), f"{asset} is not served here"
+    got = httpx.get(server.url + asset, timeout=60)
+    assert got.status_code == 200 and len(got.content) > 100, asset
+  assert httpx.get(server.url + "/openapi.json", timeout=60).json()["paths"]

@@ -28,8 +28,9 @@ from realm_jax.data import packing
 from realm_jax.data.corpus import FORMAT, BlockStore
 from realm_jax.data.tokenizer import Tokenizer
 
-SKIP_REASONS = ("empty_text", "undecodable", "long_title",
-                "list_page", "duplicate")
+SKIP_REASONS = ("empty_text", "undecodable", "long_title", "list_page",
+                "duplicate")
+_STATS = ("documents_read", "documents", "split_sentences", "title_truncated")
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +50,10 @@ def corpus_fingerprint(uids, tokenizer_identity: str, block_len: int) -> str:
 
 
 class _SeenUids:
-  """Set of uid prefixes: a sorted uint64 array plus the current shard's set."""
+  """Set of uid prefixes: a sorted uint64 array (from the S40 hex uids
+  already in the store) plus the current shard's set."""
 
   def __init__(self, uids: np.ndarray):
-    """uids: S40 [n] hex uids already in the store."""
     head = b"".join(np.asarray(uids, "S40").astype("S16").tolist())
     self.sorted = np.unique(np.frombuffer(bytes.fromhex(head.decode()), ">u8")
                             .astype(np.uint64))
@@ -74,8 +75,7 @@ class _SeenUids:
       self.recent = set()
 
 
-def _prefix(uid) -> int:
-  return int(uid[:16], 16)
+def _prefix(uid) -> int: return int(uid[:16], 16)  # noqa: E704
 
 
 class _ShardBuffer:
@@ -83,8 +83,8 @@ class _ShardBuffer:
 
   def __init__(self, shard_rows: int, block_len: int, tokenizer: Tokenizer):
     self.tokens = np.full((shard_rows, block_len), tokenizer.pad_id, np.int32)
-    self.cls, self.sep = tokenizer.cls_id, tokenizer.sep_id
-    self.pad = tokenizer.pad_id
+    self.cls, self.sep, self.pad = (tokenizer.cls_id, tokenizer.sep_id,
+                                    tokenizer.pad_id)
     self.rows = 0
     self.title_len, self.body_len, self.uids = [], [], []
     self.sent_count, self.sent_starts, self.lines = [], [], []
@@ -113,24 +113,22 @@ class _ShardBuffer:
 
   def write(self, tmp: str, k: int):
     """Writes shard k's files into tmp (each via a .partial name)."""
-    _save(os.path.join(tmp, f"tokens-{k:05d}.npy"), self.tokens[:self.rows])
-    meta = os.path.join(tmp, f"meta-{k:05d}.npz")
-    with open(meta + ".partial", "wb") as f:
-      np.savez(f, title_len=np.array(self.title_len, np.int32),
-               body_len=np.array(self.body_len, np.int32),
-               uids=np.array(self.uids, "S40"),
-               sent_count=np.array(self.sent_count, np.int32),
-               sent_starts=np.concatenate(self.sent_starts).astype(np.int32))
-    os.replace(meta + ".partial", meta)
-    lines = os.path.join(tmp, f"blocks-{k:05d}.jsonl")
-    with open(lines + ".partial", "wb") as f:
-      f.writelines(self.lines)
-    os.replace(lines + ".partial", lines)
+    _save(os.path.join(tmp, f"tokens-{k:05d}.npy"),
+          lambda f: np.save(f, self.tokens[:self.rows]))
+    _save(os.path.join(tmp, f"meta-{k:05d}.npz"), lambda f: np.savez(
+        f, title_len=np.array(self.title_len, np.int32),
+        body_len=np.array(self.body_len, np.int32),
+        uids=np.array(self.uids, "S40"),
+        sent_count=np.array(self.sent_count, np.int32),
+        sent_starts=np.concatenate(self.sent_starts).astype(np.int32)))
+    _save(os.path.join(tmp, f"blocks-{k:05d}.jsonl"),
+          lambda f: f.writelines(self.lines))
 
 
-def _save(path: str, array: np.ndarray):
+def _save(path: str, write):
+  """write(f) into path + ".partial", then the rename."""
   with open(path + ".partial", "wb") as f:
-    np.save(f, array)
+    write(f)
   os.replace(path + ".partial", path)
 
 
@@ -179,7 +177,6 @@ def build_block_store(documents: Iterable, tokenizer: Tokenizer, out_dir: str,
                       progress: bool = True, overwrite: bool = False,
                       document_ids: bool = False):
   """Builds (or resumes building) a block store at `out_dir`.
-
   Args:
     documents: iterable of (title, text) pairs (str or UTF-8 bytes) or
       {"title", "text"} dicts, in a deterministic order (resume relies on it).
@@ -191,7 +188,8 @@ def build_block_store(documents: Iterable, tokenizer: Tokenizer, out_dir: str,
       or with document_ids their title is cut to this many tokens
       (title_truncated); default min(64, block_len // 4), so a body always
       has room.
-    batch_docs: documents tokenized per `encode_batch` call.
+    batch_docs: documents tokenized per `encode_batch` call (a text longer
+      than packing.SEGMENT_CHARS is tokenized apart, a segment at a time).
     progress: show a tqdm progress bar.
     overwrite: replace an existing committed store at `out_dir`.
     document_ids: documents are dicts with an "id" (a knowledge base's,
@@ -239,7 +237,10 @@ def build_block_store(documents: Iterable, tokenizer: Tokenizer, out_dir: str,
     decoded = [decode(d, drop_list_pages=not document_ids) for _, d in batch]
     ok = [d for d in decoded if isinstance(d, tuple)]
     title_encs = iter(tokenizer.encode_batch([d[0] for d in ok]))
-    text_encs = iter(tokenizer.encode_batch([d[1] for d in ok]))
+    # None for a long text: packed a segment at a time (packing.py).
+    short = lambda t: len(t) <= packing.SEGMENT_CHARS  # noqa: E731
+    encs = iter(tokenizer.encode_batch([d[1] for d in ok if short(d[1])]))
+    text_encs = iter([next(encs) if short(d[1]) else None for d in ok])
     for (doc_index, _), item in zip(batch, decoded):
       counts_before = dict(counts)
       counts["documents_read"] += 1
@@ -259,8 +260,10 @@ def build_block_store(documents: Iterable, tokenizer: Tokenizer, out_dir: str,
         # title is cut to its first max_title_tokens tokens (counted).
         title, title_enc = cut, cut_enc
         counts["title_truncated"] += 1
-      blocks, n_split = packing.pack_document(title, text, title_enc, text_enc,
-                                              block_len)
+      blocks, n_split = (
+          packing.pack_document(title, text, title_enc, text_enc, block_len)
+          if text_enc else packing.pack_long_document(
+              title, text, title_enc, tokenizer.encode, block_len))
       counts["split_sentences"] += n_split
       if not blocks:  # e.g. only control characters
         counts["empty_text"] += 1
@@ -379,10 +382,7 @@ def _finalize(tmp, out_dir, num_shards, tokenizer, config, counts):
       "fingerprint": fingerprint, "shard_rows": config["shard_rows"],
       "num_shards": num_shards, "tokenizer": tokenizer.spec(),
       "max_title_tokens": config["max_title_tokens"], "skipped": skipped,
-      "stats": {"documents_read": counts.get("documents_read", 0),
-                "documents": counts.get("documents", 0),
-                "split_sentences": counts.get("split_sentences", 0),
-                "title_truncated": counts.get("title_truncated", 0),
+      "stats": {**{k: counts.get(k, 0) for k in _STATS},
                 "sentences": num_sent}}
   del title_len, body_len, uids, sent_ptr, sent_starts, line_offsets
   integrity.write_json_atomic(os.path.join(tmp, "manifest.json"), manifest)
@@ -394,7 +394,7 @@ def _finalize(tmp, out_dir, num_shards, tokenizer, config, counts):
     os.remove(os.path.join(out_dir, f"blocks-{k:05d}.jsonl"))
   os.remove(os.path.join(out_dir, "progress.json"))
   stats = manifest["stats"]
-  log.info("block store %s: %d blocks from %d of %d documents (%d sentences "
-           "split, %d titles cut); skipped %s", out_dir, n, *(stats[k] for k in (
-               "documents", "documents_read", "split_sentences",
-               "title_truncated")), ", ".join(f"{r}={c}" for r, c in skipped.items()))
+  log.info("block store %s: %d blocks; documents read %d, kept %d; %d "
+           "sentences split, %d titles cut; skipped %s", out_dir, n,
+           *(stats[k] for k in _STATS),
+           ", ".join(f"{r}={c}" for r, c in skipped.items()))

@@ -299,6 +299,11 @@ def curated_trec(directory: str, split: str) -> list[dict]:
   return resplit_examples(directory, "CuratedTrec", split)
 
 
+# A document line's bound: far above any article (Wikipedia's longest is
+# ~1.5 MB of text), far below a machine's memory.
+MAX_LINE_BYTES = 64 << 20
+
+
 class JsonlDocuments(Sequence):
   """Random access to a local JSONL file of documents, one object a line.
 
@@ -308,7 +313,8 @@ class JsonlDocuments(Sequence):
   document's identity in a knowledge base, kb/versions.py).
   """
 
-  def __init__(self, path: str | os.PathLike):
+  def __init__(self, path: str | os.PathLike,
+               max_line_bytes: int = MAX_LINE_BYTES):
     self.path = os.fspath(path)
     # Read twice (the offsets, then each line): a FIFO or a device would
     # hang or lose what the first pass consumed.
@@ -319,7 +325,15 @@ class JsonlDocuments(Sequence):
     offsets, line_numbers = [], []
     with open(self.path, "rb") as f:
       offset = 0
-      for line_number, line in enumerate(f, start=1):
+      # readline(limit): a line over the bound is refused after reading
+      # max_line_bytes of it, not held whole (a file of zeros has no end).
+      for line_number, line in enumerate(
+          iter(lambda: f.readline(max_line_bytes + 1), b""), start=1):
+        if len(line) - line.endswith(b"\n") > max_line_bytes:
+          raise ValueError(
+              f"{self.path} line {line_number} is longer than "
+              f"{max_line_bytes} bytes: one document a line, each under "
+              "that bound (split long documents)")
         if line.strip():
           offsets.append(offset)
           line_numbers.append(line_number)

@@ -87,6 +87,21 @@ def write_export(workdir: str, step: int, params, realm_config: RealmConfig) -> 
   return final
 
 
+def copy_export(workdir: str, source: str, step: int) -> str:
+  """Atomically writes exports/<step>/ as a copy of the export at `source`
+  (kept if the step was already exported, as write_export)."""
+  final = export_path(workdir, step)
+  if os.path.isdir(final):
+    return final
+  tmp = f"{final}.tmp-{os.getpid()}"
+  shutil.rmtree(tmp, ignore_errors=True)
+  shutil.copytree(source, tmp)
+  store.fsync_dir(tmp)
+  os.rename(tmp, final)
+  store.fsync_dir(workdir_lib.exports_dir(workdir))
+  return final
+
+
 def list_exports(workdir: str) -> list[int]:
   """Steps of the complete exports, ascending."""
   return workdir_lib.numbered(workdir_lib.exports_dir(workdir))

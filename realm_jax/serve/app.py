@@ -33,7 +33,10 @@ import time
 from absl import logging
 import fastapi
 from fastapi import responses
+from fastapi import staticfiles
+from fastapi.openapi import docs as docs_lib
 from starlette import requests as starlette_requests
+import swagger_ui_bundle
 
 from realm_jax.index import store as index_store
 from realm_jax.kb import versions as kb
@@ -114,7 +117,21 @@ def make_app(answerer: answerer_lib.Answerer,
              batcher: batcher_lib.Batcher, serve_config) -> fastapi.FastAPI:
   """The app over a started Answerer (its watcher swaps new versions in)
   and a Batcher over its answer_batch; closing them is the caller's."""
-  app = fastapi.FastAPI(title="realm_jax", description=__doc__)
+  # /docs from swagger-ui-bundle's copy of Swagger UI, not FastAPI's CDN
+  # (the page was blank offline).
+  app = fastapi.FastAPI(title="realm_jax", description=__doc__,
+                        docs_url=None, redoc_url=None)
+  app.mount("/docs/assets", staticfiles.StaticFiles(
+      directory=str(swagger_ui_bundle.swagger_ui_path)), name="docs_assets")
+
+  @app.get("/docs", include_in_schema=False)
+  async def docs():
+    return docs_lib.get_swagger_ui_html(
+        openapi_url=app.openapi_url, title="realm_jax API",
+        swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+        swagger_css_url="/docs/assets/swagger-ui.css",
+        swagger_favicon_url="/docs/assets/favicon-32x32.png")
+
   app.add_middleware(_CheckHost, host=serve_config.host,
                      allowed_hosts=serve_config.allowed_hosts)
   question_len = answerer.config.finetune.question_len

@@ -61,6 +61,12 @@ def _check(config):
                      "data.heldout_fraction")
   if p.heldout_queries and not config.data.heldout_fraction:
     raise ValueError("pretrain.heldout_queries needs data.heldout_fraction > 0")
+  if p.export not in ("latest", "best_heldout_utility"):
+    raise ValueError(f"pretrain.export={p.export!r}: latest or "
+                     "best_heldout_utility")
+  if p.export == "best_heldout_utility" and not p.heldout_queries:
+    raise ValueError("pretrain.export=best_heldout_utility needs held-out "
+                     "sentences: set pretrain.heldout_queries")
 
 
 def run(config):
@@ -142,6 +148,21 @@ def _monitor(config, r, start, watcher, job):
   return monitor
 
 
+def _improved(row, refresh_every, workdir) -> bool:
+  """Whether `row`'s held-out utility beats every earlier refresh's (the
+  steps with an export; rows are read back, so a resumed run decides the
+  same)."""
+  earlier = [r["heldout_utility"] for r in heldout.read(workdir)
+             if r["step"] < row["step"] and r["step"] % refresh_every == 0]
+  if not earlier or row["heldout_utility"] > max(earlier):
+    logging.info("export at step %d: this step's retriever", row["step"])
+    return True
+  logging.info("export at step %d: the best so far again (held-out utility "
+               "%.3f, now %.3f)", row["step"], max(earlier),
+               row["heldout_utility"])
+  return False
+
+
 def _train(config, r, maker, feeder, exporter, job, monitor):
   """The shared loop, fed by the prefetch thread; exports the retriever every
   index.refresh_every steps for the embedding job, checking the job each
@@ -174,23 +195,32 @@ def _train(config, r, maker, feeder, exporter, job, monitor):
   step_fn = functools.partial(
       realm_step.train_step, cfg=r.cfg, tx=r.tx, per_token=config.train.loss == "per_token",
       retriever_frozen_steps=config.train.retriever_frozen_steps)
+  refresh_every = config.index.refresh_every
+  best_only = config.pretrain.export == "best_heldout_utility"
   def export_and_check(step, state, _):
-    exporter.submit(state, step)
+    if best_only and not _improved(measure(step, state, _), refresh_every,
+                                   config.workdir):
+      exporter.repeat(step)   # the newest export holds the best so far
+    else:
+      exporter.submit(state, step)
     if job is not None:
       job.check()
 
+  measured = {}   # step -> row: one measure a step, whichever hook asks
   def measure(step, state, _):
-    row = monitor.record(step, state["params"], maker.watcher.current)
-    logging.info("held-out at step %d (index v%d): utility %.3f, MLM "
-                 "accuracy %.3f, recall@%d %.3f", step, row["index_version"],
-                 row["heldout_utility"], row["heldout_mlm_accuracy"],
-                 monitor.k, row[f"heldout_recall@{monitor.k}"])
+    if step not in measured:
+      measured[step] = row = monitor.record(step, state["params"],
+                                            maker.watcher.current)
+      logging.info("held-out at step %d (index v%d): utility %.3f, MLM "
+                   "accuracy %.3f, recall@%d %.3f", step, row["index_version"],
+                   row["heldout_utility"], row["heldout_mlm_accuracy"],
+                   monitor.k, row[f"heldout_recall@{monitor.k}"])
+    return measured[step]
 
-  hooks = [loop.Hook(config.index.refresh_every, export_and_check,
-                     at_end=False)]
+  hooks = [loop.Hook(refresh_every, export_and_check, at_end=False)]
   if monitor is not None:
-    hooks.append(loop.Hook(config.pretrain.heldout_every
-                           or config.index.refresh_every, measure))
+    hooks.append(loop.Hook(config.pretrain.heldout_every or refresh_every,
+                           measure))
   return loop.train(
       r.state, step_fn, next_batch,
       schedule=loop.Schedule.of(config.train),

@@ -47,10 +47,26 @@ def run(config):
     raise ValueError(f"task=serve needs the [serve] extra (pip install "
                      f"'realm_jax[serve]'): {e}") from None
   workdir_lib.enable_compilation_cache(config.workdir)
-  answerer = answerer_lib.Answerer(config.workdir, config=config,
-                                   poll_interval=s.poll_interval or None)
-  start = time.perf_counter()
-  answerer.warm_up(s.max_batch)
+  # A stop while the model loads and compiles (a minute or more) ends the
+  # process at once, with a line saying so, exit 0: the default action
+  # killed it silently.
+  for sig in _STOPS:
+    signal.signal(sig, _stop_loading)
+  logging.info("loading the model of %s", config.workdir)
+  answerer = None
+  try:
+    answerer = answerer_lib.Answerer(config.workdir, config=config,
+                                     poll_interval=s.poll_interval or None)
+    start = time.perf_counter()
+    answerer.warm_up(s.max_batch)
+    for sig in _STOPS:   # the serving stop, below
+      signal.signal(sig, _log_stop)
+  except _StoppedLoading as e:
+    if answerer is not None:
+      answerer.close()
+    logging.warning("%s before the model had loaded: stopped, nothing was "
+                    "served", e)
+    return
   logging.info("compiled for batches of up to %d questions in %.1f s",
                s.max_batch, time.perf_counter() - start)
   batcher = batcher_lib.Batcher(answerer.answer_batch, max_batch=s.max_batch,
@@ -65,8 +81,6 @@ def run(config):
   # is bounded by timeout_graceful_shutdown; what must stop at once is sent
   # SIGKILL, as Kubernetes does when its grace period ends.
   # The handlers stay to the end: this task is the process's last work.
-  for sig in _STOPS:
-    signal.signal(sig, _log_stop)
   try:
     app = app_lib.make_app(answerer, batcher, s)
     logging.info("serving %s (version %s)", config.workdir, answerer.version)
@@ -83,6 +97,16 @@ def run(config):
 
 
 _STOPS = (signal.SIGTERM, signal.SIGINT)
+
+
+class _StoppedLoading(BaseException):
+  """SIGTERM or SIGINT while the model loads. A BaseException, as
+  KeyboardInterrupt: an `except Exception` on the way (logging's own, when
+  the signal lands in a log call) must not swallow it."""
+
+
+def _stop_loading(sig, _):
+  raise _StoppedLoading(signal.Signals(sig).name)
 
 
 def _log_stop(sig, _):

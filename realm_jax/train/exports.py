@@ -41,7 +41,10 @@ def drop_after(workdir: str, index_dir: str, step: int):
 
 
 def _write_export(workdir, cfg, params, step, keep):
-  export_lib.write_export(workdir, step, jax.device_get(params), cfg)
+  if params is None:   # the newest export again (BackgroundExporter.repeat)
+    export_lib.copy_export(workdir, export_lib.latest_export(workdir), step)
+  else:
+    export_lib.write_export(workdir, step, jax.device_get(params), cfg)
   if keep:
     for old in export_lib.list_exports(workdir)[:-keep]:
       shutil.rmtree(export_lib.export_path(workdir, old), ignore_errors=True)
@@ -70,6 +73,15 @@ class BackgroundExporter:
     if jax.process_index() == 0:
       self._pending.append(self._pool.submit(
           _write_export, self.config.workdir, self.cfg, params, step, self.keep))
+
+  def repeat(self, step: int):
+    """Exports step as a copy of the newest export, after the writes in
+    flight (pretrain.export=best_heldout_utility: the newest export holds
+    the best retriever so far)."""
+    self._raise_failures()
+    if jax.process_index() == 0:
+      self._pending.append(self._pool.submit(
+          _write_export, self.config.workdir, self.cfg, None, step, self.keep))
 
   def _raise_failures(self):
     done = [f for f in self._pending if f.done()]

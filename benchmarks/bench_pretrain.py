@@ -18,7 +18,7 @@ memory. Wall times on a loaded machine drift by 2x within a minute: read the
 CPU-time columns (this process's CPU seconds, all threads) beside them, and
 raise --steps for tighter medians.
 
-Everything is the trainer's own code (realm_jax.train.pretrain): a block store
+Everything is the trainer's own code (realm_jax.train.pretrain_step): a block store
 built by block_builder.build_block_store from the first --docs demo documents with
 the MiniLM WordPiece tokenizer (vocab 30522); query records tagged by the
 regex tagger (spaCy would only slow the setup down); pretrain.BatchMaker in a
@@ -98,10 +98,10 @@ from realm_jax.data import tokenizer as tokenizer_lib
 from realm_jax.index import refresh, searchers
 from realm_jax.index import store as index_store
 from realm_jax.models.retriever import doc_embedder_params
-from realm_jax.train import exports
-from realm_jax.train import loop, partition, prefetch, pretrain
+from realm_jax.train import retriever_exports
+from realm_jax.train import loop, partition, prefetch, pretrain_step
 from realm_jax.train import state as state_lib
-from realm_jax.weights import init as model_init
+from realm_jax.weights import model_init
 
 K, MASKS = 8, 10
 # Dense bf16 peak FLOP/s by device_kind substring (SXM parts).
@@ -234,7 +234,7 @@ class IndexVersions:
     for v in range(count):
       # What the trainer thread pays at a refresh (BackgroundExporter.submit),
       # and the write the worker thread then does.
-      exporter = exports.BackgroundExporter(
+      exporter = retriever_exports.BackgroundExporter(
           types.SimpleNamespace(workdir=workdir), cfg)
       start = time.perf_counter()
       exporter.submit(state, v)
@@ -305,7 +305,7 @@ def run_config(name, spec, args, tok, docs, workdir, gpu):
   dataset = pipeline.pretraining_dataset(
       records, tok, c.seed, batch, mask_fn=c.data.masking,
       query_len=c.data.query_len, max_masks=c.data.max_masks)
-  maker = pretrain.BatchMaker(c, cfg, blocks, tok, iter(dataset), watcher, 0)
+  maker = pretrain_step.BatchMaker(c, cfg, blocks, tok, iter(dataset), watcher, 0)
   produced = []   # (finished at, seconds, index version) per batch
 
   def produce():
@@ -343,7 +343,7 @@ def run_config(name, spec, args, tok, docs, workdir, gpu):
     # Compiled ahead of time: one executable for every step (no silent
     # recompiles), and its memory analysis says whether the step fits.
     compiled = loop.jit_step(functools.partial(
-        pretrain.train_step, cfg=cfg, tx=tx), mesh).lower(
+        pretrain_step.train_step, cfg=cfg, tx=tx), mesh).lower(
         holder["state"], fixed).compile()
     compile_s = time.perf_counter() - start
     need_gb, avail_gb = step_memory_gb(compiled)

@@ -42,7 +42,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.hidden_act = "gelu"     # gelu (original TF code) | gelu_new (HF port)
   c.model.dropout_rate = 0.1
   c.model.proj_size = 128
-  # How the retriever's projection starts (realm_jax/weights/init.py:
+  # How the retriever's projection starts (realm_jax/weights/model_init.py:
   # init_projection): random (REALM, for BERT checkpoints) | identity
   # (proj_size = hidden size; keeps a retrieval-trained encoder's geometry).
   c.model.proj_init = "random"
@@ -111,7 +111,7 @@ def default_config() -> ml_collections.ConfigDict:
   # What each refresh exports for the embedding job: "latest" (the retriever
   # at that step) or "best_heldout_utility" (measured at every refresh: the
   # retriever of the best held-out utility so far, as the original hands
-  # its best checkpoint to the index refresher; train/exports.py).
+  # its best checkpoint to the index refresher; train/retriever_exports.py).
   c.pretrain.export = "latest"
   # MLM head warm-up before the first REALM step (train/head_warmup.py):
   # up to this many steps of plain MLM with the null document, training the
@@ -141,7 +141,7 @@ def default_config() -> ml_collections.ConfigDict:
       target_recall=0.0))
   c.index.keep = 3                 # committed index versions kept on disk
   c.index.spawn_embed_job = True   # locally, the trainer starts `task=embed`
-  # The embedding job (task=embed, realm_jax/index/embed.py) runs with the
+  # The embedding job (task=embed, realm_jax/index/block_embeddings.py) runs with the
   # trainer's config; these fields are its own.
   c.index.embed_batch_size = 256
   c.index.embed_dtype = "float32"  # float32 | bfloat16

@@ -24,10 +24,10 @@ from realm_jax.index import export as export_lib
 from realm_jax.models import convert
 from realm_jax.models.reader import MLMEncoder, SpanReader
 from realm_jax.models.retriever import Retriever, doc_embedder_params
-from realm_jax.retrieval import finetuned
-from realm_jax.train import finetune
+from realm_jax.retrieval import openqa_record
+from realm_jax.train import finetune_step
 from realm_jax.train import state as state_lib
-from realm_jax.weights import init as model_init
+from realm_jax.weights import model_init
 from random_params import random_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -100,17 +100,17 @@ def make_finetuned_workdir(work: str, pre: str, store, pre_params):
   {pretrained retriever, span reader} (random reader weights: for tests of
   the plumbing, not of the answers)."""
   config = tiny_config(work, **{"finetune.init_from": pre})
-  cfg = finetuned.model_config(config, store.tokenizer().vocab_size)
+  cfg = openqa_record.model_config(config, store.tokenizer().vocab_size)
   reader = SpanReader(cfg)
   params = {"retriever": pre_params["retriever"],
             "reader": random_params(reader, *convert.example_inputs(reader),
                                     seed=3)}
-  state = state_lib.create(params, finetune.optimizer(config),
+  state = state_lib.create(params, finetune_step.optimizer(config),
                            jax.random.PRNGKey(0))
   checkpointer = ckpt_lib.Checkpointer(work)
   checkpointer.save(1, state)
   checkpointer.close()
-  finetuned.write_record(work, os.path.join(pre, "index", "0"), store, cfg)
+  openqa_record.write_record(work, os.path.join(pre, "index", "0"), store, cfg)
   return work
 
 

@@ -15,7 +15,7 @@ from realm_jax.data import corpus
 from realm_jax.data import pipeline
 from realm_jax.models import losses
 from realm_jax.models import retrieve_and_read
-from realm_jax.retrieval import finetuned
+from realm_jax.retrieval import openqa_record
 
 
 def gold_span_nll(config, reader_params, examples, batch_size: int = 16):
@@ -24,7 +24,7 @@ def gold_span_nll(config, reader_params, examples, batch_size: int = 16):
   f = config.finetune
   store = corpus.BlockStore(config.data.block_store)
   tok = store.tokenizer()
-  cfg = finetuned.model_config(config, tok.vocab_size)
+  cfg = openqa_record.model_config(config, tok.vocab_size)
   source = qa_inputs.source_rows(examples, store)
   if (source < 0).any():
     raise ValueError("every example needs its source block (source_uid)")

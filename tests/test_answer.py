@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from realm_jax.data import corpus
-from realm_jax.retrieval import finetuned
+from realm_jax.retrieval import openqa_record
 from realm_jax.tasks import answer
 import openqa_workdir as ow
 
@@ -57,7 +57,7 @@ def test_prints_answer_evidence_and_highlight(workdir, tmp_path):
   evidence = re.findall(r"^  (\d)\. p=(\d\.\d+)  (.+)  \[block (\d+)\]$", out,
                         re.M)
   assert [e[0] for e in evidence] == ["1", "2"]
-  store = corpus.BlockStore(finetuned.read_record(workdir)["block_store"])
+  store = corpus.BlockStore(openqa_record.read_record(workdir)["block_store"])
   assert [e[2] for e in evidence] == [store.title(int(e[3])) for e in evidence]
   assert sum(float(e[1]) for e in evidence) <= 1.0 + 1e-3
   assert f">>>{answer_text}<<<" in out   # not a tty: no ANSI codes
@@ -94,7 +94,7 @@ def test_bad_question_is_refused_before_loading(workdir, capsys, question,
 
 
 def test_question_of_exactly_the_limit_is_accepted(workdir):
-  tok = corpus.BlockStore(finetuned.read_record(workdir)["block_store"]
+  tok = corpus.BlockStore(openqa_record.read_record(workdir)["block_store"]
                           ).tokenizer()
   assert answer.check_question("why " * 22, tok, 24) is None
   assert answer.check_question("why " * 23, tok, 24) is not None
@@ -124,7 +124,7 @@ def test_control_characters_are_shown_not_sent_to_the_terminal(workdir):
   assert answer.printable("a\x1b[2Jb\x07\nc\td é") == "a\\x1b[2Jb\\x07 c d é"
   marked = answer.highlight("x\x1b[2J Lu Xun \x9b31m", (6, 12), True)
   assert marked == ("x\\x1b[2J \033[1m\033[4mLu Xun\033[0m \\x9b31m")
-  store = corpus.BlockStore(finetuned.read_record(workdir)["block_store"])
+  store = corpus.BlockStore(openqa_record.read_record(workdir)["block_store"])
   pred = {"question": "Who?\x1b]0;owned\x07", "score": None,
           "top_blocks": [{"row": 0, "p": 1.0, "title": "T\x1b[8m"}],
           "block": None, "span": None}

@@ -17,9 +17,9 @@ from realm_jax.models import convert
 from realm_jax.models.reader import SpanReader
 from realm_jax.models.retriever import Retriever
 from realm_jax.qa import model as qa_model
-from realm_jax.retrieval import finetuned
+from realm_jax.retrieval import openqa_record
 from realm_jax.tasks import evaluate
-from realm_jax.train import finetune
+from realm_jax.train import finetune_step
 from realm_jax.train import state as state_lib
 from random_params import random_params
 import openqa_workdir as ow
@@ -37,18 +37,18 @@ def setup(tmp_path_factory):
   qa_file = ow.write_jsonl(str(tmp / "qa.jsonl"), questions)
   config = ow.tiny_config(str(tmp / "work"), **{
       "finetune.init_from": pre, "eval.file": qa_file})
-  cfg = finetuned.model_config(config, store.tokenizer().vocab_size)
+  cfg = openqa_record.model_config(config, store.tokenizer().vocab_size)
   retriever, reader = Retriever(cfg), SpanReader(cfg)
   params = {"retriever": ow.content_sensitive(random_params(
                 retriever, *convert.example_inputs(retriever), seed=7)),
             "reader": random_params(reader, *convert.example_inputs(reader),
                                     seed=3)}
-  state = state_lib.create(params, finetune.optimizer(config),
+  state = state_lib.create(params, finetune_step.optimizer(config),
                            jax.random.PRNGKey(0))
   checkpointer = ckpt_lib.Checkpointer(config.workdir)
   checkpointer.save(1, state)
   checkpointer.close()
-  finetuned.write_record(config.workdir, os.path.join(pre, "index", "0"),
+  openqa_record.write_record(config.workdir, os.path.join(pre, "index", "0"),
                         store, cfg)
   return {"config": config, "pre": pre, "pre_params": pre_params,
           "params": params, "store": store, "questions": questions,

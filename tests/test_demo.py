@@ -7,7 +7,7 @@ import pytest
 
 from realm_jax.batching import qa_inputs
 from realm_jax.data import demo_corpus
-from realm_jax.data import qa as qa_lib
+from realm_jax.data import qa_data
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +80,8 @@ def test_answers_drop_the_disambiguation_suffix():
   # "Point" is what the text says: the block is an answer-bearing block, the
   # prediction "Point" is correct (EM), and both come from the short answer.
   text = dict(demo_corpus.demo_documents())["Point (geometry)"]
-  assert not qa_lib.has_answer(text, ["Point (geometry)"])
+  assert not qa_data.has_answer(text, ["Point (geometry)"])
   assert qa_inputs.blocks_with_answer([text], point["answer"]).all()
-  assert qa_lib.exact_match("Point", point["answer"])
-  assert qa_lib.exact_match("point", ["Point (geometry)", "Point"])
-  assert not qa_lib.exact_match("Point", ["Point (geometry)"])
+  assert qa_data.exact_match("Point", point["answer"])
+  assert qa_data.exact_match("point", ["Point (geometry)", "Point"])
+  assert not qa_data.exact_match("Point", ["Point (geometry)"])

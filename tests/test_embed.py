@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from realm_jax.index import build, embed, export, refresh, search, searchers, store
+from realm_jax.index import block_embeddings, build, export, refresh, search, searchers, store
 from realm_jax.tasks import embed as embed_task
 import stopping_child
 
@@ -133,14 +133,14 @@ def test_watch_embeds_only_the_newest_export(tmp_path, tokens, caplog):
                                         "shift": np.float32(0)}, cfg)
   kwargs = dict(embed_fn=linear_embed, poll_interval=0.01, progress=False)
   with caplog.at_level("INFO"):
-    built = embed.watch(workdir, ArraySource(tokens), max_versions=1, **kwargs)
+    built = block_embeddings.watch(workdir, ArraySource(tokens), max_versions=1, **kwargs)
   assert built == [store.version_path(os.path.join(workdir, "index"), 200)]
   assert any("skipping stale export(s) [100]" in r.getMessage()
              for r in caplog.records)
   emb = store.load(built[0])
   np.testing.assert_array_equal(emb[:5], tokens[:5, :3] * 2.0)
   # Nothing newer: the watcher idles out without building anything.
-  assert embed.watch(workdir, ArraySource(tokens), idle_timeout=0.05,
+  assert block_embeddings.watch(workdir, ArraySource(tokens), idle_timeout=0.05,
                      **kwargs) == []
 
 
@@ -152,7 +152,7 @@ def test_watch_every_export_builds_each_in_order(tmp_path, tokens):
   for step in (300, 100, 200):
     export.write_export(workdir, step, {"scale": np.float32(step),
                                         "shift": np.float32(0)}, cfg)
-  built = embed.watch(workdir, ArraySource(tokens[:50]), every_export=True,
+  built = block_embeddings.watch(workdir, ArraySource(tokens[:50]), every_export=True,
                       idle_timeout=0.05, embed_fn=linear_embed,
                       poll_interval=0.01, progress=False, keep=5)
   assert [os.path.basename(p) for p in built] == ["100", "200", "300"]
@@ -327,7 +327,7 @@ def test_the_job_ships_the_configured_scann_searcher_and_readers_load_it(
   differently builds its own."""
   import functools
   from realm_jax import config as config_lib
-  from realm_jax.retrieval import finetuned
+  from realm_jax.retrieval import openqa_record
   blocks, export_path, _ = demo
   workdir = str(tmp_path / "w")
   config = tiny_config(workdir, blocks)
@@ -356,14 +356,14 @@ def test_the_job_ships_the_configured_scann_searcher_and_readers_load_it(
   assert os.stat(meta).st_mtime_ns == before          # loaded, not rebuilt
   queries = np.asarray(store.load(path))[:5]
   cache = tmp_path / "cache"
-  _, searcher = finetuned.open_index(path, blocks, index_config, str(cache))
+  _, searcher = openqa_record.open_index(path, blocks, index_config, str(cache))
   # Nothing serialized beside the version's own searcher; only the memo of
   # the verified checksums.
   assert os.listdir(cache) == ["verified"]
   assert os.stat(meta).st_mtime_ns == before
   np.testing.assert_array_equal(searcher.search(queries, 3)[0],
                                 watcher.served.search(queries, 3)[0])
-  _, other = finetuned.open_index(path, blocks, config_lib.default_config().index,
+  _, other = openqa_record.open_index(path, blocks, config_lib.default_config().index,
                                  str(cache))
   assert other.settings["mode"] == "brute_force" and len(os.listdir(cache)) == 2
 

@@ -43,11 +43,11 @@ def test_unknown_config_field_is_named(tmp_path):
 
 def test_background_exporter_writes_a_snapshot_and_reports_failures(tmp_path):
   import types
-  from realm_jax.train import exports
+  from realm_jax.train import retriever_exports
   cfg = config_lib.RealmConfig(bert=config_lib.tiny())
   c = types.SimpleNamespace(workdir=str(tmp_path))
   w = jnp.arange(4.0)
-  exporter = exports.BackgroundExporter(c, cfg, keep=2)
+  exporter = retriever_exports.BackgroundExporter(c, cfg, keep=2)
   for step in (10, 20, 30):
     state = {"params": {"retriever": {"embedder": {"w": w * step}}}}
     exporter.submit(state, step)
@@ -58,7 +58,7 @@ def test_background_exporter_writes_a_snapshot_and_reports_failures(tmp_path):
   # A write that fails surfaces at close, naming the problem.
   blocked = tmp_path / "blocked"
   blocked.write_text("a file where the workdir should be")
-  bad = exports.BackgroundExporter(types.SimpleNamespace(workdir=str(blocked)),
+  bad = retriever_exports.BackgroundExporter(types.SimpleNamespace(workdir=str(blocked)),
                                  cfg)
   bad.submit(state, 40)
   with pytest.raises(OSError):

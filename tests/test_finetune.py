@@ -18,17 +18,17 @@ from realm_jax import checkpoint as ckpt_lib
 from realm_jax.batching import qa_inputs
 from realm_jax.data import corpus
 from realm_jax.data import demo_corpus
-from realm_jax.data import qa
+from realm_jax.data import qa_data
 from realm_jax.index import build
 from realm_jax.index import store as index_store
 from realm_jax.models import retrieve_and_read
 from realm_jax.models.retriever import embed_queries
 from realm_jax.qa import answerer
 from realm_jax.qa import model as qa_model
-from realm_jax.retrieval import finetuned
+from realm_jax.retrieval import openqa_record
 from realm_jax.tasks import evaluate
 from realm_jax.tasks import finetune as finetune_task
-from realm_jax.train import finetune
+from realm_jax.train import finetune_step
 import openqa_workdir as ow
 
 
@@ -80,7 +80,7 @@ def test_starts_from_pretraining_and_keeps_its_index(run):
     assert 0.9 < same.mean() < 1.0
   assert "span_projection" in params["reader"]   # a fresh span head
   assert "mlm_transform" not in params["reader"]
-  record = finetuned.read_record(config.workdir)
+  record = openqa_record.read_record(config.workdir)
   assert record["index_path"] == os.path.join(pre, "index", "0")
   assert record["block_store"] == os.path.join(pre, "blocks")
 
@@ -93,7 +93,7 @@ def test_eval_exact_match_is_the_hand_computed_value(run):
   preds = ow.read_jsonl(first["predictions"])
   assert len(preds) == first["num_questions"] == 4
   assert first["exact_match"] == np.mean(
-      [qa.exact_match(p["prediction"], p["answers"]) for p in preds])
+      [qa_data.exact_match(p["prediction"], p["answers"]) for p in preds])
   for p in preds:
     assert p["prediction"], "every question has a span to predict"
     assert abs(sum(b["p"] for b in p["top_blocks"]) - 1.0) < 1e-5
@@ -236,7 +236,7 @@ def test_finetune_builds_a_missing_block_store(tmp_path, explicit_store):
   store = corpus.BlockStore(blocks)
   assert store.num_blocks >= len(docs)
   assert store.title(0) == docs[0][0]
-  assert finetuned.read_record(work)["block_store"] == blocks
+  assert openqa_record.read_record(work)["block_store"] == blocks
   assert ckpt_lib.restore_params(work)[0] == 2
 
 
@@ -248,7 +248,7 @@ def test_a_recorded_index_that_went_bad_before_training_is_chosen_again(
   pre_index = os.path.join(run["pre"], "index")
   work = str(tmp_path / "work")
   gone = os.path.join(str(tmp_path), "moved_away", "0")
-  finetuned.write_record(work, gone, run["store"], finetuned.read_record(
+  openqa_record.write_record(work, gone, run["store"], openqa_record.read_record(
       run["config"].workdir)["model"])
   config = ow.tiny_config(work, **{"finetune.init_from": run["pre"]})
   _, _, _, index_path, recorded = finetune_task._resolve(config)
@@ -271,14 +271,14 @@ def test_doc_pairs_take_the_best_ranked_block_with_and_without_an_answer(run):
 def test_doc_loss_is_the_in_batch_softmax_and_reaches_the_documents(run):
   config, store = run["config"], run["store"]
   _, params = ckpt_lib.restore_params(config.workdir)
-  cfg = finetuned.read_record(config.workdir)["model"]
+  cfg = openqa_record.read_record(config.workdir)["model"]
   q_ids = np.array([[101, 2023, 102, 0], [101, 2008, 2003, 102]], np.int32)
   q_mask = (q_ids > 0).astype(np.int32)
   ids, segments, mask = store.doc_inputs(np.array([[0, 1], [2, 3]]))
   batch = {"question_ids": q_ids, "question_mask": q_mask, "doc_ids": ids,
            "doc_segments": segments, "doc_mask": mask,
            "doc_valid": np.array([True, False])}
-  loss = finetune.doc_contrastive_loss(params["retriever"], batch, cfg,
+  loss = finetune_step.doc_contrastive_loss(params["retriever"], batch, cfg,
                                        True, None)
   q = np.asarray(embed_queries(params["retriever"], q_ids, q_mask, cfg))
   embed = build.make_embed_fn(cfg)
@@ -287,7 +287,7 @@ def test_doc_loss_is_the_in_batch_softmax_and_reaches_the_documents(run):
   scores = q[0] @ d.T            # only question 0 is valid; its target is 0
   want = np.log(np.sum(np.exp(scores - scores.max()))) + scores.max() - scores[0]
   assert float(loss) == pytest.approx(want, rel=1e-4)
-  grads = jax.grad(finetune.doc_contrastive_loss)(
+  grads = jax.grad(finetune_step.doc_contrastive_loss)(
       params["retriever"], batch, cfg, True, None)
   # Only the documents carry segment 1: its embedding gets a gradient only
   # through them.
@@ -306,7 +306,7 @@ def test_doc_loss_reembeds_the_corpus_for_eval(run):
   finetune_task.run(doc_config)
   rows = ow.read_jsonl(os.path.join(work, "finetune_metrics.jsonl"))
   assert all(np.isfinite(r["doc_loss"]) for r in rows)
-  record = finetuned.read_record(work)
+  record = openqa_record.read_record(work)
   assert record["index_path"] == os.path.join(work, "index", "4")
   step, params = ckpt_lib.restore_params(work)
   emb = index_store.load(record["index_path"])

@@ -137,7 +137,7 @@ def test_answer_path_verifies_a_version_once_and_catches_a_later_flip(
   are checked at the first start and remembered; a byte flipped afterwards
   is still refused at the next start."""
   from realm_jax import config as config_lib
-  from realm_jax.retrieval import finetuned
+  from realm_jax.retrieval import openqa_record
   emb = np.random.default_rng(1).normal(
       size=(blocks.num_blocks, 8)).astype(np.float32)
   path = write_version(str(tmp_path / "index"), 3, emb,
@@ -149,12 +149,12 @@ def test_answer_path_verifies_a_version_once_and_catches_a_later_flip(
   verify = store.verify
   monkeypatch.setattr(store, "verify",
                       lambda *a: checked.append(a) or verify(*a))
-  finetuned.open_index(path, blocks, index_config, cache)
-  finetuned.open_index(path, blocks, index_config, cache)
+  openqa_record.open_index(path, blocks, index_config, cache)
+  openqa_record.open_index(path, blocks, index_config, cache)
   assert len(checked) == 1                      # remembered after the first
   _flip_tail(os.path.join(path, "emb-00001.npy"))
   with pytest.raises(store.CorruptIndexError, match="emb-00001.npy"):
-    finetuned.open_index(path, blocks, index_config, cache)
+    openqa_record.open_index(path, blocks, index_config, cache)
 
 
 def test_finetuning_takes_the_newest_intact_version(tmp_path, blocks):
@@ -162,7 +162,7 @@ def test_finetuning_takes_the_newest_intact_version(tmp_path, blocks):
   does), refuses a corrupt version asked for by number, and says so when no
   version is intact."""
   from realm_jax import config as config_lib
-  from realm_jax.retrieval import finetuned
+  from realm_jax.retrieval import openqa_record
   emb = np.random.default_rng(2).normal(
       size=(blocks.num_blocks, 8)).astype(np.float32)
   index_dir = str(tmp_path / "index")
@@ -171,13 +171,13 @@ def test_finetuning_takes_the_newest_intact_version(tmp_path, blocks):
   config = config_lib.default_config()
   config.workdir = str(tmp_path / "ft")
   config.finetune.index_dir = index_dir
-  assert finetuned.find_index(config, blocks) == new
+  assert openqa_record.find_index(config, blocks) == new
   _flip_tail(os.path.join(new, "emb-00000.npy"))
-  assert finetuned.find_index(config, blocks) == old
+  assert openqa_record.find_index(config, blocks) == old
   config.finetune.index_version = 2
   with pytest.raises(store.CorruptIndexError, match="2/emb-00000.npy"):
-    finetuned.find_index(config, blocks)
+    openqa_record.find_index(config, blocks)
   config.finetune.index_version = -1
   _flip_tail(os.path.join(old, "emb-00000.npy"))
   with pytest.raises(store.CorruptIndexError, match="no intact version"):
-    finetuned.find_index(config, blocks)
+    openqa_record.find_index(config, blocks)

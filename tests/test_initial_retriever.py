@@ -16,7 +16,7 @@ from realm_jax.data import demo_corpus
 from realm_jax.data import pipeline
 from realm_jax.index import build
 from realm_jax.models.bert import BertEncoder
-from realm_jax.weights import init as model_init
+from realm_jax.weights import model_init
 import openqa_workdir as ow
 
 LIMIT = 250   # documents: ~410 blocks, ~20 test questions

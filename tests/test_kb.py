@@ -23,7 +23,7 @@ from realm_jax.index import store as index_store
 from realm_jax.kb import update as kb_update
 from realm_jax.kb import versions as kb
 from realm_jax.qa import Answerer
-from realm_jax.retrieval import finetuned
+from realm_jax.retrieval import openqa_record
 from realm_jax.tasks import answer
 from realm_jax.tasks import evaluate
 import openqa_workdir as ow
@@ -239,7 +239,7 @@ def test_a_pretraining_workdir_embeds_as_its_own_index(model, tmp_path):
   """kb.model = a pretraining workdir, data.corpus = demo (ids from title
   and text): each block's embedding is the one the model's own index holds
   for the same block."""
-  pre = os.path.dirname(finetuned.read_record(model)["block_store"])
+  pre = os.path.dirname(openqa_record.read_record(model)["block_store"])
   config = ow.tiny_config(str(tmp_path / "kb"))
   config.kb.model = pre
   path = kb_update.update(config, progress=False)

@@ -1,5 +1,5 @@
 """The package's shape, checked from the source: layers, no cycles, no
-private imports across modules, no oversized files.
+private imports across modules, no oversized files, no file name twice.
 
   face       main, tasks/ (the task runners)                (any layer below)
   train, qa  training; inference with a fine-tuned model    (never each other;
@@ -136,3 +136,14 @@ def test_no_file_over_400_lines():
   long = {str(p.relative_to(ROOT.parent)): n for p in ROOT.rglob("*.py")
           if (n := len(p.read_text().splitlines())) > MAX_LINES}
   assert not long, long
+
+
+def test_no_two_modules_share_a_file_name():
+  """A name says which module it is: a task's runner is tasks/pretrain.py,
+  its step train/pretrain_step.py (they used to be two pretrain.py)."""
+  names = {}
+  for p in ROOT.rglob("*.py"):
+    if p.name != "__init__.py":
+      names.setdefault(p.name, []).append(str(p.relative_to(ROOT)))
+  clashes = {n: ps for n, ps in names.items() if len(ps) > 1}
+  assert not clashes, clashes

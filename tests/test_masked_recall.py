@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from realm_jax.data import catalog
-from realm_jax.data import qa
+from realm_jax.data import qa_data
 from realm_jax.index import masked_recall
 from openqa_workdir import make_pretrain_workdir, tiny_config
 
@@ -45,7 +45,7 @@ def test_recall_over_every_other_block_matches_a_hand_count(workdir):
   source = store.rows_for_uids(queries["source_uids"])
   blocks = [f"{store.title(i)} {store.text(i)}" for i in range(store.num_blocks)]
   expected = np.mean([
-      any(qa.has_answer(blocks[j], [a]) for j in range(store.num_blocks)
+      any(qa_data.has_answer(blocks[j], [a]) for j in range(store.num_blocks)
           if j != source[q]) for q, a in enumerate(queries["answers"])])
   got = masked_recall.masked_recall(store, queries, path, 0,
                                     k=store.num_blocks - 1)
@@ -56,7 +56,7 @@ def test_recall_over_every_other_block_matches_a_hand_count(workdir):
   for r in held:
     sentences[r["source_uid"]].append(r["text"])
   for a, uid in zip(queries["answers"], queries["source_uids"]):
-    assert any(qa.has_answer(t, [a]) for t in sentences[uid]), a
+    assert any(qa_data.has_answer(t, [a]) for t in sentences[uid]), a
   one = masked_recall.masked_recall(store, queries, path, 0, k=1)
   assert 0.0 <= one <= got
 

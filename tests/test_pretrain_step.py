@@ -8,7 +8,7 @@ from realm_jax.models import convert
 from realm_jax.models import model_config as mc
 from realm_jax.models.reader import MLMEncoder
 from realm_jax.models.retriever import Retriever
-from realm_jax.train import pretrain
+from realm_jax.train import pretrain_step
 from realm_jax.train import state as state_lib
 
 
@@ -35,7 +35,7 @@ def test_retriever_is_frozen_for_the_first_steps_only():
   train.learning_rate, train.num_steps, train.warmup_steps = 1e-3, 10, 0
   tx = state_lib.bert_adamw(train)
   state = state_lib.create(params, tx, rng)
-  step = jax.jit(lambda s, b: pretrain.train_step(s, b, cfg, tx,
+  step = jax.jit(lambda s, b: pretrain_step.train_step(s, b, cfg, tx,
                                                   retriever_frozen_steps=2))
   r = np.random.default_rng(0)
   moved = lambda a, b: not all(np.array_equal(x, y) for x, y in zip(

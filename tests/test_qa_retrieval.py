@@ -7,7 +7,7 @@ from realm_jax.batching import qa_inputs
 from realm_jax.data import catalog
 from realm_jax.data import demo_corpus
 from realm_jax.data import pipeline
-from realm_jax.data import qa
+from realm_jax.data import qa_data
 from realm_jax.data import tokenizer as tokenizer_lib
 from realm_jax.models import convert
 from realm_jax.models import model_config as config_lib
@@ -42,7 +42,7 @@ def test_blocks_with_answer_agrees_with_has_answer():
       ["apple a day"], ["a"], ["", "U.S."], ["Jane Austen", "english"]]
   for match in ("normalized", "raw"):
     for refs in answers:
-      expected = [qa.has_answer(t, refs, match) for t in texts]
+      expected = [qa_data.has_answer(t, refs, match) for t in texts]
       got = qa_inputs.blocks_with_answer(texts, refs, match)
       assert got.tolist() == expected, (refs, match)
   assert qa_inputs.blocks_with_answer(texts, ["Pel[eé]"], "regex").sum() == 1
@@ -97,7 +97,7 @@ def test_training_batch_gold_spans_and_correct_blocks(store, tok):
                                       **kwargs)
   assert batch["reader_ids"].shape == (1, 3, 96)
   assert batch["retriever_correct"][0].tolist() == [
-      qa.has_answer(store.text(r), [answer, "zzqq"]) for r in rows[0]]
+      qa_data.has_answer(store.text(r), [answer, "zzqq"]) for r in rows[0]]
   assert batch["retriever_correct"][0, 1]
   starts, ends = batch["gold_starts"][0], batch["gold_ends"][0]
   answer_ids = tok.encode(answer).ids

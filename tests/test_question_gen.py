@@ -10,7 +10,7 @@ import re
 import pytest
 
 from realm_jax.data import demo_corpus
-from realm_jax.data import qa
+from realm_jax.data import qa_data
 from realm_jax.data import question_gen as gen
 
 
@@ -153,7 +153,7 @@ def test_generated_questions_answer_inside_passages(tmp_path):
   for ex in train + heldout:
     answer = ex["answer"][0]
     assert answer in text_of[ex["title"]]          # a span of its document
-    assert qa.normalize_answer(answer) != qa.normalize_answer(ex["title"])
+    assert qa_data.normalize_answer(answer) != qa_data.normalize_answer(ex["title"])
     assert answer.lower() not in ex["question"].lower()
   wh = collections.Counter(e["question"].lower().split(":")[-1].split()[0]
                            for e in train)
@@ -182,7 +182,7 @@ def test_the_natural_questions_are_answerable_and_of_both_kinds():
       assert answer in texts[row["title"]], row
       assert not _says(row["question"], answer), row
     assert row["kind"] == ("subject" if any(
-        qa.exact_match(a, demo_corpus.answers_of(row["title"]))
+        qa_data.exact_match(a, demo_corpus.answers_of(row["title"]))
         for a in row["answer"]) else "inside"), row
   # Neither kind of answer follows from the question's form: each split
   # asks for the passage's subject and for a span inside it, 35-65% each.

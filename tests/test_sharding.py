@@ -15,7 +15,7 @@ SCRIPT = textwrap.dedent("""
     from realm_jax.models.reader import MLMEncoder
     from realm_jax.models.retriever import Retriever
     from realm_jax.models import convert
-    from realm_jax.train import partition, pretrain
+    from realm_jax.train import partition, pretrain_step
 
     assert len(jax.devices()) == 4, jax.devices()
     cfg = mc.RealmConfig(bert=mc.tiny(vocab_size=64, dropout_rate=0.0,

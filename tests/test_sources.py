@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from realm_jax.data import qa
+from realm_jax.data import qa_data
 from realm_jax.data import sources
 
 
@@ -105,7 +105,7 @@ def test_salient_spans_drop_spans_off_character_boundaries():
 
 def test_resplit_and_curated_trec_files(tmp_path):
   trec = [{"question": "when did ww2 end", "answer": [r"19[45]5"]}]
-  qa.write_qa_jsonl(tmp_path / "CuratedTrec.resplit.dev.jsonl", trec)
+  qa_data.write_qa_jsonl(tmp_path / "CuratedTrec.resplit.dev.jsonl", trec)
   assert sources.curated_trec(str(tmp_path), "dev") == trec
   with pytest.raises(FileNotFoundError, match="WebQuestions.resplit.test"):
     sources.resplit_examples(str(tmp_path), "WebQuestions", "test")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from realm_jax import config as config_lib
-from realm_jax.train import finetune as finetune_step
+from realm_jax.train import finetune_step
 from realm_jax.train import state as state_lib
 
 

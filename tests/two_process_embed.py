@@ -15,9 +15,9 @@ jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=pid)
 
 from realm_jax.data.corpus import BlockStore  # noqa: E402
-from realm_jax.index import embed  # noqa: E402
+from realm_jax.index import block_embeddings  # noqa: E402
 
-built = embed.watch(workdir, BlockStore(blocks), max_versions=1,
+built = block_embeddings.watch(workdir, BlockStore(blocks), max_versions=1,
                     poll_interval=0.1, shard_rows=32, batch_size=16,
                     progress=False)
 print("built", built)

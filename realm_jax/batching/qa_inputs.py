@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from realm_jax.batching import candidates
-from realm_jax.data import qa
+from realm_jax.data import qa_data
 
 _PUNCT_BYTES = string.punctuation.encode("ascii")
 
@@ -55,9 +55,9 @@ def blocks_with_answer(texts: Sequence[str], answers: Sequence[str],
   out = np.zeros(len(texts), dtype=bool)
   if match != "normalized":
     for i, text in enumerate(texts):
-      out[i] = qa.has_answer(text, answers, match)
+      out[i] = qa_data.has_answer(text, answers, match)
     return out
-  needles = [[w.encode("utf-8") for w in qa.normalize_answer(a).split()]
+  needles = [[w.encode("utf-8") for w in qa_data.normalize_answer(a).split()]
              for a in answers]
   needles = [n for n in needles if n]
   if not needles:
@@ -65,7 +65,7 @@ def blocks_with_answer(texts: Sequence[str], answers: Sequence[str],
   for i, text in enumerate(texts):
     stripped = _stripped(text)
     if any(all(w in stripped for w in words) for words in needles):
-      out[i] = qa.has_answer(text, answers, "normalized")
+      out[i] = qa_data.has_answer(text, answers, "normalized")
   return out
 
 
@@ -128,7 +128,7 @@ def regex_gold_spans(patterns: Sequence[str], text: str,
   starts = {int(s): i for i, s in enumerate(offsets[:, 0])}
   ends = {int(e): i for i, e in enumerate(offsets[:, 1])}
   spans = set()
-  for compiled in qa.compiled_answers(patterns):
+  for compiled in qa_data.compiled_answers(patterns):
     for m in compiled.finditer(text):
       s, e = starts.get(m.start()), ends.get(m.end())
       if m.end() > m.start() and s is not None and e is not None and (
@@ -264,7 +264,7 @@ def training_batch(qa_batch: dict, rows: np.ndarray, cand_emb: np.ndarray,
             body_char_offsets(tokenizer, texts[i][j], body), first,
             max_span_width)
       else:
-        spans = qa.answer_token_spans(out["reader_ids"][i, j],
+        spans = qa_data.answer_token_spans(out["reader_ids"][i, j],
                                       out["block_mask"][i, j], answer_ids,
                                       max_width=max_span_width)
       if whole_word_spans:

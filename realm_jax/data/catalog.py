@@ -15,7 +15,7 @@ from realm_jax.data import block_builder
 from realm_jax.data import corpus
 from realm_jax.data import demo_corpus
 from realm_jax.data import ner
-from realm_jax.data import qa
+from realm_jax.data import qa_data
 from realm_jax.data import question_gen
 from realm_jax.data import sources
 from realm_jax.data import tokenizer as tokenizer_lib
@@ -210,7 +210,7 @@ def qa_examples(config, split: str):
   if name.startswith("jsonl:"):
     # "{split}" in the path picks the split's file, e.g. the resplit files
     # CuratedTrec.resplit.{split}.jsonl; a path without it is every split.
-    return qa.read_qa_jsonl(name.split(":", 1)[1].replace("{split}", split))
+    return qa_data.read_qa_jsonl(name.split(":", 1)[1].replace("{split}", split))
   if name in ("natural_questions_open", "web_questions"):
     tfds_split = {"dev": "validation"}.get(split, split)
     return sources.qa_examples(name, tfds_split,

@@ -35,7 +35,7 @@ import os
 import re
 
 from realm_jax import packaged
-from realm_jax.data import qa
+from realm_jax.data import qa_data
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def answers_of(title: str) -> list[str]:
 
 def is_subject_answer(answers, title: str) -> bool:
   """Whether one of `answers` names the passage's subject, `title` (EM)."""
-  return any(qa.exact_match(a, answers_of(title)) for a in answers)
+  return any(qa_data.exact_match(a, answers_of(title)) for a in answers)
 
 
 NATURAL_SPLITS = {"dev": (0, 34), "test": (34, 100)}

@@ -43,7 +43,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from realm_jax.data import qa
+from realm_jax.data import qa_data
 
 # Builders that `import tensorflow_datasets` does not register by itself
 # (TFDS imports its legacy modules lazily; cc_news is ours); importing the
@@ -290,7 +290,7 @@ def resplit_examples(directory: str, name: str, split: str) -> list[dict]:
     raise FileNotFoundError(f"{path} does not exist; the resplit files come "
                             "with the ORQA release (github.com/google-research/"
                             "language, orqa/resplit)")
-  return qa.read_qa_jsonl(path)
+  return qa_data.read_qa_jsonl(path)
 
 
 def curated_trec(directory: str, split: str) -> list[dict]:

@@ -1,6 +1,6 @@
 """Building one index version: every block of the block store embedded with
 one export's params, resumably. The library behind the embedding job
-(realm_jax/index/embed.py, task=embed) and the in-process builds of
+(realm_jax/index/block_embeddings.py, task=embed) and the in-process builds of
 fine-tuning, the demo and the benchmarks.
 
 One build writes <index_dir>/<step>.tmp/ one shard at a time (each shard file

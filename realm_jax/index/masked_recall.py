@@ -22,7 +22,7 @@ import numpy as np
 from realm_jax import stats
 from realm_jax import workdir as workdir_lib
 from realm_jax.data import masking
-from realm_jax.data import qa
+from realm_jax.data import qa_data
 from realm_jax.index import export as export_lib
 from realm_jax.index import search
 from realm_jax.index import store as index_store
@@ -69,7 +69,7 @@ def span_hits(store, rows: np.ndarray, answers) -> np.ndarray:
   """bool [n]: whether any block of rows[i] (-1: none) holds answers[i]."""
   texts = [[f"{store.title(int(r))} {store.text(int(r))}" for r in row if r >= 0]
            for row in rows]
-  return qa.retrieval_hits(texts, [[a] for a in answers]).any(axis=1)
+  return qa_data.retrieval_hits(texts, [[a] for a in answers]).any(axis=1)
 
 
 def masked_hits(store, queries: dict, workdir: str, version: int,

@@ -36,8 +36,8 @@ from realm_jax.data import corpus
 from realm_jax.index import export as export_lib
 from realm_jax.index import store as index_store
 from realm_jax.models.retriever import doc_embedder_params
-from realm_jax.retrieval import finetuned
-from realm_jax.weights import init as model_init
+from realm_jax.retrieval import openqa_record
+from realm_jax.weights import model_init
 
 DOCUMENTS = "documents.json"
 
@@ -87,7 +87,7 @@ def document_embedder(config) -> dict:
     return {"model": "", "export": export, "tokenizer": tok,
             "block_len": config.data.block_len, "dim": cfg.proj_size}
   model = os.path.abspath(model)
-  record = finetuned.read_record(model)
+  record = openqa_record.read_record(model)
   if record is not None:
     manifest = index_store.read_manifest(record["index_path"])
     export = manifest["export"].get("path", "")
@@ -101,7 +101,7 @@ def document_embedder(config) -> dict:
     export = export_lib.latest_export(model)
     if export is None:
       raise FileNotFoundError(
-          f"kb.model={model} is neither a fine-tuning workdir ({finetuned.RECORD})"
+          f"kb.model={model} is neither a fine-tuning workdir ({openqa_record.RECORD})"
           " nor a pretraining workdir (exports/)")
     blocks = workdir_lib.blocks_dir(model)
     store = (corpus.BlockStore(blocks) if os.path.isfile(
@@ -165,14 +165,14 @@ def check_version(path: str, cache_root: str | None = None) -> corpus.BlockStore
     index_store.verify(path, store.fingerprint)
   if not os.path.isdir(path):
     raise index_store.CorruptIndexError(f"{path}: no such version")
-  finetuned.verified_once(path, check, cache_root)
+  openqa_record.verified_once(path, check, cache_root)
   return corpus.BlockStore(workdir_lib.blocks_dir(path))
 
 
 def newest_version(workdir: str, cache_root: str | None = None) -> str | None:
   """Path of the newest intact committed version (a corrupt newer one is
   skipped with a warning); None when nothing is committed."""
-  return finetuned.newest_intact(versions_dir(workdir),
+  return openqa_record.newest_intact(versions_dir(workdir),
                               lambda path: check_version(path, cache_root))
 
 
@@ -181,5 +181,5 @@ def open_version(path: str, index_config, cache_root: str | None):
   store = check_version(path, cache_root)
   store.record(0)   # opens blocks.jsonl now: a version pruned while it is
                     # in service stays readable (its files are all open)
-  emb, searcher = finetuned.open_index(path, store, index_config, cache_root)
+  emb, searcher = openqa_record.open_index(path, store, index_config, cache_root)
   return store, emb, searcher

@@ -6,7 +6,7 @@ import re
 
 import numpy as np
 
-from realm_jax.data import qa
+from realm_jax.data import qa_data
 
 _POSSESSIVE = re.compile(r"['\u2019]s\b")
 # Reciprocal-rank fusion: Cormack et al.'s (2009) constant.
@@ -16,7 +16,7 @@ RRF_K = 60
 def question_words(question: str) -> str:
   """The question normalized, possessives dropped ("Teng's" -> teng), and
   padded with spaces, for `in_question`."""
-  return f" {qa.normalize_answer(_POSSESSIVE.sub('', question))} "
+  return f" {qa_data.normalize_answer(_POSSESSIVE.sub('', question))} "
 
 
 def in_question(answer: str, question: str) -> bool:
@@ -24,7 +24,7 @@ def in_question(answer: str, question: str) -> bool:
   (`question_words`): "Who wrote the Harry Potter novels?" -> "Harry Potter"
   says nothing new. Words spread over the question do not count: "Spiral
   galaxy in the constellation Triangulum" -> "Triangulum Galaxy" stays."""
-  answer = qa.normalize_answer(_POSSESSIVE.sub("", answer))
+  answer = qa_data.normalize_answer(_POSSESSIVE.sub("", answer))
   return bool(answer) and f" {answer} " in question
 
 

@@ -31,7 +31,7 @@ from realm_jax.index import store as index_store
 from realm_jax.kb import versions as kb
 from realm_jax.qa import model as qa_model
 from realm_jax.qa import predictor as predictor_lib
-from realm_jax.retrieval import finetuned
+from realm_jax.retrieval import openqa_record
 
 
 @dataclasses.dataclass
@@ -102,7 +102,7 @@ def tokenizer_of(workdir: str):
                               f"{kb.versions_dir(workdir)}")
     path = workdir_lib.blocks_dir(newest)
   else:
-    path = finetuned.read_record(qa_model.reader_workdir(workdir))["block_store"]
+    path = openqa_record.read_record(qa_model.reader_workdir(workdir))["block_store"]
   return corpus.BlockStore(path).tokenizer()
 
 
@@ -128,7 +128,7 @@ class Answerer:
     self.config.workdir = workdir
     model = qa_model.load_finetuned(self.config)
     self.tokenizer = model.store.tokenizer()
-    self._cache = finetuned.searcher_cache(self.config)
+    self._cache = openqa_record.searcher_cache(self.config)
     self._base = model
     self._served = (None, None)   # (the version in service, its Predictor)
     version = index_store.read_manifest(model.index_path)["step"]

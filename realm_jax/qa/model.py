@@ -1,6 +1,6 @@
 """A fine-tuned open-QA model with its frozen index, loaded for inference.
 
-Fine-tuning records what it used in <workdir>/openqa.json (retrieval/finetuned.py);
+Fine-tuning records what it used in <workdir>/openqa.json (retrieval/openqa_record.py);
 loading reads that record, so eval and answer search exactly the index the
 model was trained against. A knowledge base workdir (task=index,
 kb/versions.py) names its fine-tuned model in kb.json; it is loaded with
@@ -13,8 +13,8 @@ from realm_jax.data import corpus
 from realm_jax.kb import versions as kb
 from realm_jax.models.model_config import RealmConfig
 from realm_jax.models.reader import SpanReader
-from realm_jax.retrieval import finetuned
-from realm_jax.weights import init as model_init
+from realm_jax.retrieval import openqa_record
+from realm_jax.weights import model_init
 
 
 @dataclasses.dataclass
@@ -33,14 +33,14 @@ def reader_workdir(workdir: str) -> str:
   """The fine-tuning workdir whose reader answers for `workdir`: itself, or
   the model a knowledge base was indexed with."""
   if not kb.is_kb(workdir):
-    if finetuned.read_record(workdir) is None:
+    if openqa_record.read_record(workdir) is None:
       raise FileNotFoundError(
-          f"{finetuned.record_path(workdir)} not found: {workdir} is not a "
+          f"{openqa_record.record_path(workdir)} not found: {workdir} is not a "
           "fine-tuning workdir (run task=finetune first) nor a knowledge base "
           "(task=index)")
     return workdir
   model = kb.read_record(workdir)["model"]
-  if not model or finetuned.read_record(model) is None:
+  if not model or openqa_record.read_record(model) is None:
     raise ValueError(
         f"the knowledge base in {workdir} was indexed with kb.model="
         f"{model or '(config.model)'}, which has no fine-tuned reader; index "
@@ -53,12 +53,12 @@ def load_finetuned(config) -> FineTuned:
   """The latest fine-tuning checkpoint and its index: config.workdir's own,
   or for a knowledge base its model's with the newest intact version."""
   workdir = reader_workdir(config.workdir)
-  record = finetuned.read_record(workdir)
-  cache = finetuned.searcher_cache(config)
+  record = openqa_record.read_record(workdir)
+  cache = openqa_record.searcher_cache(config)
   if workdir == config.workdir:
     index_path = record["index_path"]
     store = corpus.BlockStore(record["block_store"])
-    emb, searcher = finetuned.open_index(index_path, store, config.index, cache)
+    emb, searcher = openqa_record.open_index(index_path, store, config.index, cache)
   else:
     index_path = kb.newest_version(config.workdir, cache)
     if index_path is None:

@@ -43,7 +43,7 @@ from realm_jax import stats
 from realm_jax import workdir as workdir_lib
 from realm_jax.data import catalog
 from realm_jax.data import demo_corpus
-from realm_jax.data import qa
+from realm_jax.data import qa_data
 from realm_jax.index import build
 from realm_jax.index import export as export_lib
 from realm_jax.index import masked_recall
@@ -314,7 +314,7 @@ def mark_answers(examples, predictions) -> str:
   """One line per example question: right or wrong against its gold answers."""
   lines = []
   for ex, pred in zip(examples, predictions):
-    right = qa.exact_match(pred["prediction"], ex["answer"])
+    right = qa_data.exact_match(pred["prediction"], ex["answer"])
     lines.append(f"{'RIGHT' if right else 'WRONG'}: {ex['question']!r} -> "
                  f"{pred['prediction']!r} (gold: "
                  f"{' / '.join(repr(a) for a in ex['answer'])})")

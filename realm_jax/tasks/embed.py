@@ -34,13 +34,13 @@ from realm_jax import workdir as workdir_lib
 from realm_jax.data import catalog
 from realm_jax.data import corpus
 from realm_jax.index import build
-from realm_jax.index import embed as embed_lib
+from realm_jax.index import block_embeddings
 from realm_jax.index import searchers
 from realm_jax.index import store
 
 
 def run(config):
-  """Dispatcher entry: bootstrap once, or embed_lib.watch until killed (or orphaned)."""
+  """Dispatcher entry: bootstrap once, or block_embeddings.watch until killed (or orphaned)."""
   ix = config.index
   store.check_keep(ix.keep)
   # Opened, never built: the trainer or launch/prepare_data.py builds it at
@@ -59,7 +59,7 @@ def run(config):
     # every_export follows index.deterministic rather than being a setting
     # of its own: a deterministic trainer waits for each version in turn, so
     # a job that skipped one would stall it.
-    embed_lib.watch(config.workdir, source, index_dir,
+    block_embeddings.watch(config.workdir, source, index_dir,
           poll_interval=ix.embed_poll_interval,
           idle_timeout=ix.embed_idle_timeout or None,
           every_export=ix.deterministic, parent_pid=parent_pid, **kwargs)
@@ -87,7 +87,7 @@ def _only_job(index_dir: str, parent_pid: int | None, poll: float = 0.5):
           logging.warning("another embedding job holds %s/.embed.lock; "
                           "waiting for it to end", index_dir)
           waited = True
-        if embed_lib.parent_gone(parent_pid):
+        if block_embeddings.parent_gone(parent_pid):
           logging.info("the trainer (pid %d) is gone; the embedding job "
                        "exits", parent_pid)
           raise SystemExit(0)

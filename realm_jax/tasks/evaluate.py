@@ -46,21 +46,21 @@ from realm_jax import stats
 from realm_jax.batching import qa_inputs
 from realm_jax.data import catalog
 from realm_jax.data import pipeline
-from realm_jax.data import qa
+from realm_jax.data import qa_data
 from realm_jax.index import bm25
 from realm_jax.kb import versions as kb
 from realm_jax.models.reader import SpanReader
 from realm_jax.qa import model as qa_model
 from realm_jax.qa import predictor as predictor_lib
 from realm_jax.qa.model import FineTuned
-from realm_jax.retrieval import finetuned
-from realm_jax.weights import init as model_init
+from realm_jax.retrieval import openqa_record
+from realm_jax.weights import model_init
 
 
 def eval_examples(config) -> list[dict]:
   """eval.file if set, else finetune.dataset's eval.split; eval.max_questions."""
   if config.eval.file:
-    examples = qa.read_qa_jsonl(config.eval.file)
+    examples = qa_data.read_qa_jsonl(config.eval.file)
   else:
     examples = catalog.qa_examples(config, config.eval.split)
   if config.eval.max_questions:
@@ -102,15 +102,15 @@ def retrieval_model(config, retrieval: str) -> FineTuned:
   there is none, <workdir>/index/0 embedded by the initial document embedder
   (what fine-tuning would bootstrap).
   """
-  store = finetuned.block_store(config)
-  cfg = finetuned.model_config(config, store.tokenizer().vocab_size)
+  store = openqa_record.block_store(config)
+  cfg = openqa_record.model_config(config, store.tokenizer().vocab_size)
   retriever = emb = searcher = path = None
   if retrieval == "dense_zero_shot":
     retriever = initial_retriever(config, cfg)
-    path = finetuned.find_index(config, store) or finetuned.bootstrap_index(
+    path = openqa_record.find_index(config, store) or openqa_record.bootstrap_index(
         config, cfg, retriever, store)
-    emb, searcher = finetuned.open_index(path, store, config.index,
-                                        finetuned.searcher_cache(config))
+    emb, searcher = openqa_record.open_index(path, store, config.index,
+                                        openqa_record.searcher_cache(config))
   elif retrieval != "bm25":
     raise ValueError(f"retrieval={retrieval!r} needs a fine-tuned reader; "
                      f"only {predictor_lib.RETRIEVAL_ONLY_MODES} run without one")
@@ -123,12 +123,12 @@ def retrieval_model(config, retrieval: str) -> FineTuned:
 def _start_index(config, model: FineTuned) -> FineTuned:
   """The model searching the index fine-tuning started from, where the
   corpus was embedded again after it (finetune.doc_loss_weight)."""
-  record = finetuned.read_record(config.workdir) or {}
+  record = openqa_record.read_record(config.workdir) or {}
   start = record.get("start_index_path")
   if not start or start == model.index_path:
     return model
-  emb, searcher = finetuned.open_index(start, model.store, config.index,
-                                    finetuned.searcher_cache(config))
+  emb, searcher = openqa_record.open_index(start, model.store, config.index,
+                                    openqa_record.searcher_cache(config))
   return dataclasses.replace(model, emb=emb, searcher=searcher,
                              index_path=start)
 
@@ -164,7 +164,7 @@ def evaluate(config, params=None, *, model: FineTuned | None = None,
   retrieval = retrieval or config.eval.retrieval
   if model is None:
     if (retrieval in predictor_lib.RETRIEVAL_ONLY_MODES
-        and finetuned.read_record(config.workdir) is None
+        and openqa_record.read_record(config.workdir) is None
         and not kb.is_kb(config.workdir)):
       logging.info("%s is not a fine-tuning workdir: %s retrieval only, no EM",
                    config.workdir, retrieval)
@@ -206,7 +206,7 @@ def evaluate(config, params=None, *, model: FineTuned | None = None,
   with open(path + ".tmp", "w", encoding="utf-8") as out:
     for batch, n in _batches(examples, tok, config):
       for pred in predictor.predict(batch)[:n]:
-        pred["correct"] = None if not read else qa.is_correct(
+        pred["correct"] = None if not read else qa_data.is_correct(
             pred["prediction"], pred["answers"], is_regex=f.regex_answers)
         rows = [r for r in pred.pop("retrieved") if r >= 0][:max(ks)]
         hit = qa_inputs.blocks_with_answer(
@@ -219,12 +219,12 @@ def evaluate(config, params=None, *, model: FineTuned | None = None,
           block["has_answer"] = bool(hit[rows.index(block["row"])]) if (
               block["row"] in rows) else None
         correct.append(pred["correct"])
-        edges.append(read and not f.regex_answers and qa.wrong_edges(
+        edges.append(read and not f.regex_answers and qa_data.wrong_edges(
             pred["prediction"], pred["answers"]))
         out.write(json.dumps(pred, ensure_ascii=False) + "\n")
   os.replace(path + ".tmp", path)
   hits = np.stack(hits)
-  recall = qa.recall_at_k(hits, ks)
+  recall = qa_data.recall_at_k(hits, ks)
   result = {"exact_match": float(np.mean(correct)) if read else None,
             "metric": "regex_match" if f.regex_answers else "exact_match",
             "num_questions": len(correct), "retrieval": retrieval,

@@ -1,7 +1,7 @@
 """Open-QA fine-tuning, ORQA/REALM style (config.task == "finetune").
 
 The document embeddings stay frozen: one committed index version (see
-retrieval/finetuned.py) serves the whole run, and only the query embedder and the span
+retrieval/openqa_record.py) serves the whole run, and only the query embedder and the span
 reader train. One step, for a batch of questions:
   1. embed the questions with the current params (a jitted device call) and
      search the fixed index for the top S = finetune.retriever_beam blocks;
@@ -49,17 +49,17 @@ from realm_jax.data import pipeline
 from realm_jax.index import store as index_store
 from realm_jax.models.reader import SpanReader
 from realm_jax.models.retriever import Retriever
-from realm_jax.retrieval import finetuned
-from realm_jax.train import finetune as openqa_step
+from realm_jax.retrieval import openqa_record
+from realm_jax.train import finetune_step
 from realm_jax.train import loop
 from realm_jax.train import partition
 from realm_jax.train import question_batches
-from realm_jax.weights import init as model_init
+from realm_jax.weights import model_init
 
 
 def _resolve(config):
   """(store, tokenizer, cfg, index path or None, record) for this workdir."""
-  record = finetuned.read_record(config.workdir)
+  record = openqa_record.read_record(config.workdir)
   trained = workdir_lib.has_checkpoint(config.workdir)
   if record is not None and not trained:
     # Recorded, but nothing trained against it yet: if that version is no
@@ -67,9 +67,9 @@ def _resolve(config):
     # pinned to it. With checkpoints the run must keep its index; open_index
     # then refuses it with a message naming the version.
     try:
-      finetuned.check_index(record["index_path"],
+      openqa_record.check_index(record["index_path"],
                          corpus.BlockStore(record["block_store"]),
-                         finetuned.searcher_cache(config))
+                         openqa_record.searcher_cache(config))
     except (index_store.CorruptIndexError, FileNotFoundError) as e:
       logging.warning("the recorded index is not usable (%s); choosing the "
                       "newest intact version again", e)
@@ -78,13 +78,13 @@ def _resolve(config):
     # A resumed run (or a rerun in this workdir) keeps what it started with.
     logging.info("using the index %s and block store %s recorded in %s",
                  record["index_path"], record["block_store"],
-                 finetuned.record_path(config.workdir))
+                 openqa_record.record_path(config.workdir))
     store = corpus.BlockStore(record["block_store"])
     return store, store.tokenizer(), record["model"], record["index_path"], True
-  store = finetuned.block_store(config)
+  store = openqa_record.block_store(config)
   tok = store.tokenizer()
-  cfg = finetuned.model_config(config, tok.vocab_size)
-  return store, tok, cfg, finetuned.find_index(config, store), False
+  cfg = openqa_record.model_config(config, tok.vocab_size)
+  return store, tok, cfg, openqa_record.find_index(config, store), False
 
 
 def _random_params(cfg, rng):
@@ -115,21 +115,21 @@ def run(config):
   resuming = checkpointer.latest_step() is not None
   init = (functools.partial(_random_params, cfg) if resuming else
           lambda rng: model_init.openqa_params(config, cfg, rng))
-  tx = openqa_step.optimizer(config)
+  tx = finetune_step.optimizer(config)
   state, data_state, _ = loop.create_or_restore(checkpointer, init, tx,
                                                 config.seed, mesh)
   if f.reading_from and not resuming:
     state, data_state = _after_reading(f.reading_from, state, f.reading_steps,
                                        mesh)
   if index_path is None:
-    index_path = finetuned.bootstrap_index(config, cfg,
+    index_path = openqa_record.bootstrap_index(config, cfg,
                                         state["params"]["retriever"], store)
   if not recorded and jax.process_index() == 0:
-    finetuned.write_record(config.workdir, index_path, store, cfg)
+    openqa_record.write_record(config.workdir, index_path, store, cfg)
   if jax.process_index() == 0:   # how to ask it (qa.Answerer reads this)
     config_lib.save_config(config, workdir_lib.config_path(config.workdir))
-  emb, searcher = finetuned.open_index(index_path, store, config.index,
-                                      finetuned.searcher_cache(config))
+  emb, searcher = openqa_record.open_index(index_path, store, config.index,
+                                      openqa_record.searcher_cache(config))
   logging.info("Open-QA fine-tuning: %d blocks, index %s (version %s), "
                "retriever beam %d, reader beam %d, start step %d of %d",
                store.num_blocks, index_path,
@@ -182,16 +182,16 @@ def run(config):
       if step == f.reading_steps:
         reading.save(step, state, data_state=batch.data_state, meta=batch.meta)
     hooks = [loop.Hook(f.reading_steps, save_reading, at_end=False)]
-  keys = (openqa_step.DEVICE_KEYS
-          + (openqa_step.DOC_KEYS if f.doc_loss_weight else ())
-          + (openqa_step.READING_KEYS if f.reading_beam > 1 else ()))
+  keys = (finetune_step.DEVICE_KEYS
+          + (finetune_step.DOC_KEYS if f.doc_loss_weight else ())
+          + (finetune_step.READING_KEYS if f.reading_beam > 1 else ()))
   batches = question_batches.QuestionBatches(
       data_iter, question_batches.QuestionEmbedder(cfg, mesh), make_batch,
       f.num_steps, f.search_lag, keys, meta={"index_path": index_path},
       reading_steps=f.reading_steps)
   try:
     state = loop.train(
-        state, functools.partial(openqa_step.train_step, cfg=cfg, tx=tx,
+        state, functools.partial(finetune_step.train_step, cfg=cfg, tx=tx,
                                  doc_loss_weight=f.doc_loss_weight), batches,
         schedule=loop.Schedule.of(config.train, f.num_steps, f.batch_size),
         mesh=mesh, checkpointer=checkpointer, workdir=config.workdir,
@@ -238,16 +238,16 @@ def reembed(config, cfg, store):
   The record is written last, so a run killed before it repeats this (the
   build resumes) and one killed after it finds it done."""
   step, params = ckpt_lib.restore_params(config.workdir)
-  record = finetuned.read_record(config.workdir)
+  record = openqa_record.read_record(config.workdir)
   if record["index_path"] == os.path.abspath(
       index_store.version_path(workdir_lib.index_dir(config.workdir), step)):
     return
   logging.info("doc_loss_weight=%s: embedding %d blocks with the fine-tuned "
                "document embedder (step %d)", config.finetune.doc_loss_weight,
                store.num_blocks, step)
-  path = finetuned.embed_corpus(config, cfg, params["retriever"], store, step)
+  path = openqa_record.embed_corpus(config, cfg, params["retriever"], store, step)
   if jax.process_index() == 0:
-    finetuned.write_record(config.workdir, path, store, cfg,
+    openqa_record.write_record(config.workdir, path, store, cfg,
                         start_index_path=record.get("start_index_path",
                                                     record["index_path"]))
 

@@ -15,8 +15,8 @@ import jax
 from absl import logging
 
 from realm_jax.data import pipeline
-from realm_jax.train import exports
-from realm_jax.train import ict as ict_step
+from realm_jax.train import retriever_exports
+from realm_jax.train import ict_step
 from realm_jax.train import loop
 from realm_jax.train import prepare
 
@@ -42,7 +42,7 @@ def run(config):
             f"accuracy {values['accuracy']:.3f}")
 
   export = loop.Hook(config.index.refresh_every, lambda step, state, _:
-                     exports.export_retriever(config, r.cfg, state, step))
+                     retriever_exports.export_retriever(config, r.cfg, state, step))
   logging.info("ICT: %d blocks, start step %d of %d", r.store.num_blocks,
                int(r.state["step"]), config.train.num_steps)
   try:

@@ -34,15 +34,15 @@ from realm_jax.index import refresh
 from realm_jax.index import searchers
 from realm_jax.index import store as index_store
 from realm_jax.train import embed_job
-from realm_jax.train import exports
+from realm_jax.train import retriever_exports
 from realm_jax.train import head_warmup
 from realm_jax.train import heldout
 from realm_jax.train import loop
 from realm_jax.train import partition
 from realm_jax.train import prefetch
 from realm_jax.train import prepare
-from realm_jax.train import pretrain as realm_step
-from realm_jax.weights import init as model_init
+from realm_jax.train import pretrain_step
+from realm_jax.weights import model_init
 
 
 def _make_searcher_fn(config):
@@ -81,10 +81,10 @@ def run(config):
                store.num_blocks, len(records), start)
 
   index_dir = workdir_lib.index_dir(config.workdir)
-  exports.drop_after(config.workdir, index_dir, start)
+  retriever_exports.drop_after(config.workdir, index_dir, start)
   if (not export_lib.list_exports(config.workdir)
       or start % config.index.refresh_every == 0):
-    exports.export_retriever(config, cfg, state, start, keep=config.index.keep + 2)
+    retriever_exports.export_retriever(config, cfg, state, start, keep=config.index.keep + 2)
   job = (embed_job.EmbedJob(config, store.path)
          if config.index.spawn_embed_job and jax.process_index() == 0 else None)
   watcher = refresh.IndexWatcher(
@@ -103,11 +103,11 @@ def run(config):
     data_iter = iter(dataset)
     if r.data_state is not None:
       data_iter.set_state(r.data_state)
-    maker = realm_step.BatchMaker(config, cfg, store, tok, data_iter, watcher, start, job)
+    maker = pretrain_step.BatchMaker(config, cfg, store, tok, data_iter, watcher, start, job)
     if config.index.query_params == "latest":
       maker.embedder.latest = jax.tree.map(jnp.copy, state["params"]["retriever"])
     feeder = prefetch.Prefetcher(maker, depth=config.train.prefetch)
-    exporter = exports.BackgroundExporter(config, cfg, keep=config.index.keep + 2)
+    exporter = retriever_exports.BackgroundExporter(config, cfg, keep=config.index.keep + 2)
     try:
       _train(config, r, maker, feeder, exporter, job, monitor)
       top = heldout.best(heldout.read(config.workdir))
@@ -137,7 +137,7 @@ def _monitor(config, r, start, watcher, job):
       query_embedder.QueryEmbedder(r.cfg, config.workdir))
   if start == 0:
     current = (watcher.current if watcher.current is not None
-               else realm_step.wait_for_version(watcher, 0, job))
+               else pretrain_step.wait_for_version(watcher, 0, job))
     if p.head_warmup_steps:
       params, _ = head_warmup.warm_up(
           config, r.cfg, r.state["params"],
@@ -193,7 +193,7 @@ def _train(config, r, maker, feeder, exporter, job, monitor):
     maker.embedder.latest = jax.tree.map(jnp.copy, state["params"]["retriever"])
 
   step_fn = functools.partial(
-      realm_step.train_step, cfg=r.cfg, tx=r.tx, per_token=config.train.loss == "per_token",
+      pretrain_step.train_step, cfg=r.cfg, tx=r.tx, per_token=config.train.loss == "per_token",
       retriever_frozen_steps=config.train.retriever_frozen_steps)
   refresh_every = config.index.refresh_every
   best_only = config.pretrain.export == "best_heldout_utility"

@@ -1,6 +1,6 @@
 """The trainer's side of the embedding job (task=embed): starting and
 restarting it, waiting for its first index, and the alarm when the index in
-service falls behind. realm_jax/index/embed.py is the job itself."""
+service falls behind. realm_jax/index/block_embeddings.py is the job itself."""
 import os
 import subprocess
 import sys

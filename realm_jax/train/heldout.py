@@ -30,7 +30,7 @@ import numpy as np
 
 from realm_jax.batching import candidates
 from realm_jax.index import masked_recall
-from realm_jax.train import pretrain as realm_step
+from realm_jax.train import pretrain_step
 
 PATH = "heldout_metrics.jsonl"
 
@@ -65,7 +65,7 @@ class HeldoutMonitor:
     self.source = store.rows_for_uids(self.queries["source_uids"])
     self.path = os.path.join(config.workdir, PATH)
     self._measure = jax.jit(functools.partial(
-        realm_step.pretrain_loss, rng=jax.random.PRNGKey(0), cfg=cfg,
+        pretrain_step.pretrain_loss, rng=jax.random.PRNGKey(0), cfg=cfg,
         per_token=True, deterministic=True))
 
   def measure(self, params, current) -> dict:
@@ -86,7 +86,7 @@ class HeldoutMonitor:
       hits.append(masked_recall.span_hits(self.store, rows[:, 1:self.k + 1],
                                           q["answers"][part]))
       rows = rows[:, :1 + self.num_retrieved]
-      batch = realm_step.step_inputs(
+      batch = pretrain_step.step_inputs(
           {key: value[part] for key, value in q.items()
            if isinstance(value, np.ndarray)}, rows, self.store, self.tok,
           self.reader_len)

@@ -28,7 +28,7 @@ from absl import logging
 from realm_jax import checkpoint as ckpt_lib
 from realm_jax.train import partition
 from realm_jax.train import state as state_lib
-from realm_jax.weights import init as model_init
+from realm_jax.weights import model_init
 
 
 def create_or_restore(checkpointer: ckpt_lib.Checkpointer, init_params,

@@ -10,7 +10,7 @@ from realm_jax.data import catalog
 from realm_jax.train import loop
 from realm_jax.train import partition
 from realm_jax.train import state as state_lib
-from realm_jax.weights import init as model_init
+from realm_jax.weights import model_init
 
 
 class Run(NamedTuple):

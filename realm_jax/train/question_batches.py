@@ -1,6 +1,6 @@
 """Fine-tuning's batch source: questions embedded with the query embedder
 on the mesh, searched on the host, assembled into a step's arrays
-(train/finetune.py gives the assembly, batching/qa_inputs.py)."""
+(train/finetune_step.py gives the assembly, batching/qa_inputs.py)."""
 import jax
 import numpy as np
 

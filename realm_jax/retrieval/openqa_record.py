@@ -46,7 +46,7 @@ from realm_jax.index import searchers
 from realm_jax.index import store as index_store
 from realm_jax.models.model_config import RealmConfig
 from realm_jax.models.retriever import doc_embedder_params
-from realm_jax.weights import init as model_init
+from realm_jax.weights import model_init
 
 # ------------------------------------------------------------- corpus, index
 

@@ -34,9 +34,27 @@ def test_ties_go_to_the_first_ranking_and_padding_is_skipped():
     ("Who wrote The Salt Orchard?", "Norwegian writer Hanne Vosberg", False),
     ("Where was Mirela Dantes born?", "Coimbra", False),
     ("Where was Mirela Dantes born?", "northern highlands", True),
-    ("What is the capital of Austria?", "1918", False),   # what: anything
+    ("What is the population of Lyon?", "513,275", False),
+    ("What is the population of Lyon?", "Rhone", True),
+    ("What is the atomic number of neon?", "10", False),
+    ("What is the atomic number of neon?", "Nitrogen", True),
+    ("How old was Ada Brenner when she founded it?", "34", False),
+    ("How old was Ada Brenner when she founded it?", "Rotterdam", True),
+    ("What is the capital of Austria?", "Vienna", False),
+    ("What is the capital of Austria?", "1918", True),
+    ("Which city hosted the 1936 Olympics?", "Berlin", False),
+    ("Which city hosted the 1936 Olympics?", "the summer games", True),
+    ("What is the name of the ship?", "1918", False),   # what: anything
 ])
 def test_the_wh_word_rules_out_answers_of_another_type(question, answer,
                                                        wrong):
   words = answer_rules.question_words(question)
   assert answer_rules.wrong_type(answer, words) == wrong
+
+
+def test_a_block_whose_answer_fits_beats_a_higher_one_that_does_not():
+  joint = {0: 5.0, 1: 3.0, 2: 3.0}
+  assert answer_rules.best_block(joint, {0: False, 1: True, 2: True}) == 1
+  assert answer_rules.best_block(joint, {0: True, 1: True, 2: True}) == 0
+  # None fits: the joint argmax, as without the rules.
+  assert answer_rules.best_block(joint, {0: False, 1: False, 2: False}) == 0

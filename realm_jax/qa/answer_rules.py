@@ -33,21 +33,46 @@ _NUMBER_WORDS = frozenset(
     "hundred thousand million billion dozen several".split())
 
 
+# Questions that ask for a quantity: a count, a measure, a number.
+_QUANTITY = tuple(f" {q} " for q in (
+    "how many", "how much", "how old", "how long", "how tall", "how high",
+    "how far", "how deep", "how big", "how large", "what percentage",
+    "what number", "which number", "atomic number", "population"))
+# "what/which <noun>" that names a person or place: a capitalized name.
+_NAMED = tuple(f" {w} {noun} " for w in ("what", "which") for noun in (
+    "city", "country", "state", "province", "county", "region", "island",
+    "river", "mountain", "town", "capital", "continent", "language",
+    "company", "team", "band", "person", "composer", "writer", "author",
+    "painter", "scientist", "architect", "king", "queen", "president"))
+
+
 def wrong_type(answer: str, question: str) -> bool:
-  """True if `answer` cannot be what the question's wh-word asks for
-  (`question` as `question_words`): a count ("how many") without a number,
-  a year or date ("when", "what year") without a digit, a person or place
-  ("who", "where") that holds a digit or starts in lowercase. Ours."""
+  """True if `answer` cannot be what the question asks for (`question` as
+  `question_words`): a quantity ("how many", "how old", "what number",
+  "population") without a number, a year or date ("when", "what year")
+  without a digit, a person or place ("who", "where", "which city", "the
+  capital of") that holds a digit or starts in lowercase. Ours."""
   digit = any(ch.isdigit() for ch in answer)
-  if " how many " in question:
+  if any(q in question for q in _QUANTITY):
     return not (digit or any(w.lower() in _NUMBER_WORDS
                              for w in answer.split()))
   if question.startswith(" when ") or any(
       f" {w} year " in question for w in ("what", "which")):
     return not digit
-  if question.startswith((" who ", " whom ", " where ")):
+  if question.startswith((" who ", " whom ", " where ")) or any(
+      n in question for n in (*_NAMED, " capital of ")):
     return digit or not answer[:1].isupper()
   return False
+
+
+def best_block(joint: dict, fits: dict) -> int:
+  """The block of the highest joint (block, span) logit among those whose
+  answer passed the rules (`fits`), else among all; the first of equals.
+  A block whose every span breaks a rule keeps its best span as its answer,
+  so without this it could still win with an answer of the wrong type
+  ("the capital of Japan" read in a block without one)."""
+  pool = [j for j in joint if fits[j]] or list(joint)
+  return max(pool, key=joint.get)
 
 
 def fuse_ranks(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:

@@ -112,6 +112,7 @@ class BlockRead:
   logsumexp: float
   answer: str = ""
   chars: tuple | None = None
+  fits: bool = True   # answer passed the answer rules (or none applied)
 
 
 class Predictor:
@@ -316,18 +317,19 @@ class Predictor:
     answer, chars = cut(best)
     unfit = lambda a: ((self.answer_not_in_question and answer_rules.in_question(a, question))
                        or (self.answer_types and answer_rules.wrong_type(a, question)))
-    if question is not None and unfit(answer):
+    fits = question is None or not unfit(answer)
+    if not fits:
       # The best of the next spans that fits, if any.
       for j in np.argsort(-logits, kind="stable")[1:_SPANS_LOOKED_AT]:
         if not valid[j]:
           break
         other, other_chars = cut(int(j))
         if not unfit(other):
-          best, answer, chars = int(j), other, other_chars
+          best, answer, chars, fits = int(j), other, other_chars, True
           break
     return BlockRead(best=float(logits[best]),
                      logsumexp=float(np.logaddexp.reduce(logits[valid])),
-                     answer=answer, chars=chars)
+                     answer=answer, chars=chars, fits=fits)
 
   def _unread(self, qa_batch, i, rows) -> dict:
     """The prediction record without a reader: the blocks, no answer."""
@@ -354,7 +356,7 @@ class Predictor:
     if not readable:   # no span inside any block (null doc)
       return pred
     joint = {j: reads[j].best + float(scores[j]) for j in readable}
-    block = max(readable, key=lambda j: joint[j])   # the first of equals
+    block = answer_rules.best_block(joint, {j: reads[j].fits for j in readable})
     lse = np.logaddexp.reduce([reads[j].logsumexp + float(scores[j])
                                for j in readable])
     row = int(rows[block])

@@ -25,7 +25,7 @@ import tqdm
 
 from realm_jax import integrity
 from realm_jax.data import packing
-from realm_jax.data.corpus import FORMAT, BlockStore
+from realm_jax.data.corpus import FORMAT, MANIFEST, BlockStore, is_block_store
 from realm_jax.data.tokenizer import Tokenizer
 
 SKIP_REASONS = ("empty_text", "undecodable", "long_title", "list_page",
@@ -206,7 +206,7 @@ def build_block_store(documents: Iterable, tokenizer: Tokenizer, out_dir: str,
     raise ValueError(f"max_title_tokens={max_title_tokens} must be in "
                      f"[1, block_len - 4 = {block_len - 4}]")
   out_dir = out_dir.rstrip("/")
-  if os.path.exists(os.path.join(out_dir, "manifest.json")):
+  if is_block_store(out_dir):
     if not overwrite:
       raise FileExistsError(f"a block store already exists at {out_dir}; pass "
                             "overwrite=True or remove it")
@@ -385,7 +385,7 @@ def _finalize(tmp, out_dir, num_shards, tokenizer, config, counts):
       "stats": {**{k: counts.get(k, 0) for k in _STATS},
                 "sentences": num_sent}}
   del title_len, body_len, uids, sent_ptr, sent_starts, line_offsets
-  integrity.write_json_atomic(os.path.join(tmp, "manifest.json"), manifest)
+  integrity.write_json_atomic(os.path.join(tmp, MANIFEST), manifest)
   # The rename is the commit. Killed before it, a rerun redoes this merge from
   # the intact per-shard files; the leftovers are only removed afterwards.
   os.rename(tmp, out_dir)

@@ -16,7 +16,7 @@ import numpy as np
 
 from realm_jax import integrity
 from realm_jax.data import block_builder
-from realm_jax.data.corpus import BlockStore
+from realm_jax.data.corpus import MANIFEST, BlockStore
 
 
 def gather_store(out_dir: str, stores: list[BlockStore], src: np.ndarray,
@@ -67,7 +67,7 @@ def gather_store(out_dir: str, stores: list[BlockStore], src: np.ndarray,
                   num_shards=num_shards, skipped=skipped, stats=stats,
                   fingerprint=block_builder.corpus_fingerprint(
                       uids, tokenizer.identity, first.block_len))
-  integrity.write_json_atomic(os.path.join(out_dir, "manifest.json"), manifest)
+  integrity.write_json_atomic(os.path.join(out_dir, MANIFEST), manifest)
   return BlockStore(out_dir)
 
 

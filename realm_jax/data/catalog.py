@@ -60,7 +60,7 @@ def block_store(config, progress: bool = True) -> corpus.BlockStore:
                      f"least {MIN_BLOCK_LEN} tokens ([CLS] title [SEP] body "
                      "[SEP]); REALM uses 288")
   path = block_store_path(config)
-  if not os.path.exists(os.path.join(path, "manifest.json")):
+  if not corpus.is_block_store(path):
     logging.info("building the block store at %s from data.corpus=%s", path,
                  config.data.corpus)
     block_builder.build_block_store(documents(config), tokenizer(config), path,
@@ -125,7 +125,7 @@ def _query_records(config, store=None):
     # (built once, cached) only to split and tag their sentences; their
     # source uids match no Wikipedia block, so nothing is excluded.
     path = os.path.join(config.workdir, "cc_news_sentences")
-    if not os.path.exists(os.path.join(path, "manifest.json")):
+    if not corpus.is_block_store(path):
       from realm_jax.data import cc_news  # noqa: F401  registers the builder
       docs = sources.tfds_documents("cc_news", split="train",
                                     data_dir=config.data.tfds_data_dir or None)

@@ -77,13 +77,22 @@ class ShardedRows:
     return out.astype(dtype) if dtype is not None else out
 
 
+MANIFEST = "manifest.json"
+
+
+def is_block_store(path: str) -> bool:
+  """Whether `path` holds a committed block store (its manifest, written
+  last, exists: a killed build leaves only <path>.tmp)."""
+  return os.path.isfile(os.path.join(path, MANIFEST))
+
+
 class BlockStore:
   """Reads a committed block store directory (see the module docstring)."""
 
   def __init__(self, path: str):
     self.path = path
-    manifest_path = os.path.join(path, "manifest.json")
-    if not os.path.isfile(manifest_path):
+    manifest_path = os.path.join(path, MANIFEST)
+    if not is_block_store(path):
       hint = " (a build is in progress or was killed: rerun it to resume)" if (
           os.path.isdir(path.rstrip("/") + ".tmp")) else ""
       raise FileNotFoundError(f"no block store at {path}: manifest.json "

@@ -167,7 +167,7 @@ def _embed_new(work: str, new_docs: list, model: dict, config,
   path = workdir_lib.blocks_dir(work)
   try:
     store = (corpus.BlockStore(path)
-             if os.path.isfile(os.path.join(path, "manifest.json")) else
+             if corpus.is_block_store(path) else
              block_builder.build_block_store(
                  [d.as_dict() for d in new_docs], model["tokenizer"], path,
                  block_len=model["block_len"], progress=progress,

@@ -104,8 +104,7 @@ def document_embedder(config) -> dict:
           f"kb.model={model} is neither a fine-tuning workdir ({openqa_record.RECORD})"
           " nor a pretraining workdir (exports/)")
     blocks = workdir_lib.blocks_dir(model)
-    store = (corpus.BlockStore(blocks) if os.path.isfile(
-        os.path.join(blocks, "manifest.json")) else None)
+    store = corpus.BlockStore(blocks) if corpus.is_block_store(blocks) else None
   return {"model": model, "export": export,
           "tokenizer": store.tokenizer() if store else catalog.tokenizer(config),
           "block_len": store.block_len if store else config.data.block_len,

@@ -339,7 +339,7 @@ class Predictor:
             "score": None, "prob": None, "block": None, "span": None,
             "top_blocks": [{"row": int(r), "title": t, "p": None}
                            for r, t in zip(rows[:self.k], titles)],
-            "retrieved": [int(r) for r in rows]}
+            "retrieved": [int(r) for r in rows], "retrieval_score": None}
 
   def _one(self, qa_batch, i, rows, scores, reads) -> dict:
     """The prediction: the argmax of the joint (block, span) logits, reader
@@ -351,7 +351,9 @@ class Predictor:
     pred = {"question": qa_batch["question"][i],
             "answers": list(qa_batch["answers"][i]), "prediction": "",
             "score": None, "prob": None, "block": None, "span": None,
-            "top_blocks": top, "retrieved": [int(r) for r in rows]}
+            "top_blocks": top, "retrieved": [int(r) for r in rows],
+            # f(x, z) of the best block read: how well anything matched.
+            "retrieval_score": float(np.max(scores[:k]))}
     readable = [j for j, read in enumerate(reads) if read.best > MASK_VALUE / 2]
     if not readable:   # no span inside any block (null doc)
       return pred

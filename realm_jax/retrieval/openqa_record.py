@@ -56,9 +56,9 @@ def block_store(config) -> corpus.BlockStore:
   init_from = config.finetune.init_from
   if not path and init_from:
     candidate = workdir_lib.blocks_dir(init_from)
-    if os.path.isfile(os.path.join(candidate, "manifest.json")):
+    if corpus.is_block_store(candidate):
       path = candidate
-  if path and os.path.isfile(os.path.join(path, "manifest.json")):
+  if path and corpus.is_block_store(path):
     return corpus.BlockStore(path)
   # Missing: built (or a killed build resumed) from data.corpus at
   # data.block_store or <workdir>/blocks, exactly as pretraining does.

@@ -1,9 +1,6 @@
 """Orbax checkpoints: exact round trip of state and side data; NaN never saved."""
 import json
 import os
-import socket
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +8,7 @@ import numpy as np
 import pytest
 
 from realm_jax import checkpoint as ckpt_lib
+import two_processes
 
 
 def test_round_trip_keeps_last_n(tmp_path):
@@ -61,19 +59,9 @@ def test_a_process_without_a_saved_data_state_is_refused():
 def test_two_processes_each_get_their_own_data_state_back(tmp_path):
   """Two real jax.distributed CPU processes save one checkpoint together;
   each restores its own data iterator state (not process 0's)."""
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    port = s.getsockname()[1]
-  script = os.path.join(os.path.dirname(__file__), "two_process_checkpoint.py")
-  procs = [subprocess.Popen([sys.executable, script, str(i), str(port),
-                             str(tmp_path)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-           for i in range(2)]
-  outs = []
-  for p in procs:
-    out, err = p.communicate(timeout=180)
-    assert p.returncode == 0, err[-3000:]
-    outs.append(json.loads(out.strip().splitlines()[-1]))
+  procs = two_processes.start("two_process_checkpoint.py", str(tmp_path))
+  outs = [json.loads(out.strip().splitlines()[-1])
+          for out, _ in two_processes.finish(procs, timeout=180)]
   for i, got in enumerate(outs):
     assert got["data"] == {"next_index": 10 + i, "name": "é" * (i + 1)}
     assert got["meta"] == {"index_version": 2} and got["w"] == [0, 1, 2, 3]

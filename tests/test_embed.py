@@ -16,6 +16,7 @@ import pytest
 from realm_jax.index import block_embeddings, build, export, refresh, search, searchers, store
 from realm_jax.tasks import embed as embed_task
 import stopping_child
+import two_processes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -373,23 +374,11 @@ def test_two_processes_embed_their_shards_and_one_commits(tmp_path, demo):
   the export, each embeds its contiguous shards, process 0 commits, and the
   index equals the one a single process builds."""
   import json
-  import socket
   blocks, export_path, _ = demo
   workdir = tmp_path / "w"
   shutil.copytree(os.path.dirname(export_path), workdir / "exports")
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    port = s.getsockname()[1]
-  script = os.path.join(os.path.dirname(__file__), "two_process_embed.py")
-  procs = [subprocess.Popen([sys.executable, script, str(i), str(port),
-                             str(workdir), blocks.path],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True) for i in range(2)]
-  logs = []
-  for p in procs:
-    out, err = p.communicate(timeout=600)   # a hang guard
-    assert p.returncode == 0, err[-3000:]
-    logs.append(err)
+  procs = two_processes.start("two_process_embed.py", str(workdir), blocks.path)
+  logs = [err for _, err in two_processes.finish(procs, timeout=600)]
   shards = (blocks.num_blocks + 31) // 32
   mine = [int(re.search(r"(\d+) shard\(s\) for process %d" % i, log).group(1))
           for i, log in enumerate(logs)]

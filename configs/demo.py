@@ -71,17 +71,13 @@ def get_config():
   c.index.embed_batch_size = 64
   c.finetune.batch_size = 16
   # Three quarters of the questions are generated from the corpus's own
-  # sentences, with the answer inside the passage (data/question_gen.py):
-  # description -> title pairs alone teach the reader to name a passage's
-  # subject, not to read it. The first 150 of the 170 steps are reading
-  # steps (each question read in one block that holds its answer, a third
-  # of an open-QA step); the last 20 read the top 3 retrieved blocks and
-  # train the query embedder. The reading steps run once: the REALM
-  # fine-tune starts after the baseline's (finetune.reading_from, set by
-  # the demo), with its own query embedder and index. On the natural dev
-  # questions: EM 38.2 at batch 8 (240 + 40 steps), against 28.4 with half
-  # the questions generated and 24.5 for 240 open-QA steps; batch 16 with
-  # a quarter more reading questions 39.2 (README, "Reading").
+  # sentences (data/question_gen.py), the rest are description -> title
+  # pairs. The first 150 of the 170 steps are reading steps (each question
+  # read in one block that holds its answer); the last 20 read the top 3
+  # retrieved blocks and train the query embedder. The reading steps run
+  # once: the REALM fine-tune starts after the baseline's
+  # (finetune.reading_from, set by the demo), with its own query embedder
+  # and index. How these were chosen: README, "Reading".
   c.finetune.generated_fraction = 0.75
   # Half the sentences that can ask for their document's subject do: a
   # wh-question's answer may then be the passage's subject or inside it
@@ -89,10 +85,9 @@ def get_config():
   c.finetune.subject_percent = 50
   c.finetune.reading_steps = 150
   c.finetune.num_steps = 170
-  c.finetune.learning_rate = 1e-4   # 1.5e-4 and 3e-4 collapsed the reader
-  # Measured on this corpus (200 steps, batch 8, lr 5e-5): the query
-  # embedder at the reader's rate lost recall (recall@1 55.3 -> 51.8, EM
-  # 51.0 -> 47.8 against a tenth of it).
+  c.finetune.learning_rate = 1e-4   # higher rates collapse the reader
+  # The query embedder learns at a tenth of the reader's rate: at the full
+  # rate it loses MiniLM's recall (README, "Reading").
   c.finetune.retriever_lr_scale = 0.1
   c.finetune.warmup_steps = 16
   c.finetune.question_len = 24
@@ -101,10 +96,10 @@ def get_config():
   c.finetune.retriever_beam = 100
   c.eval.batch_size = 32
   # Not an answer that the question already says ("Who created Star Wars?"
-  # -> not "Star Wars"; ours, README "Reading"): natural dev EM 37.3 ->
-  # 40.2, description dev 52.0 -> 52.8.
+  # -> not "Star Wars"; ours, README "Reading").
   c.eval.answer_not_in_question = True
-  # Nor a span of a type the wh-word rules out ("how many" -> a number).
+  # Nor a span of a type the question rules out ("how many" -> a number,
+  # "which city" -> a name; qa/answer_rules.py).
   c.eval.answer_types = True
   c.eval.recall_k = 5
   return c

@@ -102,4 +102,7 @@ def get_config():
   # "which city" -> a name; qa/answer_rules.py).
   c.eval.answer_types = True
   c.eval.recall_k = 5
+  # task=answer and serve give no answer below this joint logit: chosen on
+  # the natural and description dev sets (README, "Abstaining").
+  c.answer.min_score = 12.0
   return c

@@ -290,6 +290,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.answer.question = ""
   c.answer.questions_file = ""     # one question a line, or {"question"} JSONL
   c.answer.num_evidence = 3
+  # No answer (abstain) where the best joint (block, span) logit is below
+  # this: a question the knowledge base does not answer, or nonsense. The
+  # scale is the model's: choose it on a dev set (README, "Abstaining").
+  # -inf: always answer.
+  c.answer.min_score = float("-inf")
 
   c.serve = ml_collections.ConfigDict()   # task=serve: the [serve] extra
   c.serve.host = "127.0.0.1"       # local only; e.g. 0.0.0.0 opens it up

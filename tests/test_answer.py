@@ -231,3 +231,24 @@ def test_the_model_is_put_on_the_device_once(workdir):
     for tree in (predictor.model.params, predictor.query_params):
       leaves = jax.tree_util.tree_leaves(tree)
       assert leaves and all(isinstance(x, jax.Array) for x in leaves)
+
+
+def test_an_answer_below_answer_min_score_is_no_answer(workdir):
+  """The reader never abstained: nonsense got an answer with p ~0.5. Below
+  answer.min_score the Answerer (and so the API and the page) gives none,
+  keeping the score; task=answer says why."""
+  from realm_jax.qa import Answerer   # pylint: disable=g-import-not-at-top
+  config = ow.tiny_config(workdir)
+  question = "Chinese novelist and essayist"
+  with Answerer(workdir, config=config) as answerer:
+    given = answerer.answer(question)
+    config.answer.min_score = given.score + 1e-3
+    withheld = answerer.answer(question)
+  assert not given.abstained and given.answer
+  assert withheld.abstained and withheld.answer is None
+  assert withheld.score == given.score and withheld.evidence == given.evidence
+  r = _answer(workdir, f"--config.answer.question={question}",
+              f"--config.answer.min_score={given.score + 1e-3}")
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert re.search(r"^A: \(no answer: the best span, \".+\", scores "
+                   r"-?\d+\.\d+, below answer.min_score\)$", r.stdout, re.M), r.stdout

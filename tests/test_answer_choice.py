@@ -44,6 +44,8 @@ def test_ties_go_to_the_first_ranking_and_padding_is_skipped():
     ("What is the capital of Austria?", "1918", True),
     ("Which city hosted the 1936 Olympics?", "Berlin", False),
     ("Which city hosted the 1936 Olympics?", "the summer games", True),
+    ("Which element has atomic number 53?", "Iodine", False),
+    ("Chemical element with atomic number 84 (Po)", "Polonium", False),
     ("What is the name of the ship?", "1918", False),   # what: anything
 ])
 def test_the_wh_word_rules_out_answers_of_another_type(question, answer,

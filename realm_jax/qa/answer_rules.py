@@ -33,11 +33,13 @@ _NUMBER_WORDS = frozenset(
     "hundred thousand million billion dozen several".split())
 
 
-# Questions that ask for a quantity: a count, a measure, a number.
-_QUANTITY = tuple(f" {q} " for q in (
-    "how many", "how much", "how old", "how long", "how tall", "how high",
-    "how far", "how deep", "how big", "how large", "what percentage",
-    "what number", "which number", "atomic number", "population"))
+# Questions that ask for a quantity: a count, a measure, a number ("what
+# is the population of", not "which element has atomic number 53").
+_QUANTITY = tuple(f" how {w} " for w in (
+    "many", "much", "old", "long", "tall", "high", "far", "deep", "big",
+    "large"))
+_WHAT_QUANTITY = re.compile(r"^ what (is|was|s|are|were) (\w+ )?(atomic "
+                            r"number|population|number|percentage) ")
 # "what/which <noun>" that names a person or place: a capitalized name.
 _NAMED = tuple(f" {w} {noun} " for w in ("what", "which") for noun in (
     "city", "country", "state", "province", "county", "region", "island",
@@ -53,7 +55,7 @@ def wrong_type(answer: str, question: str) -> bool:
   without a digit, a person or place ("who", "where", "which city", "the
   capital of") that holds a digit or starts in lowercase. Ours."""
   digit = any(ch.isdigit() for ch in answer)
-  if any(q in question for q in _QUANTITY):
+  if any(q in question for q in _QUANTITY) or _WHAT_QUANTITY.match(question):
     return not (digit or any(w.lower() in _NUMBER_WORDS
                              for w in answer.split()))
   if question.startswith(" when ") or any(

@@ -52,6 +52,9 @@ class Answer:
   prob: float | None    # its probability over every span of every block read
   evidence: list        # [Evidence], best retrieved first
   version: int          # the index (knowledge base) version that answered
+  # No answer given: the best span's score was below answer.min_score (its
+  # score stays in `score`).
+  abstained: bool = False
 
 
 def check_question(question: str, tokenizer, question_len: int) -> str | None:
@@ -188,6 +191,9 @@ class Answerer:
       chunk = list(questions[lo:lo + size])
       batch = question_batch(chunk, self.tokenizer, qlen, size)
       out += predictor.predict(batch)[:len(chunk)]
+    for pred in out:
+      pred["abstained"] = (pred["score"] is not None
+                           and pred["score"] < self.config.answer.min_score)
     return out, current
 
   def warm_up(self, max_batch: int):
@@ -233,9 +239,10 @@ class Answerer:
           row=block["row"], doc=record.get("doc"), title=record["title"],
           text=record["text"], p=block["p"],
           span=tuple(pred["span"]) if here else None))
-    return Answer(question=pred["question"], answer=pred["prediction"] or None,
+    return Answer(question=pred["question"],
+                  answer=None if pred["abstained"] else pred["prediction"] or None,
                   score=pred["score"], prob=pred["prob"], evidence=evidence,
-                  version=current.version)
+                  version=current.version, abstained=pred["abstained"])
 
   def close(self):
     self.watcher.close()

@@ -64,7 +64,8 @@ def answer_json(answer: answerer_lib.Answer, top_k: int, seconds: float) -> dict
   return {"question": answer.question, "answer": answer.answer,
           "score": answer.score, "prob": answer.prob,
           "evidence": [dataclasses.asdict(e) for e in answer.evidence[:top_k]],
-          "version": answer.version, "seconds": seconds}
+          "version": answer.version, "seconds": seconds,
+          "abstained": answer.abstained}
 
 
 def without_paths(reason: str) -> str:

@@ -90,6 +90,9 @@ def format_prediction(pred: dict, store, num_evidence: int,
   lines = [f"Q: {printable(pred['question'])}"]
   if pred["score"] is None:
     lines.append("A: (no answer: the reader found no span)")
+  elif pred.get("abstained"):
+    lines.append(f"A: (no answer: the best span, \"{printable(pred['prediction'])}"
+                 f"\", scores {pred['score']:.3f}, below answer.min_score)")
   else:
     lines.append(f"A: {printable(pred['prediction'])}    (score "
                  f"{pred['score']:.3f}, p {pred['prob']:.3f}, from block "

@@ -39,7 +39,7 @@ SCRIPT = textwrap.dedent("""
     for n in (1, 4):
       mesh = partition.make_mesh(jax.devices()[:n])
       repl, data = partition.replicated(mesh), partition.data_sharded(mesh)
-      loss_and_grad = jax.jit(jax.value_and_grad(lambda p, b: pretrain.pretrain_loss(
+      loss_and_grad = jax.jit(jax.value_and_grad(lambda p, b: pretrain_step.pretrain_loss(
           p, b, rng, cfg, deterministic=True)[0]), in_shardings=(repl, data))
       loss, grads = loss_and_grad(jax.device_put(params, repl),
                                   partition.shard_batch(batch, mesh))

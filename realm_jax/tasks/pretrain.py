@@ -151,7 +151,8 @@ def _monitor(config, r, start, watcher, job):
 def _improved(row, refresh_every, workdir) -> bool:
   """Whether `row`'s held-out utility beats every earlier refresh's (the
   steps with an export; rows are read back, so a resumed run decides the
-  same)."""
+  same). Every process must decide alike: on several hosts the workdir is
+  shared storage, as on a TPU pod."""
   earlier = [r["heldout_utility"] for r in heldout.read(workdir)
              if r["step"] < row["step"] and r["step"] % refresh_every == 0]
   if not earlier or row["heldout_utility"] > max(earlier):

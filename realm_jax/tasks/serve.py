@@ -52,9 +52,9 @@ def run(config):
   # killed it silently.
   for sig in _STOPS:
     signal.signal(sig, _stop_loading)
-  logging.info("loading the model of %s", config.workdir)
   answerer = None
   try:
+    logging.info("loading the model of %s", config.workdir)
     answerer = answerer_lib.Answerer(config.workdir, config=config,
                                      poll_interval=s.poll_interval or None)
     start = time.perf_counter()

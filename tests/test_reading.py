@@ -25,7 +25,8 @@ The measure is the mean negative log-likelihood of the gold spans
 (reading_measure.py), not EM: on a few dozen questions EM moves by one to
 three questions between machines, which measures the CPU's floating-point
 order, not learning. Measured (mix against the arm without the kind, nats;
-subject, then inside): two cores 1.27 / 3.36 and 4.05 / 7.35; one core
+subject, then inside): two cores 1.27 / 3.36 and 4.05 / 7.35 (with the
+arms sharing one index, a later run: 1.10 / 2.15 and 4.30 / 7.27); one core
 (taskset -c 0) 0.96 / 5.62 and 3.92 / 8.79; XLA's fast math 0.82 / 1.74
 and 4.39 / 7.92. The smallest gap, 0.92 (12 held-out subject questions:
 the arm without them still points at subjects from the description
@@ -90,6 +91,9 @@ def results(tmp_path_factory):
   out = {}
   for name, (subject_percent, kinds) in ARMS.items():
     config = _config(str(tmp / name), blocks, subject_percent, kinds)
+    # One index for all: the arms start from the same retriever, and the
+    # reading steps never move it (embedding the corpus again cost ~11 s).
+    config.finetune.index_dir = str(tmp / "mix" / "index") if out else ""
     state = finetune_task.run(config)
     store = corpus.BlockStore(blocks)
     reader = jax.device_get(state["params"]["reader"])

@@ -247,6 +247,10 @@ def test_an_answer_below_answer_min_score_is_no_answer(workdir):
   assert not given.abstained and given.answer
   assert withheld.abstained and withheld.answer is None
   assert withheld.score == given.score and withheld.evidence == given.evidence
+  from realm_jax.serve import app   # pylint: disable=g-import-not-at-top
+  sent = app.answer_json(withheld, top_k=2, seconds=0.1)
+  assert sent["abstained"] is True and sent["answer"] is None
+  assert app.answer_json(given, top_k=2, seconds=0.1)["abstained"] is False
   r = _answer(workdir, f"--config.answer.question={question}",
               f"--config.answer.min_score={given.score + 1e-3}")
   assert r.returncode == 0, r.stderr[-3000:]

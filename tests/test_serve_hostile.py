@@ -31,17 +31,21 @@ MAX_CONNECTIONS = 8     # serve.max_connections
 QUESTION = test_serve.QUESTIONS[0]
 
 
+def serve_command(workdir, *overrides) -> list[str]:
+  """task=serve on `workdir` with the settings its config.json saved."""
+  return [sys.executable, "-m", "realm_jax.main",
+          f"--config=realm_jax/config.py:{os.path.join(workdir, 'config.json')}",
+          f"--config.workdir={workdir}", "--config.task=serve", *overrides]
+
+
 class LoggedServer(test_serve.Server):
   """test_serve.Server, started on serve.port=0: it talks to the port the
   server's log says it bound, and reads that log as it comes (self.log)."""
 
   def __init__(self, workdir, *overrides):  # pylint: disable=super-init-not-called
     self.proc = subprocess.Popen(
-        [sys.executable, "-m", "realm_jax.main",
-         f"--config=realm_jax/config.py:{os.path.join(workdir, 'config.json')}",
-         f"--config.workdir={workdir}", "--config.task=serve",
-         "--config.serve.port=0", "--config.serve.poll_interval=0.2",
-         *overrides],
+        serve_command(workdir, "--config.serve.port=0",
+                      "--config.serve.poll_interval=0.2", *overrides),
         cwd=ow.ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         text=True)
     self.lines = []
@@ -266,10 +270,7 @@ def test_the_port_bound_is_logged_and_a_bad_port_is_one_line(server, workdir):  
   assert server.port != 0
   assert httpx.get(server.url + "/healthz", timeout=60).status_code == 200
   run = subprocess.run(
-      [sys.executable, "-m", "realm_jax.main",
-       f"--config=realm_jax/config.py:{os.path.join(workdir, 'config.json')}",
-       f"--config.workdir={workdir}", "--config.task=serve",
-       "--config.serve.port=70000"],
+      serve_command(workdir, "--config.serve.port=70000"),
       cwd=ow.ROOT, capture_output=True, text=True, timeout=180)
   assert run.returncode != 0 and "Traceback" not in run.stderr, run.stderr
   assert run.stderr.strip().splitlines()[-1].startswith(
@@ -298,10 +299,7 @@ def test_a_stop_while_the_model_loads_is_one_line_and_exit_0(workdir, sig):  # p
   with no line. Sent once the server logs that it is loading: it stops with
   a line saying so (or, had loading already ended, as a serving one does)."""
   proc = subprocess.Popen(
-      [sys.executable, "-m", "realm_jax.main",
-       f"--config=realm_jax/config.py:{os.path.join(workdir, 'config.json')}",
-       f"--config.workdir={workdir}", "--config.task=serve",
-       "--config.serve.port=0"],
+      serve_command(workdir, "--config.serve.port=0"),
       cwd=ow.ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   lines = []
   for line in proc.stderr:
